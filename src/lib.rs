@@ -1,0 +1,134 @@
+//! # kd-losses
+//!
+//! Knowledge-distillation losses for [Burn](https://burn.dev): train a small **student**
+//! model from a large **teacher** with numerically careful, autodiff-ready losses that run on
+//! every Burn backend (the backend is chosen at run time by the tensors' `Device`).
+//!
+//! ## Quick start
+//! ```
+//! use burn::tensor::{Device, Int, Tensor};
+//! use kd_losses::prelude::*;
+//!
+//! let device = Device::flex().autodiff();
+//! let student = Tensor::<2>::from_floats([[0.5, 0.1, -0.3], [0.0, 1.0, 0.0]], &device).require_grad();
+//! let teacher = Tensor::<2>::from_floats([[2.0, 0.3, -1.0], [0.1, 3.0, 0.2]], &device);
+//! let labels = Tensor::<1, Int>::from_ints([0, 1], &device);
+//!
+//! // α · T²·KL(p_teacher ‖ p_student) + (1 − α) · CE(student, labels)
+//! let kd = DistillationLossConfig::new().with_temperature(4.0).with_alpha(0.9).init();
+//! let out = kd.forward(student.clone(), teacher.clone(), labels, Reduction::Mean);
+//! let grads = out.total.backward();
+//! assert!(student.grad(&grads).is_some());
+//! assert!(teacher.grad(&grads).is_none()); // the teacher never receives a gradient
+//! ```
+//!
+//! ## Catalogue
+//! | module | losses |
+//! |---|---|
+//! | [`temperature`] | [`temperature_softmax`], [`temperature_log_softmax`], [`Temperature`] |
+//! | [`logits`] | [`soft_kl`] (Hinton), [`cross_entropy`] (hard), [`distillation_loss`] (α-mix), [`pseudo_label_ce`] |
+//! | [`reduction`] | [`RowLoss`], [`RowMask`], [`Reduction`] (sum, mean, batchmean, element mean, global normalizer) |
+//! | [`divergence`] | [`Divergence`]: reverse KL, generalized JSD (TRL and continuous), skew KL, skew reverse KL, total variation, symmetric KL; [`RowTemperature`] |
+//! | [`sparse`] | top-k teachers ([`TopkTeacher`]): [`sparse_divergence`], [`topk_kd`] |
+//! | [`vocab`] | [`align_vocab`]: student/teacher vocabulary mismatch |
+//! | [`ensemble`] | several teachers: [`ensemble_divergence`] |
+//! | [`dkd`] | decoupled KD (TCKD + NCKD): [`dkd()`](dkd::dkd) |
+//! | [`schedule`] | [`Schedule`], [`TemperatureSchedule`], [`entropy_temperature`], [`LearnableTemperature`] |
+//! | [`chunked`] | large vocabularies: [`chunked_divergence`], [`chunked_sparse_divergence`] |
+//! | [`combine`] | [`LossTerms`]: weighted sums that report each term |
+//! | [`hidden`] | [`hidden_mse`] + learnable [`HiddenProjection`] (TinyBERT, TextBrewer), [`hidden_cosine`] (DistilBERT), [`hidden_normalized_mse`] (PKD), [`LayeredHiddenLoss`] |
+//! | [`layer_map`] | [`LayerMap`]: uniform (TinyBERT), skip / last-k (PKD), explicit pairs |
+//! | [`attention`] | [`attention_mse_scores`] / [`attention_mse_probs`] (TinyBERT), [`attention_kl_scores`], [`self_relation_kl`], [`minilm_loss`] (MiniLM), [`minilm_v2_loss`] (MiniLMv2) |
+//! | [`relation`] | [`rkd_distance`], [`rkd_angle`] (RKD), [`similarity_preserving`] (SP) |
+//! | [`error`] | [`KdError`] |
+//!
+//! ## Conventions
+//! * Student first, teacher second. Arguments named `*_logits` are raw logits.
+//! * Every loss returns per-row values ([`RowLoss`]); masks and reductions are separate,
+//!   explicit steps, and each reduction's denominator is documented.
+//! * `0 · log 0 = 0`: `-inf` logits (masked vocabulary) give finite losses and zero gradients.
+//! * Teacher inputs are detached inside every loss.
+//! * Configuration errors are a typed `Result` ([`KdError`]); shape misuse panics with a
+//!   message naming the argument and both shapes.
+//!
+//! ## Cargo features
+//! The library depends on `burn` with `default-features = false` and forces no backend. The
+//! optional features only forward to Burn's backends, for convenience in binaries:
+//! * `flex` — Burn's CPU backend;
+//! * `ndarray` — the ndarray backend;
+//! * `wgpu` — the wgpu backend (Vulkan, Metal, DX12, or Mesa's software renderer);
+//! * `autodiff` — `Device::autodiff()`.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod attention;
+pub mod chunked;
+pub mod combine;
+pub mod divergence;
+pub mod dkd;
+pub mod ensemble;
+pub mod error;
+pub mod hidden;
+pub mod layer_map;
+pub mod logits;
+pub mod reduction;
+pub mod relation;
+pub mod schedule;
+pub mod sparse;
+pub mod temperature;
+pub mod vocab;
+
+pub use attention::{
+    AttentionKlLoss, AttentionKlLossConfig, AttentionMseLoss, AttentionMseLossConfig,
+    AttentionSpace, HeadReduce, KlHeads, MiniLmLayer, MiniLmV2Loss, MiniLmV2LossConfig, QkvStates,
+    attention_kl_probs, attention_kl_scores, attention_layers_mse, attention_mse_probs,
+    attention_mse_scores, attention_mse_textbrewer, minilm_loss, minilm_v2_loss, self_relation_kl,
+};
+pub use chunked::{chunked_divergence, chunked_sparse_divergence};
+pub use combine::{LossTerm, LossTerms};
+pub use divergence::{
+    Divergence, DivergenceLoss, DivergenceLossConfig, JsdConvention, RowTemperature, divergence,
+    generalized_jsd, reverse_kl, skew_kl, skew_reverse_kl, symmetric_kl, total_variation,
+};
+pub use dkd::{DkdLoss, DkdLossConfig};
+pub use ensemble::{EnsembleMode, TeacherWeights, ensemble_divergence};
+pub use error::KdError;
+pub use hidden::{
+    HiddenDistance, HiddenLoss, HiddenLossConfig, HiddenProjection, HiddenProjectionConfig,
+    LayeredHiddenLoss, ProjectionInit, ProjectionSharing, hidden_cosine, hidden_mse,
+    hidden_normalized_mse,
+};
+pub use layer_map::LayerMap;
+pub use logits::{
+    CrossEntropyLoss, CrossEntropyLossConfig, CrossEntropyOptions, DistillationLoss,
+    DistillationLossConfig, DistillationOutput, PseudoLabelLoss, PseudoLabelLossConfig, SoftKlLoss,
+    SoftKlLossConfig, T2Scaling, cross_entropy, distillation_loss, pseudo_label_ce, soft_kl,
+};
+pub use reduction::{Normalizer, Reduction, RowLoss, RowMask};
+pub use relation::{RkdLoss, RkdLossConfig, rkd_angle, rkd_distance, similarity_preserving};
+pub use schedule::{
+    LearnableTemperature, LearnableTemperatureConfig, Schedule, TemperatureSchedule,
+    entropy_temperature,
+};
+pub use sparse::{
+    MissingMass, SparseKdLoss, SparseKdLossConfig, SparseOptions, StudentNorm, TopkTeacher,
+    sparse_divergence, topk_kd,
+};
+pub use temperature::{Temperature, temperature_log_softmax, temperature_softmax};
+pub use vocab::{VocabAlignment, align_vocab};
+
+/// Everything a training loop usually needs.
+pub mod prelude {
+    pub use crate::attention::*;
+    pub use crate::combine::LossTerms;
+    pub use crate::divergence::{Divergence, JsdConvention, RowTemperature};
+    pub use crate::sparse::{MissingMass, SparseOptions, StudentNorm, TopkTeacher};
+    pub use crate::vocab::VocabAlignment;
+    pub use crate::error::KdError;
+    pub use crate::hidden::*;
+    pub use crate::layer_map::LayerMap;
+    pub use crate::logits::*;
+    pub use crate::reduction::{Normalizer, Reduction, RowLoss, RowMask};
+    pub use crate::relation::*;
+    pub use crate::temperature::{Temperature, temperature_log_softmax, temperature_softmax};
+}

@@ -1,0 +1,189 @@
+//! The classic recipe: `α · soft + (1 − α) · hard`.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{Int, Tensor};
+
+use crate::combine::LossTerms;
+use crate::error::{KdError, check_range};
+use crate::logits::hard::{CrossEntropyOptions, cross_entropy};
+use crate::logits::soft::{T2Scaling, soft_kl};
+use crate::reduction::{Reduction, RowMask};
+use crate::temperature::Temperature;
+
+/// Result of [`distillation_loss`]: the total and each term, for logging.
+#[derive(Debug, Clone)]
+pub struct DistillationOutput {
+    /// `α · soft + (1 − α) · hard`, `[1]`.
+    pub total: Tensor<1>,
+    /// The soft term before weighting, `[1]`.
+    pub soft: Tensor<1>,
+    /// The hard term before weighting, `[1]`.
+    pub hard: Tensor<1>,
+    /// The weight `α` of the soft term.
+    pub alpha: f64,
+}
+
+impl DistillationOutput {
+    /// The same terms as a [`LossTerms`] (names `"soft"` and `"hard"`), to add more terms.
+    pub fn into_terms(self) -> LossTerms {
+        LossTerms::new()
+            .with("soft", self.alpha, self.soft)
+            .and_then(|t| t.with("hard", 1.0 - self.alpha, self.hard))
+            .expect("alpha was validated")
+    }
+}
+
+/// Validated parameters of [`distillation_loss`]; build them with
+/// [`DistillationLossConfig`].
+#[derive(Module, Debug)]
+pub struct DistillationLoss {
+    /// Softmax temperature of the soft term.
+    pub temperature: f64,
+    /// Weight `α ∈ [0, 1]` of the soft term.
+    pub alpha: f64,
+    /// Whether the soft term is multiplied by `T²`.
+    pub t2_scaling: bool,
+    /// Label smoothing of the hard term.
+    pub label_smoothing: f64,
+    /// Ignore index of the labels (`-100`).
+    pub ignore_index: i64,
+}
+
+/// Configuration of [`DistillationLoss`] (Hinton's combined loss).
+#[derive(Config, Debug)]
+pub struct DistillationLossConfig {
+    /// Softmax temperature `T` (finite, > 0).
+    #[config(default = 2.0)]
+    pub temperature: f64,
+    /// Weight `α ∈ [0, 1]` of the soft term.
+    #[config(default = 0.5)]
+    pub alpha: f64,
+    /// Multiply the soft term by `T²`.
+    #[config(default = true)]
+    pub t2_scaling: bool,
+    /// Label smoothing `ε ∈ [0, 1]` of the hard term.
+    #[config(default = 0.0)]
+    pub label_smoothing: f64,
+    /// Labels equal to this are ignored by both terms.
+    #[config(default = -100)]
+    pub ignore_index: i64,
+}
+
+impl DistillationLossConfig {
+    /// Builds the loss.
+    ///
+    /// # Errors
+    /// [`KdError::InvalidTemperature`], or [`KdError::OutOfRange`] for `alpha` or
+    /// `label_smoothing` outside `[0, 1]`.
+    pub fn try_init(&self) -> Result<DistillationLoss, KdError> {
+        Temperature::new(self.temperature)?;
+        check_range("alpha", self.alpha, 0.0, 1.0)?;
+        check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)?;
+        Ok(DistillationLoss {
+            temperature: self.temperature,
+            alpha: self.alpha,
+            t2_scaling: self.t2_scaling,
+            label_smoothing: self.label_smoothing,
+            ignore_index: self.ignore_index,
+        })
+    }
+
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// On an invalid value (see [`try_init`](Self::try_init)).
+    pub fn init(&self) -> DistillationLoss {
+        self.try_init().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Default for DistillationLossConfig {
+    fn default() -> Self {
+        DistillationLossConfig::new()
+    }
+}
+
+/// Hinton's combined distillation loss.
+///
+/// ```text
+/// soft = reduce( T² · KL(softmax(teacher/T) ‖ softmax(student/T)) )     (see soft_kl)
+/// hard = reduce( CE(student, labels) )                                  (see cross_entropy)
+/// total = α · soft + (1 − α) · hard
+/// ```
+/// Rows whose label is the ignore index are dropped from **both** terms (sequence padding), and
+/// both terms use the same `reduction` (with [`Reduction::Mean`], each divides by the number of
+/// labelled rows; a fully ignored batch gives 0). The teacher is detached.
+///
+/// # Shapes
+/// - `student_logits`, `teacher_logits`: `[..., C]`
+/// - `labels`: the leading shape, in `[0, C)` or the ignore index
+///
+/// # Panics
+/// If the shapes differ or a label is out of range.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex();
+/// let kd = DistillationLossConfig::new().with_temperature(4.0).with_alpha(0.9).init();
+/// let student = Tensor::<2>::from_floats([[0.5, 0.1, -0.3], [0.0, 1.0, 0.0]], &device);
+/// let teacher = Tensor::<2>::from_floats([[2.0, 0.3, -1.0], [0.1, 3.0, 0.2]], &device);
+/// let labels = Tensor::<1, Int>::from_ints([0, 1], &device);
+/// let out = distillation_loss(student, teacher, labels, &kd, Reduction::Mean);
+/// let (t, s, h) = (out.total.into_scalar::<f32>(), out.soft.into_scalar::<f32>(), out.hard.into_scalar::<f32>());
+/// assert!((t - (0.9 * s + 0.1 * h)).abs() < 1e-6);
+/// ```
+pub fn distillation_loss<const D: usize, const DL: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    labels: Tensor<DL, Int>,
+    loss: &DistillationLoss,
+    reduction: Reduction,
+) -> DistillationOutput {
+    let t = Temperature::new(loss.temperature).unwrap_or_else(|e| panic!("{e}"));
+    let scaling = if loss.t2_scaling {
+        T2Scaling::On
+    } else {
+        T2Scaling::Off
+    };
+    let options = CrossEntropyOptions {
+        ignore_index: Some(loss.ignore_index),
+        label_smoothing: loss.label_smoothing,
+        class_weights: None,
+    };
+    let hard = cross_entropy(student_logits.clone(), labels.clone(), &options).reduce(reduction);
+    let mask = RowMask::from_labels(labels, loss.ignore_index);
+    let soft = soft_kl(student_logits, teacher_logits, t, scaling)
+        .masked(&mask)
+        .reduce(reduction);
+    let total = soft
+        .clone()
+        .mul_scalar(loss.alpha)
+        .add(hard.clone().mul_scalar(1.0 - loss.alpha));
+    DistillationOutput {
+        total,
+        soft,
+        hard,
+        alpha: loss.alpha,
+    }
+}
+
+impl DistillationLoss {
+    /// See [`distillation_loss`].
+    ///
+    /// # Panics
+    /// If the shapes differ or a label is out of range.
+    pub fn forward<const D: usize, const DL: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        labels: Tensor<DL, Int>,
+        reduction: Reduction,
+    ) -> DistillationOutput {
+        distillation_loss(student_logits, teacher_logits, labels, self, reduction)
+    }
+}
+

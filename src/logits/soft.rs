@@ -1,0 +1,214 @@
+//! Hinton's soft loss: `T² · KL(p_teacher ‖ p_student)`.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+use crate::error::KdError;
+use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows};
+use crate::temperature::{Temperature, temperature_log_softmax};
+
+/// Whether the soft loss is multiplied by `T²`.
+///
+/// Hinton et al. (2015) scale the soft loss by `T²` so that its gradient, which shrinks as
+/// `1/T²`, keeps the same magnitude relative to the hard loss when `T` changes. TRL and DistiLLM
+/// do not scale; PyTorch recipes usually do. The crate's default is [`T2Scaling::On`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum T2Scaling {
+    /// Multiply by `T²` (Hinton).
+    #[default]
+    On,
+    /// No factor.
+    Off,
+}
+
+impl T2Scaling {
+    pub(crate) fn factor(self, t: Temperature) -> f64 {
+        match self {
+            T2Scaling::On => t.squared(),
+            T2Scaling::Off => 1.0,
+        }
+    }
+}
+
+/// Checks that student and teacher logits have the same shape.
+pub(crate) fn assert_same_shape(student: &[usize], teacher: &[usize]) {
+    assert!(
+        student == teacher,
+        "teacher_logits: shape {teacher:?} does not match student_logits shape {student:?}"
+    );
+}
+
+/// Per-row forward KL `Σ_v p_v (log p_v − log q_v)` from log-probabilities `[R, V]`, with the
+/// convention `0 · log 0 = 0` (entries with `p_v = 0` contribute 0 and no gradient).
+pub(crate) fn kl_rows_from_log_probs(log_p: Tensor<2>, log_q: Tensor<2>) -> Tensor<1> {
+    let r = log_p.dims()[0];
+    let p = log_p.clone().exp();
+    let zero = p.clone().equal_elem(0.0);
+    // Mask the log-ratio before multiplying: at p = 0 it may be NaN (-inf - -inf), and
+    // 0 · NaN in the backward pass would poison the gradient of `p` (reverse KL, where the
+    // student is the first argument).
+    let terms = p.mul(log_p.sub(log_q).mask_fill(zero, 0.0));
+    terms.sum_dim(1).reshape([r])
+}
+
+/// Soft distillation loss per row: `r = s · Σ_v p_v (log p_v − log q_v)`, the forward
+/// `KL(p_teacher ‖ p_student)` with `p = softmax(teacher/T)`, `q = softmax(student/T)` and
+/// `s = T²` ([`T2Scaling::On`]) or `1`.
+///
+/// ```text
+/// r_i = s · Σ_v p_iv · (log p_iv − log q_iv)          ∂r_i/∂student_iv = (s / T) · (q_iv − p_iv)
+/// ```
+///
+/// The teacher is detached: it never receives a gradient. Entries where the teacher is `-inf`
+/// (probability 0) contribute 0, also when the student is `-inf` there too (a padded
+/// vocabulary). A student `-inf` where the teacher has mass gives `+inf`, as the math says.
+///
+/// # Shapes
+/// - `student_logits`, `teacher_logits`: `[..., V]` (`[N, C]` or `[B, S, V]`)
+/// - returns a [`RowLoss`] of `R = Π leading dims` rows; reduce it with
+///   [`RowLoss::reduce`], after [`RowLoss::masked`] for padding.
+///
+/// # Panics
+/// If the two shapes differ.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex();
+/// let student = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device);
+/// let teacher = Tensor::<2>::from_floats([[2.0, 0.5, -3.0]], &device);
+/// let t = Temperature::new(2.0).unwrap();
+/// let loss = soft_kl(student, teacher, t, T2Scaling::On).reduce(Reduction::Mean);
+/// assert!(loss.into_scalar::<f32>() > 0.0);
+/// ```
+///
+/// # References
+/// Hinton, Vinyals, Dean, *Distilling the Knowledge in a Neural Network*, 2015.
+pub fn soft_kl<const D: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    temperature: Temperature,
+    scaling: T2Scaling,
+) -> RowLoss {
+    assert_same_shape(&student_logits.dims(), &teacher_logits.dims());
+    let (s, rows, v) = flatten_rows(student_logits);
+    let (t, _, _) = flatten_rows(teacher_logits.detach());
+    let log_q = temperature_log_softmax(s, temperature);
+    let log_p = temperature_log_softmax(t, temperature);
+    let kl = kl_rows_from_log_probs(log_p, log_q);
+    let f = scaling.factor(temperature);
+    let kl = if f == 1.0 { kl } else { kl.mul_scalar(f) };
+    RowLoss::new(kl, &rows, v)
+}
+
+/// Configuration of [`SoftKlLoss`].
+#[derive(Config, Debug)]
+pub struct SoftKlLossConfig {
+    /// Softmax temperature `T` (finite, > 0).
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Multiply by `T²` (Hinton's convention).
+    #[config(default = true)]
+    pub t2_scaling: bool,
+}
+
+impl SoftKlLossConfig {
+    /// Builds the loss, validating the temperature.
+    ///
+    /// # Errors
+    /// [`KdError::InvalidTemperature`] for a NaN, infinite or non-positive temperature.
+    pub fn try_init(&self) -> Result<SoftKlLoss, KdError> {
+        Temperature::new(self.temperature)?;
+        Ok(SoftKlLoss {
+            temperature: self.temperature,
+            t2_scaling: self.t2_scaling,
+        })
+    }
+
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// On an invalid temperature (see [`try_init`](Self::try_init)).
+    pub fn init(&self) -> SoftKlLoss {
+        self.try_init().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// Module form of [`soft_kl`]: `T² · KL(p_teacher ‖ p_student)`.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex();
+/// let loss = SoftKlLossConfig::new().with_temperature(4.0).init();
+/// let s = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
+/// let t = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
+/// let v = loss.forward(s, t, Reduction::Mean).into_scalar::<f32>();
+/// assert!(v.abs() < 1e-6);
+/// ```
+#[derive(Module, Debug)]
+pub struct SoftKlLoss {
+    /// Softmax temperature.
+    pub temperature: f64,
+    /// Whether the `T²` factor is applied.
+    pub t2_scaling: bool,
+}
+
+impl SoftKlLoss {
+    fn parts(&self) -> (Temperature, T2Scaling) {
+        let t = Temperature::new(self.temperature).unwrap_or_else(|e| panic!("{e}"));
+        let s = if self.t2_scaling {
+            T2Scaling::On
+        } else {
+            T2Scaling::Off
+        };
+        (t, s)
+    }
+
+    /// Per-row values (see [`soft_kl`]).
+    ///
+    /// # Panics
+    /// If the shapes differ.
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+    ) -> RowLoss {
+        let (t, s) = self.parts();
+        soft_kl(student_logits, teacher_logits, t, s)
+    }
+
+    /// Reduced loss `[1]`.
+    ///
+    /// # Panics
+    /// If the shapes differ.
+    pub fn forward<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        reduction: Reduction,
+    ) -> Tensor<1> {
+        self.forward_no_reduction(student_logits, teacher_logits)
+            .reduce(reduction)
+    }
+
+    /// Reduced loss over the rows kept by `mask` (`[B, S]` for `[B, S, V]` logits).
+    ///
+    /// # Panics
+    /// If the shapes differ or the mask does not match the leading dimensions.
+    pub fn forward_masked<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        mask: &RowMask,
+        reduction: Reduction,
+    ) -> Tensor<1> {
+        self.forward_no_reduction(student_logits, teacher_logits)
+            .masked(mask)
+            .reduce(reduction)
+    }
+}

@@ -1,0 +1,131 @@
+//! Temperature softmax and log-softmax over the last dimension.
+//!
+//! ```text
+//! z_i = x_i / T
+//! softmax_T(x)_i     = exp(z_i - m) / Σ_j exp(z_j - m),   m = max_j z_j
+//! log_softmax_T(x)_i = (z_i - m) - log Σ_j exp(z_j - m)
+//! ```
+//!
+//! # Numerical contract
+//! * Stable for any finite logits: the row maximum is subtracted before `exp`, so logits of
+//!   ±1e4 (and ±1e4 / T for small T) give exact probabilities and finite log-probabilities.
+//! * A `-inf` logit (a masked or padded vocabulary entry) gives probability `0`, log-probability
+//!   `-inf`, and a softmax gradient of exactly `0`. The log-softmax gradient at such an entry is
+//!   the cotangent divided by `T` (the limit `∂ log p_i / ∂ x_i = 1 - p_i → 1`, as in PyTorch).
+//! * A row whose entries are **all** `-inf` (a fully padded row) is not an error: its softmax is
+//!   all zeros, its log-softmax all `-inf`, and its gradient is zero. (PyTorch returns NaN here.)
+//!   Losses built on these functions treat such a row as empty.
+//! * `+inf` or NaN logits are outside the contract and propagate NaN.
+
+use burn::tensor::Tensor;
+
+use crate::error::KdError;
+
+/// A validated softmax temperature: finite and strictly positive.
+///
+/// ```
+/// use kd_losses::temperature::Temperature;
+/// assert_eq!(Temperature::new(2.0).unwrap().get(), 2.0);
+/// assert!(Temperature::new(0.0).is_err());
+/// assert!(Temperature::new(f64::NAN).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Temperature(f64);
+
+impl Temperature {
+    /// `T = 1`: the plain softmax.
+    pub const ONE: Temperature = Temperature(1.0);
+
+    /// Validates `t`.
+    ///
+    /// # Errors
+    /// [`KdError::InvalidTemperature`] when `t` is NaN, infinite, zero or negative.
+    pub fn new(t: f64) -> Result<Self, KdError> {
+        if t.is_finite() && t > 0.0 {
+            Ok(Temperature(t))
+        } else {
+            Err(KdError::InvalidTemperature { value: t })
+        }
+    }
+
+    /// The temperature as a number.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// `T²`, the factor Hinton et al. (2015) put on the soft loss so its gradient magnitude
+    /// does not shrink as `1/T²`.
+    pub fn squared(self) -> f64 {
+        self.0 * self.0
+    }
+}
+
+impl Default for Temperature {
+    fn default() -> Self {
+        Temperature::ONE
+    }
+}
+
+/// Shared core: `(z - m, Σ exp(z - m) with empty rows set to 1)`, both keeping the last dim.
+fn shifted_and_norm<const D: usize>(logits: Tensor<D>, t: Temperature) -> (Tensor<D>, Tensor<D>) {
+    assert!(D >= 1, "logits must have at least one dimension");
+    let dim = D - 1;
+    let z = if t.0 == 1.0 {
+        logits
+    } else {
+        logits.div_scalar(t.0)
+    };
+    // The row maximum only shifts; the result does not depend on it, so it needs no gradient.
+    let m = z.clone().detach().max_dim(dim);
+    // An all -inf row has max -inf; shifting by 0 instead keeps it -inf rather than NaN.
+    let m = m.clone().mask_fill(m.is_inf(), 0.0);
+    let shifted = z.sub(m);
+    let s = shifted.clone().exp().sum_dim(dim);
+    let empty = s.clone().equal_elem(0.0);
+    (shifted, s.mask_fill(empty, 1.0))
+}
+
+/// Temperature softmax `softmax(x / T)` over the last dimension.
+///
+/// # Shapes
+/// - `logits`: `[..., V]`, any rank ≥ 1
+/// - output: same shape; each row sums to 1 (or is all zeros for an all `-inf` row)
+///
+/// See the [module docs](self) for the numerical contract.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::temperature::{temperature_softmax, Temperature};
+///
+/// let device = Device::flex();
+/// let x = Tensor::<2>::from_floats([[1.0, 2.0, f32::NEG_INFINITY]], &device);
+/// let p = temperature_softmax(x, Temperature::new(2.0).unwrap());
+/// let v = p.into_data().to_vec::<f32>().unwrap();
+/// assert!((v[0] + v[1] - 1.0).abs() < 1e-6 && v[2] == 0.0);
+/// ```
+pub fn temperature_softmax<const D: usize>(logits: Tensor<D>, t: Temperature) -> Tensor<D> {
+    let (shifted, norm) = shifted_and_norm(logits, t);
+    shifted.exp().div(norm)
+}
+
+/// Temperature log-softmax `log_softmax(x / T)` over the last dimension, computed without
+/// forming `log(softmax(..))`.
+///
+/// # Shapes
+/// - `logits`: `[..., V]`, any rank ≥ 1
+/// - output: same shape, log-probabilities (`-inf` where the logit is `-inf`)
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::temperature::{temperature_log_softmax, Temperature};
+///
+/// let device = Device::flex();
+/// let x = Tensor::<2>::from_floats([[1.0e4, -1.0e4]], &device);
+/// let lp = temperature_log_softmax(x, Temperature::ONE).into_data().to_vec::<f32>().unwrap();
+/// assert_eq!(lp[0], 0.0);
+/// assert_eq!(lp[1], -2.0e4);
+/// ```
+pub fn temperature_log_softmax<const D: usize>(logits: Tensor<D>, t: Temperature) -> Tensor<D> {
+    let (shifted, norm) = shifted_and_norm(logits, t);
+    shifted.sub(norm.log())
+}

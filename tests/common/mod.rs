@@ -1,0 +1,286 @@
+//! Shared test support: backend list, tolerances, golden-file loader, proptest strategies.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use serde::Deserialize;
+
+// ---------------------------------------------------------------------------------------------
+// Precision policy
+// ---------------------------------------------------------------------------------------------
+
+/// f32 against the float64 golden `expected`: `|a − b| ≤ F32_GOLDEN_RTOL · max(1, |b|)`
+/// (CONVENTIONS.md; torch f32 itself is within 8.8e-7).
+pub const F32_GOLDEN_RTOL: f64 = 1e-5;
+/// f32 implementations compared with each other (same math, different op order).
+pub const F32_CROSS_RTOL: f64 = 1e-4;
+/// Central finite differences in f64-evaluated-in-f32 land: step and tolerance.
+pub const FD_STEP: f64 = 1e-2;
+pub const FD_RTOL: f64 = 2e-2;
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------------
+
+/// The backends every golden and property test runs on, each with autodiff.
+///
+/// `KD_BACKENDS=flex,ndarray` restricts the list (default: all three).
+pub fn devices() -> Vec<(&'static str, Device)> {
+    let wanted = std::env::var("KD_BACKENDS").unwrap_or_else(|_| "flex,ndarray,wgpu".into());
+    let mut out = Vec::new();
+    for name in wanted.split(',').map(str::trim) {
+        match name {
+            "flex" => out.push(("flex", Device::flex().autodiff())),
+            "ndarray" => out.push(("ndarray", Device::ndarray().autodiff())),
+            "wgpu" => out.push(("wgpu", Device::wgpu(Default::default()).autodiff())),
+            "" => {}
+            other => panic!("KD_BACKENDS: unknown backend {other:?} (known: flex, ndarray, wgpu)"),
+        }
+    }
+    assert!(!out.is_empty(), "KD_BACKENDS selects no backend");
+    out
+}
+
+/// Prints one line that `.ci/run` collects: which test ran how many checks on which backend.
+///
+/// The line is also appended to `$CARGO_TARGET_TMPDIR/kd-report.txt`, which `.ci/run` prints as a
+/// summary after the tests (libtest hides the stdout of passing tests).
+pub fn report(test: &str, backend: &str, count: usize) {
+    use std::io::Write;
+    let line = format!("KD-REPORT test={test} backend={backend} checks={count}");
+    println!("{line}");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kd-report.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensors
+// ---------------------------------------------------------------------------------------------
+
+pub fn floats<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::<D>::from_data(TensorData::new(data, shape), device)
+}
+
+pub fn ints<const D: usize>(data: Vec<i64>, shape: [usize; D], device: &Device) -> Tensor<D, Int> {
+    Tensor::<D, Int>::from_data(TensorData::new(data, shape), device)
+}
+
+pub fn bools<const D: usize>(
+    data: Vec<bool>,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D, Bool> {
+    Tensor::<D, Bool>::from_data(TensorData::new(data, shape), device)
+}
+
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+pub fn scalar(t: Tensor<1>) -> f64 {
+    to_vec(t)[0] as f64
+}
+
+/// `|a − b| ≤ rtol · max(1, |b|)` elementwise; non-finite entries must match exactly.
+pub fn assert_close(what: &str, got: &[f32], expected: &[f64], rtol: f64) {
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        expected.len()
+    );
+    for (i, (&g, &e)) in got.iter().zip(expected).enumerate() {
+        let g = g as f64;
+        if !e.is_finite() {
+            assert!(g == e, "{what}[{i}]: got {g}, expected non-finite {e}");
+            continue;
+        }
+        let tol = rtol * e.abs().max(1.0);
+        assert!(
+            (g - e).abs() <= tol,
+            "{what}[{i}]: got {g}, expected {e} (|diff| {} > tol {tol})",
+            (g - e).abs()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden files (schema: tests/golden/CONVENTIONS.md)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum Num {
+    F(f64),
+    B(bool),
+    S(String),
+}
+
+impl Num {
+    pub fn f64(&self) -> f64 {
+        match self {
+            Num::F(x) => *x,
+            Num::B(b) => *b as u8 as f64,
+            Num::S(s) => match s.as_str() {
+                "inf" => f64::INFINITY,
+                "-inf" => f64::NEG_INFINITY,
+                "nan" => f64::NAN,
+                other => panic!("golden: unknown number {other:?}"),
+            },
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct JTensor {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<Num>,
+}
+
+impl JTensor {
+    pub fn f64s(&self) -> Vec<f64> {
+        self.data.iter().map(Num::f64).collect()
+    }
+    pub fn f32s(&self) -> Vec<f32> {
+        self.data.iter().map(|x| x.f64() as f32).collect()
+    }
+    pub fn i64s(&self) -> Vec<i64> {
+        self.data.iter().map(|x| x.f64() as i64).collect()
+    }
+    pub fn bools(&self) -> Vec<bool> {
+        self.data.iter().map(|x| x.f64() != 0.0).collect()
+    }
+    fn dims<const D: usize>(&self, what: &str) -> [usize; D] {
+        assert_eq!(
+            self.shape.len(),
+            D,
+            "golden {what}: rank {} != {D}",
+            self.shape.len()
+        );
+        core::array::from_fn(|i| self.shape[i])
+    }
+    pub fn float<const D: usize>(&self, device: &Device) -> Tensor<D> {
+        floats(self.f32s(), self.dims::<D>("float"), device)
+    }
+    pub fn int<const D: usize>(&self, device: &Device) -> Tensor<D, Int> {
+        ints(self.i64s(), self.dims::<D>("int"), device)
+    }
+    pub fn boolean<const D: usize>(&self, device: &Device) -> Tensor<D, Bool> {
+        bools(self.bools(), self.dims::<D>("bool"), device)
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub params: serde_json::Value,
+    pub inputs: BTreeMap<String, JTensor>,
+    pub cotangent: Option<JTensor>,
+    pub expected: BTreeMap<String, JTensor>,
+}
+
+impl Case {
+    pub fn input(&self, name: &str) -> &JTensor {
+        self.inputs
+            .get(name)
+            .unwrap_or_else(|| panic!("golden case {}: no input {name:?}", self.name))
+    }
+    pub fn expected(&self, name: &str) -> &JTensor {
+        self.expected
+            .get(name)
+            .unwrap_or_else(|| panic!("golden case {}: no expected {name:?}", self.name))
+    }
+    pub fn param_f64(&self, name: &str) -> f64 {
+        self.params[name].as_f64().unwrap_or_else(|| {
+            panic!(
+                "golden case {}: param {name:?} missing or not a number",
+                self.name
+            )
+        })
+    }
+    pub fn param_str(&self, name: &str) -> Option<&str> {
+        self.params.get(name).and_then(|v| v.as_str())
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct GoldenFile {
+    pub family: String,
+    pub cases: Vec<Case>,
+}
+
+/// The golden folder: `$KD_GOLDEN_DIR`, or the vendored `tests/golden`.
+pub fn golden_dir() -> PathBuf {
+    match std::env::var_os("KD_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden"),
+    }
+}
+
+/// Loads `<golden_dir>/<file>`; a missing or unreadable file fails the test.
+pub fn load_golden(file: &str) -> GoldenFile {
+    let path = golden_dir().join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("golden: cannot read {}: {e}", path.display()));
+    let g: GoldenFile = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("golden: cannot parse {}: {e}", path.display()));
+    assert!(
+        !g.cases.is_empty(),
+        "golden: {} has no cases",
+        path.display()
+    );
+    g
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proptest strategies (named ranges)
+// ---------------------------------------------------------------------------------------------
+
+pub mod strategies {
+    use proptest::prelude::*;
+
+    /// Ordinary logits.
+    pub const LOGIT_RANGE: core::ops::Range<f32> = -8.0..8.0;
+    /// Extreme logits (the ±1e4 contract).
+    pub const LARGE_RANGE: core::ops::Range<f32> = -1.0e4..1.0e4;
+    /// Temperatures exercised by the properties.
+    pub const T_RANGE: core::ops::Range<f64> = 0.25..8.0;
+
+    /// `(rows, cols, data)` with rows in 1..=5 and cols in 2..=7.
+    pub fn logits(range: core::ops::Range<f32>) -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
+        (1usize..=5, 2usize..=7).prop_flat_map(move |(r, c)| {
+            (
+                Just(r),
+                Just(c),
+                prop::collection::vec(range.clone(), r * c),
+            )
+        })
+    }
+
+    /// Two logit matrices of the same shape.
+    pub fn logit_pair(
+        range: core::ops::Range<f32>,
+    ) -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<f32>)> {
+        (1usize..=5, 2usize..=7).prop_flat_map(move |(r, c)| {
+            (
+                Just(r),
+                Just(c),
+                prop::collection::vec(range.clone(), r * c),
+                prop::collection::vec(range.clone(), r * c),
+            )
+        })
+    }
+}
