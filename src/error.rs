@@ -70,6 +70,39 @@ pub enum KdError {
         /// Why the mapping is impossible.
         reason: &'static str,
     },
+    /// Student and teacher have different vocabulary sizes (last dimension) and no alignment
+    /// was asked for (see [`VocabAlignment`](crate::vocab::VocabAlignment)).
+    VocabMismatch {
+        /// The student's vocabulary size.
+        student: usize,
+        /// The teacher's vocabulary size.
+        teacher: usize,
+    },
+    /// A sparse teacher keeps more entries per row than the vocabulary has.
+    TopkTooLarge {
+        /// Entries per row (`k`).
+        k: usize,
+        /// Vocabulary size `V`.
+        vocab: usize,
+    },
+    /// A sparse-teacher index outside `[0, V)`, or repeated within its row.
+    InvalidTopkIndex {
+        /// The first offending index.
+        index: i64,
+        /// Vocabulary size `V`.
+        vocab: usize,
+        /// `true` when the index is in range but appears twice in its row.
+        duplicate: bool,
+    },
+    /// Two lists that must have the same length do not (teachers and their weights).
+    LengthMismatch {
+        /// What was compared.
+        name: &'static str,
+        /// The expected length.
+        expected: usize,
+        /// The length given.
+        got: usize,
+    },
 }
 
 impl fmt::Display for KdError {
@@ -220,6 +253,50 @@ mod tests {
             }
             .to_string(),
             "invalid layer map from 8 student to 4 teacher layers: needs student_layers <= teacher_layers"
+        );
+    }
+
+    #[test]
+    fn divergence_family_messages() {
+        assert_eq!(
+            KdError::VocabMismatch {
+                student: 151936,
+                teacher: 152064
+            }
+            .to_string(),
+            "vocabulary mismatch: student has 151936 entries, teacher has 152064 \
+             (align them with VocabAlignment::Truncate or VocabAlignment::PadNegInf)"
+        );
+        assert_eq!(
+            KdError::TopkTooLarge { k: 9, vocab: 7 }.to_string(),
+            "top-k teacher keeps k = 9 entries per row but the vocabulary has only 7"
+        );
+        assert_eq!(
+            KdError::InvalidTopkIndex {
+                index: 7,
+                vocab: 7,
+                duplicate: false
+            }
+            .to_string(),
+            "top-k index 7 is out of range for a vocabulary of 7 (valid: 0..7)"
+        );
+        assert_eq!(
+            KdError::InvalidTopkIndex {
+                index: 3,
+                vocab: 7,
+                duplicate: true
+            }
+            .to_string(),
+            "top-k index 3 appears twice in one row"
+        );
+        assert_eq!(
+            KdError::LengthMismatch {
+                name: "weights",
+                expected: 2,
+                got: 3
+            }
+            .to_string(),
+            "weights: expected 2 entries, got 3"
         );
     }
 }

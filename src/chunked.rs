@@ -1,0 +1,290 @@
+//! Row-chunked evaluation for large vocabularies.
+//!
+//! A divergence over `[N, V]` logits (`N = B·S` tokens, `V` ≈ 150 000) keeps several `N × V`
+//! intermediates alive for the backward pass (log-softmaxes, probabilities, log-ratios). The
+//! functions here split the rows into chunks of `chunk_rows` and, per chunk:
+//!
+//! 1. compute the per-row values on a fresh leaf copy of the chunk;
+//! 2. run that chunk's backward at once, keep its per-row gradient `g = ∂r_i/∂x_i` (rows are
+//!    independent, so the gradient of `Σ r` is exactly each row's own gradient), and free the
+//!    chunk's graph.
+//!
+//! The result is linked to the student logits `x` by a first-order surrogate,
+//!
+//! ```text
+//! r_i  =  r_i(x̄)  +  ⟨x_i, g_i⟩ − ⟨x̄_i, g_i⟩          x̄ = x detached
+//! ```
+//!
+//! whose value is exactly `r_i` and whose gradient is exactly `g_i` times the row's cotangent, so
+//! any mask and [`Reduction`](crate::reduction::Reduction) applied afterwards behaves as on the
+//! unchunked path. The per-row dot products run as a batched `[N,1,V]×[N,V,1]` matmul, so no
+//! further `N × V` temporary is formed.
+//!
+//! # Memory
+//! The working set of the loss itself is bounded by `chunk_rows × V` (one chunk's graph at a
+//! time). What remains of size `N × V` is the gradient with respect to the logits, which any
+//! backward pass must produce: here it is computed during the forward pass and held until the
+//! backward (as Liger-Kernel's fused losses do). `benches/chunked.rs` measures both paths.
+//!
+//! # Limits
+//! * Only the student's logits receive a gradient: a per-row temperature that is itself
+//!   tracked (a [learnable](crate::schedule::LearnableTemperature) one) is rejected — use the
+//!   unchunked functions for it.
+//! * Second derivatives through the surrogate are not those of the loss.
+//! * Without autodiff (or when the logits are not tracked) the chunks are only evaluated.
+
+use burn::tensor::Tensor;
+
+use crate::divergence::{Divergence, RowTemperature, dense_rows};
+use crate::error::KdError;
+use crate::logits::T2Scaling;
+use crate::logits::soft::assert_same_shape;
+use crate::reduction::{RowLoss, flatten_rows};
+use crate::sparse::{
+    MissingMass, SparseOptions, StudentNorm, TopkSpace, TopkTeacher, check_topk_indices,
+    sparse_rows,
+};
+
+/// Evaluates a row-wise loss `f` chunk by chunk, with the exact value and student gradient of
+/// the unchunked evaluation; see the [module docs](self).
+///
+/// `f(student_chunk, first_row, rows)` must return the `[rows]` per-row values of the rows
+/// `first_row..first_row + rows`, each depending only on its own row of `student_chunk`
+/// (slice any other per-row input with the same range).
+///
+/// # Shapes
+/// - `student_logits`: `[R, V]`
+/// - returns `[R]`.
+///
+/// # Panics
+/// If `chunk_rows` is 0, or `f` returns a tensor of the wrong length.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::chunked::chunked_rows;
+///
+/// let device = Device::flex().autodiff();
+/// let x = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], &device).require_grad();
+/// // r_i = Σ_v x_iv², two rows at a time.
+/// let r = chunked_rows(x.clone(), 2, |c, _, n| c.powi_scalar(2).sum_dim(1).reshape([n]));
+/// let grads = r.sum().backward();
+/// let g = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+/// assert_eq!(g, vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
+/// ```
+pub fn chunked_rows<F>(student_logits: Tensor<2>, chunk_rows: usize, f: F) -> Tensor<1>
+where
+    F: Fn(Tensor<2>, usize, usize) -> Tensor<1>,
+{
+    assert!(chunk_rows > 0, "chunk_rows must be > 0, got 0");
+    let [r, v] = student_logits.dims();
+    let tracked = student_logits.is_tracked();
+    // Chunks are sliced from a copy outside the autodiff graph.
+    let base = student_logits.clone().inner();
+    let mut values = Vec::new();
+    let mut grads = Vec::new();
+    let mut first = 0;
+    while first < r {
+        let n = chunk_rows.min(r - first);
+        let chunk = base.clone().narrow(0, first, n);
+        if tracked {
+            let leaf = chunk.autodiff().require_grad();
+            let out = f(leaf.clone(), first, n);
+            check_len(&out, n);
+            let g = leaf
+                .grad(&out.clone().sum().backward())
+                .unwrap_or_else(|| Tensor::<2>::zeros([n, v], &base.device()));
+            values.push(out.inner());
+            grads.push(g);
+        } else {
+            let out = f(chunk.clone(), first, n);
+            check_len(&out, n);
+            values.push(out);
+        }
+        first += n;
+    }
+    if values.is_empty() {
+        return Tensor::<1>::zeros([0], &student_logits.device());
+    }
+    let values = Tensor::cat(values, 0);
+    if !tracked {
+        return values;
+    }
+    let g = Tensor::cat(grads, 0).reshape([r, v, 1]).autodiff();
+    let x = student_logits.reshape([r, 1, v]);
+    let x_bar = x.clone().detach();
+    let linear = x.matmul(g.clone()).reshape([r]);
+    let constant = x_bar.matmul(g).reshape([r]);
+    values.autodiff().add(linear.sub(constant))
+}
+
+fn check_len(out: &Tensor<1>, n: usize) {
+    assert!(
+        out.dims()[0] == n,
+        "chunked_rows: the row function returned shape {:?} for a chunk of {n} rows",
+        out.dims()
+    );
+}
+
+/// Rejects a tracked per-row temperature (its gradient would be lost).
+fn untracked(t: RowTemperature) -> RowTemperature {
+    if let RowTemperature::PerRow(tt) = &t {
+        assert!(
+            !tt.is_tracked(),
+            "temperature: a per-row temperature that requires a gradient is not supported by the chunked losses"
+        );
+    }
+    t
+}
+
+/// [`divergence`](crate::divergence::divergence) evaluated `chunk_rows` rows at a time: the same
+/// value and student gradient, with the loss's working memory bounded by `chunk_rows × V`.
+///
+/// ```text
+/// r_i = s · D(softmax(student_i / T), softmax(teacher_i / T))        (as the unchunked loss)
+/// ```
+///
+/// # Shapes
+/// - `student_logits`, `teacher_logits`: `[..., V]`; returns a [`RowLoss`].
+///
+/// # Panics
+/// As [`divergence`](crate::divergence::divergence); also if `chunk_rows` is 0 or a per-row
+/// temperature is tracked.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::chunked::chunked_divergence;
+/// use kd_losses::divergence::{divergence, Divergence};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex();
+/// let s = Tensor::<2>::from_floats([[1.0, 0.0, 2.0], [0.5, 0.1, 0.0], [3.0, 2.0, 1.0]], &device);
+/// let t = Tensor::<2>::from_floats([[0.0, 1.0, 2.0], [0.1, 0.5, 0.0], [1.0, 2.0, 3.0]], &device);
+/// let d = Divergence::ReverseKl;
+/// let a = chunked_divergence(s.clone(), t.clone(), d, Temperature::ONE, T2Scaling::Off, 2);
+/// let b = divergence(s, t, d, Temperature::ONE, T2Scaling::Off);
+/// let (a, b) = (a.reduce(Reduction::Sum).into_scalar::<f32>(), b.reduce(Reduction::Sum).into_scalar::<f32>());
+/// assert!((a - b).abs() < 1e-6);
+/// ```
+pub fn chunked_divergence<const D: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    divergence: Divergence,
+    temperature: impl Into<RowTemperature>,
+    scaling: T2Scaling,
+    chunk_rows: usize,
+) -> RowLoss {
+    assert_same_shape(&student_logits.dims(), &teacher_logits.dims());
+    if let Err(e) = divergence.validate() {
+        panic!("{e}");
+    }
+    let temperature = untracked(temperature.into());
+    let (s, rows, v) = flatten_rows(student_logits);
+    let (t, _, _) = flatten_rows(teacher_logits.detach());
+    temperature.check_rows(s.dims()[0]);
+    let values = chunked_rows(s, chunk_rows, |sc, first, n| {
+        let tc = t.clone().narrow(0, first, n);
+        dense_rows(sc, tc, divergence, &temperature.narrow(first, n), scaling)
+    });
+    RowLoss::new(values, &rows, v)
+}
+
+/// [`sparse_divergence`](crate::sparse::sparse_divergence) evaluated `chunk_rows` rows at a
+/// time (indices checked once, up front).
+///
+/// ```text
+/// r_i = s · D(q_i, p_i)     over the k + 1 bins of the sparse module
+/// ```
+///
+/// # Shapes
+/// As [`sparse_divergence`](crate::sparse::sparse_divergence).
+///
+/// # Panics
+/// As [`sparse_divergence`](crate::sparse::sparse_divergence); also if `chunk_rows` is 0 or a
+/// per-row temperature is tracked.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use kd_losses::chunked::chunked_sparse_divergence;
+/// use kd_losses::divergence::Divergence;
+/// use kd_losses::sparse::{SparseOptions, TopkTeacher};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex();
+/// let s = Tensor::<2>::from_floats([[1.0, 0.0, 2.0], [0.5, 0.1, 0.0]], &device);
+/// let teacher = TopkTeacher::from_logits(
+///     Tensor::<2, Int>::from_ints([[2, 0], [1, 0]], &device),
+///     Tensor::<2>::from_floats([[3.0, 1.0], [2.0, 0.0]], &device),
+/// );
+/// let rows = chunked_sparse_divergence(s, teacher, Divergence::ForwardKl,
+///     SparseOptions::default(), Temperature::ONE, T2Scaling::On, 1);
+/// assert!(rows.reduce(Reduction::Mean).into_scalar::<f32>() > 0.0);
+/// ```
+pub fn chunked_sparse_divergence<const D: usize>(
+    student_logits: Tensor<D>,
+    teacher: TopkTeacher<D>,
+    divergence: Divergence,
+    options: SparseOptions,
+    temperature: impl Into<RowTemperature>,
+    scaling: T2Scaling,
+    chunk_rows: usize,
+) -> RowLoss {
+    let sd = student_logits.dims();
+    let td = teacher.indices().dims();
+    assert!(
+        sd[..D - 1] == td[..D - 1],
+        "teacher indices: shape {td:?} does not match student_logits shape {sd:?} in the leading dimensions"
+    );
+    if let Err(e) = divergence.validate() {
+        panic!("{e}");
+    }
+    let v = sd[D - 1];
+    if let Err(e) = check_topk_indices(&teacher.indices(), v) {
+        panic!("teacher indices: {e}");
+    }
+    let tail_bucket = options.missing_mass == MissingMass::TailBucket;
+    assert!(
+        !(tail_bucket && teacher.space() == TopkSpace::Logits),
+        "MissingMass::TailBucket needs teacher log-probabilities (TopkTeacher::from_log_probs), got logits"
+    );
+    assert!(
+        !(tail_bucket && options.student_norm == StudentNorm::Support),
+        "StudentNorm::Support renormalises both sides over the top-k; it cannot be combined with MissingMass::TailBucket"
+    );
+    let temperature = untracked(temperature.into());
+    let (s, rows, _) = flatten_rows(student_logits);
+    let (idx, vals) = teacher.flat_rows();
+    temperature.check_rows(s.dims()[0]);
+    let values = chunked_rows(s, chunk_rows, |sc, first, n| {
+        let tc = temperature.narrow(first, n);
+        let r = sparse_rows(
+            sc,
+            idx.clone().narrow(0, first, n),
+            vals.clone().narrow(0, first, n),
+            divergence,
+            options,
+            &tc,
+        );
+        tc.scale(r, scaling)
+    });
+    RowLoss::new(values, &rows, v)
+}
+
+/// A `chunk_rows` that keeps one chunk's `f32` working set under `bytes` for vocabulary `v`,
+/// assuming about eight `chunk × V` temporaries.
+///
+/// # Errors
+/// [`KdError::NotPositive`] when `bytes` or `v` is 0.
+///
+/// ```
+/// use kd_losses::chunked::chunk_rows_for_budget;
+/// // 1 GiB for a 128 000-entry vocabulary: 262 rows per chunk.
+/// assert_eq!(chunk_rows_for_budget(1 << 30, 128_000).unwrap(), 262);
+/// ```
+pub fn chunk_rows_for_budget(bytes: usize, v: usize) -> Result<usize, KdError> {
+    crate::error::check_positive("bytes", bytes as f64)?;
+    crate::error::check_positive("vocabulary size", v as f64)?;
+    Ok((bytes / (8 * 4 * v)).max(1))
+}
