@@ -130,7 +130,7 @@ fn batch_y(y: &[i64], idx: &[usize], device: &Device) -> Tensor<1, Int> {
 fn accuracy(model: &Mlp, s: &Split, device: &Device) -> f64 {
     let idx: Vec<usize> = (0..s.len()).collect();
     let pred = model.forward(batch_x(s, &idx, device)).argmax(1).reshape([s.len()]);
-    let pred = pred.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+    let pred = pred.try_into_vec_as::<i64>().unwrap();
     pred.iter().zip(&s.y).filter(|(a, b)| a == b).count() as f64 / s.len() as f64
 }
 

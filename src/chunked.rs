@@ -91,9 +91,13 @@ where
             let leaf = chunk.autodiff().require_grad();
             let out = f(leaf.clone(), first, n);
             check_len(&out, n);
-            let g = leaf
-                .grad(&out.clone().sum().backward())
-                .unwrap_or_else(|| Tensor::<2>::zeros([n, v], &base.device()));
+            // A row function that ignores the student (e.g. a skew KL at α = 1) is untracked.
+            let g = if out.is_tracked() {
+                leaf.grad(&out.clone().sum().backward())
+            } else {
+                None
+            }
+            .unwrap_or_else(|| Tensor::<2>::zeros([n, v], &base.device()));
             values.push(out.inner());
             grads.push(g);
         } else {

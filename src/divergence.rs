@@ -279,13 +279,11 @@ fn weighted_sum(
 
 /// `log(w·a + (1−w)·b)` from log-probabilities, `w ∈ [0, 1]`, stable and NaN-free: entries
 /// where both sides are `-inf` give `-inf` with a zero gradient.
+///
+/// `w = 0` or `1` is not short-cut: the side with weight 0 gets `log 0 = -inf` and stays in the
+/// graph with a zero gradient, so the loss is still tracked (a `backward` on it works) and its
+/// value is exactly the other side.
 pub(crate) fn log_mix(log_a: Tensor<2>, w: f64, log_b: Tensor<2>) -> Tensor<2> {
-    if w == 1.0 {
-        return log_a;
-    }
-    if w == 0.0 {
-        return log_b;
-    }
     log_add_exp(log_a.add_scalar(w.ln()), log_b.add_scalar((1.0 - w).ln()))
 }
 

@@ -100,7 +100,7 @@ fn shifted_and_norm<const D: usize>(logits: Tensor<D>, t: Temperature) -> (Tenso
 /// let device = Device::flex();
 /// let x = Tensor::<2>::from_floats([[1.0, 2.0, f32::NEG_INFINITY]], &device);
 /// let p = temperature_softmax(x, Temperature::new(2.0).unwrap());
-/// let v = p.into_data().to_vec::<f32>().unwrap();
+/// let v = p.try_into_vec_as::<f32>().unwrap();
 /// assert!((v[0] + v[1] - 1.0).abs() < 1e-6 && v[2] == 0.0);
 /// ```
 pub fn temperature_softmax<const D: usize>(logits: Tensor<D>, t: Temperature) -> Tensor<D> {
@@ -121,7 +121,7 @@ pub fn temperature_softmax<const D: usize>(logits: Tensor<D>, t: Temperature) ->
 ///
 /// let device = Device::flex();
 /// let x = Tensor::<2>::from_floats([[1.0e4, -1.0e4]], &device);
-/// let lp = temperature_log_softmax(x, Temperature::ONE).into_data().to_vec::<f32>().unwrap();
+/// let lp = temperature_log_softmax(x, Temperature::ONE).try_into_vec_as::<f32>().unwrap();
 /// assert_eq!(lp[0], 0.0);
 /// assert_eq!(lp[1], -2.0e4);
 /// ```

@@ -54,8 +54,8 @@ fn mask_of(case: &Case, device: &Device) -> Option<RowMask> {
         };
         if let Some(stored) = case.inputs.get("mask") {
             // The stored mask must be the labels' mask.
-            let want: Vec<bool> = stored.bools();
-            let got: Vec<bool> = m.flat().into_data().try_to_vec::<bool>().unwrap();
+            let want: Vec<f32> = stored.bools().iter().map(|&b| b as u8 as f32).collect();
+            let got: Vec<f32> = to_vec(m.flat().float());
             assert_eq!(got, want, "{}: labels and mask disagree", case.name);
         }
         return Some(m);

@@ -45,9 +45,11 @@ pub fn check_labels<const D: usize>(
     num_classes: usize,
     ignore_index: Option<i64>,
 ) -> Result<(), KdError> {
-    let data = labels.to_data().convert::<i64>();
-    let values = data.as_slice::<i64>().expect("labels are integers");
-    for &y in values {
+    let values = labels
+        .clone()
+        .try_into_vec_as::<i64>()
+        .expect("labels can be read back");
+    for y in values {
         if Some(y) == ignore_index {
             continue;
         }
@@ -120,7 +122,8 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
     let labels = labels.reshape([r]);
     let keep = match options.ignore_index {
         Some(ii) => labels.clone().not_equal_elem(ii),
-        None => labels.clone().not_equal_elem(i64::MIN),
+        // Every label was checked to be in [0, C).
+        None => labels.clone().greater_equal_elem(0),
     };
     let safe = labels.mask_fill(keep.clone().bool_not(), 0);
     let log_q = temperature_log_softmax(logits, Temperature::ONE);

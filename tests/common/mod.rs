@@ -33,6 +33,8 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     for name in wanted.split(',').map(str::trim) {
         match name {
             "flex" => out.push(("flex", Device::flex().autodiff())),
+            // Deprecated in Burn 0.22 in favour of flex, but still a backend users run on.
+            #[allow(deprecated)]
             "ndarray" => out.push(("ndarray", Device::ndarray().autodiff())),
             "wgpu" => out.push(("wgpu", Device::wgpu(Default::default()).autodiff())),
             "" => {}
@@ -82,7 +84,7 @@ pub fn bools<const D: usize>(
 }
 
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    t.try_into_vec_as::<f32>().unwrap()
 }
 
 pub fn scalar(t: Tensor<1>) -> f64 {
