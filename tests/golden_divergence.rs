@@ -175,7 +175,11 @@ fn golden_c_skew_kl() {
                 let mean_h = v.ln() - scalar(kl_pu);
                 let ours = case.expected("loss").f64s()[0];
                 // skew_rkl: DistiLLM's code value is the divergence itself.
-                let offset = if matches!(d, Divergence::SkewKl { .. }) { mean_h } else { 0.0 };
+                let offset = if matches!(d, Divergence::SkewKl { .. }) {
+                    mean_h
+                } else {
+                    0.0
+                };
                 assert!(
                     (code - offset - ours).abs() < 1e-5,
                     "{}: DistiLLM offset is not the teacher entropy",
