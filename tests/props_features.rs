@@ -1,0 +1,290 @@
+//! Property tests of the feature losses (proptest, 64+ cases each, on every backend).
+
+mod common;
+
+use std::sync::LazyLock;
+
+use burn::tensor::{Bool, Device, Tensor};
+use common::*;
+use kd_losses::prelude::*;
+use proptest::prelude::*;
+
+static DEVICES: LazyLock<Vec<(&'static str, Device)>> = LazyLock::new(devices);
+
+/// Hidden states and attention scores of ordinary magnitude.
+const FEATURE_RANGE: core::ops::Range<f32> = -3.0..3.0;
+
+fn cfg() -> ProptestConfig {
+    ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn vec_of(n: usize) -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(FEATURE_RANGE, n)
+}
+
+/// A `[B, S]` mask keeping the first `keep` tokens of every sequence.
+fn prefix_mask(b: usize, s: usize, keep: usize, d: &Device) -> Tensor<2, Bool> {
+    let data: Vec<bool> = (0..b * s).map(|i| i % s < keep).collect();
+    bools(data, [b, s], d)
+}
+
+fn finite(v: &[f32]) -> bool {
+    v.iter().all(|x| x.is_finite())
+}
+
+/// Rotation by `angle` in the plane of axes `(i, j)`, as a `[D, D]` matrix.
+fn givens(d: usize, i: usize, j: usize, angle: f32, dev: &Device) -> Tensor<2> {
+    let mut m = vec![0.0f32; d * d];
+    for k in 0..d {
+        m[k * d + k] = 1.0;
+    }
+    let (c, s) = (angle.cos(), angle.sin());
+    m[i * d + i] = c;
+    m[j * d + j] = c;
+    m[i * d + j] = -s;
+    m[j * d + i] = s;
+    floats(m, [d, d], dev)
+}
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    /// Hidden MSE (with a projection), cosine and normalized MSE: masking a suffix of every
+    /// sequence equals slicing it away.
+    #[test]
+    fn hidden_masked_equals_sliced(
+        (b, s, keep, hs, ht, w) in (1usize..=2, 2usize..=4).prop_flat_map(|(b, s)| {
+            (Just(b), Just(s), 1..=s, vec_of(b * s * 3), vec_of(b * s * 4), vec_of(12))
+        })
+    ) {
+        for (_, d) in DEVICES.iter() {
+            let h_s = floats(hs.clone(), [b, s, 3], d);
+            let h_t = floats(ht.clone(), [b, s, 4], d);
+            let proj = HiddenProjection::from_tensors(floats(w.clone(), [3, 4], d), None);
+            let mask = RowMask::new(prefix_mask(b, s, keep, d));
+            for dist in [HiddenDistance::Mse, HiddenDistance::Cosine, HiddenDistance::NormalizedMse] {
+                let loss = HiddenLoss { projection: proj.clone(), distance: dist };
+                let masked = scalar(loss.forward_masked(h_s.clone(), h_t.clone(), &mask, Reduction::ElementMean));
+                let sliced = scalar(loss.forward(
+                    h_s.clone().slice([0..b, 0..keep]),
+                    h_t.clone().slice([0..b, 0..keep]),
+                    Reduction::ElementMean,
+                ));
+                prop_assert!((masked - sliced).abs() <= 1e-5 * sliced.abs().max(1.0), "{dist:?}: {masked} vs {sliced}");
+            }
+        }
+    }
+
+    /// Attention MSE (scores and probabilities) and attention KL: a padding mask over a suffix
+    /// equals the maps sliced to the real tokens, for matching and differing head counts.
+    #[test]
+    fn attention_masked_equals_sliced(
+        (b, hs, ht, s, keep, xs, xt) in (1usize..=2, 1usize..=2, 1usize..=3, 2usize..=4).prop_flat_map(|(b, hs, ht, s)| {
+            (Just(b), Just(hs), Just(ht), Just(s), 1..=s, vec_of(b * hs * s * s), vec_of(b * ht * s * s))
+        })
+    ) {
+        for (_, d) in DEVICES.iter() {
+            let a_s = floats(xs.clone(), [b, hs, s, s], d);
+            let a_t = floats(xt.clone(), [b, ht, s, s], d);
+            let mask = prefix_mask(b, s, keep, d);
+            let cut = |x: Tensor<4>| { let h = x.dims()[1]; x.slice([0..b, 0..h, 0..keep, 0..keep]) };
+            let close = |a: f64, c: f64| (a - c).abs() <= 1e-5 * c.abs().max(1.0);
+            for heads in [HeadReduce::Mean, HeadReduce::Sum] {
+                let m = scalar(attention_mse_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), heads).reduce(Reduction::Mean));
+                let c = scalar(attention_mse_scores(cut(a_s.clone()), cut(a_t.clone()), None, heads).reduce(Reduction::Mean));
+                prop_assert!(close(m, c), "mse {heads:?}: {m} vs {c}");
+            }
+            let m = scalar(attention_kl_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), KlHeads::Mean).reduce(Reduction::Mean));
+            let c = scalar(attention_kl_scores(cut(a_s.clone()), cut(a_t.clone()), None, KlHeads::Mean).reduce(Reduction::Mean));
+            prop_assert!(close(m, c), "kl mean: {m} vs {c}");
+            if hs == ht {
+                let m = scalar(attention_mse_probs(a_s.clone(), a_t.clone(), Some(mask.clone()), HeadReduce::Match).reduce(Reduction::Mean));
+                let c = scalar(attention_mse_probs(cut(a_s.clone()), cut(a_t.clone()), None, HeadReduce::Match).reduce(Reduction::Mean));
+                prop_assert!(close(m, c), "mse probs: {m} vs {c}");
+                let m = scalar(attention_kl_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), KlHeads::Match).reduce(Reduction::Mean));
+                let c = scalar(attention_kl_scores(cut(a_s.clone()), cut(a_t.clone()), None, KlHeads::Match).reduce(Reduction::Mean));
+                prop_assert!(close(m, c), "kl match: {m} vs {c}");
+            }
+        }
+    }
+
+    /// MiniLM and MiniLMv2: every KL term is ≥ 0, and 0 (with a zero gradient) for identical
+    /// student and teacher.
+    #[test]
+    fn minilm_kl_nonnegative_and_zero_on_identical(
+        (b, h, s, sc_s, sc_t, v_s, v_t, keep) in (1usize..=2, 1usize..=2, 2usize..=4).prop_flat_map(|(b, h, s)| {
+            (Just(b), Just(h), Just(s), vec_of(b * h * s * s), vec_of(b * h * s * s),
+             vec_of(b * s * 2 * h), vec_of(b * s * 4 * h), 1..=s)
+        })
+    ) {
+        for (_, d) in DEVICES.iter() {
+            let mask = prefix_mask(b, s, keep, d);
+            let layer = |sc: &Vec<f32>, v: &Vec<f32>, w: usize| MiniLmLayer {
+                attention_scores: floats(sc.clone(), [b, h, s, s], d),
+                values: floats(v.clone(), [b, s, w], d),
+            };
+            let terms = minilm_loss(layer(&sc_s, &v_s, 2 * h), layer(&sc_t, &v_t, 4 * h), Some(mask.clone()));
+            for (name, v) in terms.scalars() {
+                prop_assert!(v >= -1e-6, "{name}: {v} < 0");
+            }
+            let qkv = |v: &Vec<f32>, w: usize| QkvStates {
+                queries: floats(v.clone(), [b, s, w], d),
+                keys: floats(v.iter().map(|x| -x).collect(), [b, s, w], d),
+                values: floats(v.iter().map(|x| 0.5 * x).collect(), [b, s, w], d),
+            };
+            let v2 = minilm_v2_loss(qkv(&v_s, 2 * h), qkv(&v_t, 4 * h), h, Some(mask.clone()));
+            for (name, v) in v2.scalars() {
+                prop_assert!(v >= -1e-6, "{name}: {v} < 0");
+            }
+            // Identical inputs.
+            let sc = floats(sc_s.clone(), [b, h, s, s], d).require_grad();
+            let vv = floats(v_s.clone(), [b, s, 2 * h], d).require_grad();
+            let same = minilm_loss(
+                MiniLmLayer { attention_scores: sc.clone(), values: vv.clone() },
+                MiniLmLayer { attention_scores: sc.clone(), values: vv.clone() },
+                Some(mask.clone()),
+            );
+            let total = same.total();
+            prop_assert!(scalar(total.clone()).abs() < 1e-5);
+            let grads = total.backward();
+            let g = to_vec(sc.grad(&grads).unwrap());
+            prop_assert!(g.iter().all(|x| x.abs() < 1e-5), "{g:?}");
+            let same2 = minilm_v2_loss(qkv(&v_s, 2 * h), qkv(&v_s, 2 * h), h, None);
+            prop_assert!(scalar(same2.total()).abs() < 1e-5);
+        }
+    }
+
+    /// RKD distance and angle are invariant to rotating and translating the student and the
+    /// teacher embeddings (each in its own space); SP is invariant to rotations.
+    #[test]
+    fn rkd_invariant_to_rotation_and_translation(
+        (n, xs, xt, shift_s, shift_t, angle, scale) in (3usize..=5).prop_flat_map(|n| {
+            (Just(n), vec_of(n * 3), vec_of(n * 4), vec_of(3), vec_of(4), -3.0f32..3.0, 0.5f32..4.0)
+        })
+    ) {
+        for (_, d) in DEVICES.iter() {
+            let s = floats(xs.clone(), [n, 3], d);
+            let t = floats(xt.clone(), [n, 4], d);
+            let rs = givens(3, 0, 2, angle, d).matmul(givens(3, 0, 1, 0.7 * angle, d));
+            let rt = givens(4, 1, 3, -angle, d).matmul(givens(4, 0, 2, 0.3, d));
+            let s2 = s.clone().matmul(rs.clone()).add(floats(shift_s.clone(), [1, 3], d));
+            let t2 = t.clone().matmul(rt.clone()).mul_scalar(scale).add(floats(shift_t.clone(), [1, 4], d));
+            let close = |a: f64, c: f64| (a - c).abs() <= 2e-4 * c.abs().max(1.0);
+            let (a, c) = (scalar(rkd_distance(s.clone(), t.clone())), scalar(rkd_distance(s2.clone(), t2.clone())));
+            prop_assert!(close(a, c), "distance {a} vs {c}");
+            let (a, c) = (scalar(rkd_angle(s.clone(), t.clone())), scalar(rkd_angle(s2, t2)));
+            prop_assert!(close(a, c), "angle {a} vs {c}");
+            let (a, c) = (
+                scalar(similarity_preserving(s.clone(), t.clone())),
+                scalar(similarity_preserving(s.matmul(rs), t.matmul(rt))),
+            );
+            prop_assert!(close(a, c), "sp {a} vs {c}");
+        }
+    }
+
+    /// `-inf` attention scores (a causal mask, shared by both models) and fully masked
+    /// sequences give finite losses and finite gradients; a fully masked batch gives exactly 0.
+    #[test]
+    fn neg_inf_scores_and_masked_rows_give_finite_gradients(
+        (b, h, s, xs, xt, keeps) in (1usize..=3, 1usize..=2, 2usize..=4).prop_flat_map(|(b, h, s)| {
+            (Just(b), Just(h), Just(s), vec_of(b * h * s * s), vec_of(b * h * s * s),
+             prop::collection::vec(0..=s, b))
+        })
+    ) {
+        let causal = |x: &Vec<f32>| -> Vec<f32> {
+            x.iter().enumerate().map(|(i, &v)| if i % s > (i / s) % s { f32::NEG_INFINITY } else { v }).collect()
+        };
+        let mask_data: Vec<bool> = (0..b * s).map(|i| i % s < keeps[i / s]).collect();
+        for (_, d) in DEVICES.iter() {
+            let mask = bools(mask_data.clone(), [b, s], d);
+            let a_t = floats(causal(&xt), [b, h, s, s], d);
+            let check = |loss: Tensor<1>, a_s: &Tensor<4>| -> Result<(), TestCaseError> {
+                let v = scalar(loss.clone());
+                prop_assert!(v.is_finite(), "loss {v}");
+                let g = to_vec(a_s.grad(&loss.backward()).unwrap());
+                prop_assert!(finite(&g), "{g:?}");
+                Ok(())
+            };
+            for heads in [HeadReduce::Match, HeadReduce::Mean] {
+                let a_s = floats(causal(&xs), [b, h, s, s], d).require_grad();
+                check(attention_mse_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), heads).reduce(Reduction::Mean), &a_s)?;
+                let a_s = floats(causal(&xs), [b, h, s, s], d).require_grad();
+                check(attention_mse_scores(a_s.clone(), a_t.clone(), None, heads).reduce(Reduction::Mean), &a_s)?;
+            }
+            for heads in [KlHeads::Match, KlHeads::Mean] {
+                let a_s = floats(causal(&xs), [b, h, s, s], d).require_grad();
+                check(attention_kl_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), heads).reduce(Reduction::Mean), &a_s)?;
+            }
+            // Everything masked: exactly 0.
+            let none = bools(vec![false; b * s], [b, s], d);
+            let a_s = floats(causal(&xs), [b, h, s, s], d).require_grad();
+            let l = attention_kl_scores(a_s.clone(), a_t.clone(), Some(none.clone()), KlHeads::Match).reduce(Reduction::Mean);
+            prop_assert_eq!(scalar(l.clone()), 0.0);
+            check(l, &a_s)?;
+            let l = attention_mse_scores(a_s.clone(), a_t.clone(), Some(none), HeadReduce::Match).reduce(Reduction::Mean);
+            prop_assert_eq!(scalar(l), 0.0);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Layer maps hold exactly the documented pairs, in range and in order.
+    #[test]
+    fn layer_maps_cover_the_documented_pairs(m in 1usize..=12, extra in 0usize..=24, k in 1usize..=12, step in 1usize..=4) {
+        let n = m + extra;
+        let u = LayerMap::uniform(m, n).unwrap();
+        prop_assert_eq!(u.pairs().len(), m);
+        for (i, &(s, t)) in u.pairs().iter().enumerate() {
+            prop_assert_eq!(s, i);
+            prop_assert_eq!(t, (i + 1) * n / m - 1);
+            prop_assert!(t < n);
+        }
+        prop_assert_eq!(*u.pairs().last().unwrap(), (m - 1, n - 1));
+        prop_assert!(u.pairs().windows(2).all(|w| w[0].1 < w[1].1));
+        let e = LayerMap::uniform_with_embeddings(m, n).unwrap();
+        prop_assert_eq!((e.student_layers(), e.teacher_layers()), (m + 1, n + 1));
+        prop_assert_eq!(e.pairs()[0], (0, 0));
+        prop_assert_eq!(*e.pairs().last().unwrap(), (m, n));
+        prop_assert_eq!(&e.pairs()[1..], &u.pairs().iter().map(|&(s, t)| (s + 1, t + 1)).collect::<Vec<_>>()[..]);
+        if n % m == 0 {
+            prop_assert_eq!(LayerMap::skip(m, n, n / m).unwrap(), u);
+        }
+        match LayerMap::skip(m, n, step) {
+            Ok(sk) => {
+                prop_assert!(m * step <= n);
+                for (i, &(s, t)) in sk.pairs().iter().enumerate() {
+                    prop_assert_eq!((s, t), (i, (i + 1) * step - 1));
+                }
+            }
+            Err(_) => prop_assert!(m * step > n),
+        }
+        match LayerMap::last_k(m, n, k) {
+            Ok(l) => {
+                prop_assert!(k <= m);
+                prop_assert_eq!(l.pairs().len(), k);
+                prop_assert_eq!(*l.pairs().last().unwrap(), (m - 1, n - 1));
+                prop_assert!(l.pairs().windows(2).all(|w| w[1] == (w[0].0 + 1, w[0].1 + 1)));
+            }
+            Err(_) => prop_assert!(k > m),
+        }
+        let all: Vec<_> = (0..m).flat_map(|s| (0..n).map(move |t| (s, t))).collect();
+        prop_assert!(LayerMap::from_pairs(m, n, all).is_ok());
+        prop_assert!(LayerMap::from_pairs(m, n, vec![(m, 0)]).is_err());
+        prop_assert!(LayerMap::from_pairs(m, n, vec![(0, n)]).is_err());
+    }
+}
+
+/// One report line per backend for the properties above: five tensor properties of 64 cases
+/// run on every backend (the layer-map property is host-only).
+#[test]
+fn report_backends() {
+    for (name, _) in DEVICES.iter() {
+        report("props_features (5 properties x 64 cases)", name, 5 * 64);
+    }
+}
