@@ -225,7 +225,7 @@ fn mse_core(
 /// let inf = f32::NEG_INFINITY;
 /// let s = Tensor::<4>::from_floats([[[[1.0, inf], [2.0, inf]]]], &device);
 /// let t = Tensor::<4>::from_floats([[[[0.0, inf], [2.0, inf]]]], &device);
-/// let mask = Tensor::<2, Bool>::from_bool([[true, false]].into(), &device);
+/// let mask = Tensor::<2, Bool>::from_data([[true, false]], &device);
 /// let loss = attention_mse_scores(s, t, Some(mask), HeadReduce::Match).reduce(Reduction::Mean);
 /// assert_eq!(loss.into_scalar::<f32>(), 1.0); // one real pair (0, 0)
 /// ```

@@ -256,7 +256,7 @@ fn assert_same_hidden(student: &[usize], teacher: &[usize]) {
 /// let device = Device::flex();
 /// let s = Tensor::<3>::from_floats([[[1.0, 0.0], [9.0, 9.0]]], &device);
 /// let t = Tensor::<3>::from_floats([[[0.0, 0.0], [0.0, 0.0]]], &device);
-/// let mask = RowMask::new(Tensor::<2, Bool>::from_bool([[true, false]].into(), &device));
+/// let mask = RowMask::new(Tensor::<2, Bool>::from_data([[true, false]], &device));
 /// let loss = hidden_mse(s, t).masked(&mask).reduce(Reduction::ElementMean);
 /// assert_eq!(loss.into_scalar::<f32>(), 0.5); // 1 / (1 token · 2 dims)
 /// ```
