@@ -563,3 +563,168 @@ fn attention_kl_probs_and_scores_agree() {
         assert!((scalar(a) - scalar(b)).abs() < 1e-5);
     }
 }
+
+#[test]
+fn fully_masked_hidden_losses_are_zero_with_zero_gradients() {
+    let d = dev();
+    let none = RowMask::new(bools(vec![false; 6], [2, 3], &d));
+    for dist in [
+        HiddenDistance::Mse,
+        HiddenDistance::Cosine,
+        HiddenDistance::NormalizedMse,
+    ] {
+        let loss = HiddenLossConfig::new(HiddenProjectionConfig::new(3, 4))
+            .with_distance(dist)
+            .init(&d);
+        let h_s = rand([2, 3, 3], &d).require_grad();
+        let l = loss.forward_masked(
+            h_s.clone(),
+            rand([2, 3, 4], &d),
+            &none,
+            Reduction::ElementMean,
+        );
+        assert_eq!(scalar(l.clone()), 0.0, "{dist:?}");
+        let grads = l.backward();
+        assert!(to_vec(h_s.grad(&grads).unwrap()).iter().all(|v| *v == 0.0));
+        let gw = to_vec(loss.projection.weight().unwrap().grad(&grads).unwrap());
+        assert!(gw.iter().all(|v| *v == 0.0), "{dist:?}: {gw:?}");
+    }
+}
+
+/// Slow, obviously-correct f64 host references of the relational losses.
+mod reference {
+    fn huber(x: f64) -> f64 {
+        if x.abs() < 1.0 {
+            0.5 * x * x
+        } else {
+            x.abs() - 0.5
+        }
+    }
+    fn dist(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    }
+    fn psi_d(x: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let n = x.len();
+        let mut mu = 0.0;
+        for i in 0..n {
+            for j in 0..n {
+                if i != j {
+                    mu += dist(&x[i], &x[j]);
+                }
+            }
+        }
+        mu /= (n * (n - 1)) as f64;
+        (0..n)
+            .map(|i| (0..n).map(|j| dist(&x[i], &x[j]) / mu).collect())
+            .collect()
+    }
+    pub fn rkd_distance(s: &[Vec<f64>], t: &[Vec<f64>]) -> f64 {
+        let (ps, pt) = (psi_d(s), psi_d(t));
+        let n = s.len();
+        let mut acc = 0.0;
+        for i in 0..n {
+            for j in 0..n {
+                acc += huber(ps[i][j] - pt[i][j]);
+            }
+        }
+        acc / (n * n) as f64
+    }
+    fn unit(a: &[f64], b: &[f64]) -> Vec<f64> {
+        let d: Vec<f64> = b.iter().zip(a).map(|(x, y)| x - y).collect();
+        let n = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if n == 0.0 {
+            d
+        } else {
+            d.iter().map(|v| v / n).collect()
+        }
+    }
+    fn cosines(x: &[Vec<f64>]) -> Vec<f64> {
+        let n = x.len();
+        let mut out = Vec::new();
+        for i in 0..n {
+            for j in 0..n {
+                for k in 0..n {
+                    let (e1, e2) = (unit(&x[i], &x[j]), unit(&x[i], &x[k]));
+                    out.push(e1.iter().zip(&e2).map(|(a, b)| a * b).sum());
+                }
+            }
+        }
+        out
+    }
+    pub fn rkd_angle(s: &[Vec<f64>], t: &[Vec<f64>]) -> f64 {
+        let (a, b) = (cosines(s), cosines(t));
+        a.iter().zip(&b).map(|(x, y)| huber(x - y)).sum::<f64>() / a.len() as f64
+    }
+    fn gram_rows(x: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        x.iter()
+            .map(|a| {
+                let row: Vec<f64> = x
+                    .iter()
+                    .map(|b| a.iter().zip(b).map(|(p, q)| p * q).sum())
+                    .collect();
+                let n = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+                row.iter().map(|v| v / n).collect()
+            })
+            .collect()
+    }
+    pub fn sp(s: &[Vec<f64>], t: &[Vec<f64>]) -> f64 {
+        let (a, b) = (gram_rows(s), gram_rows(t));
+        let n = s.len();
+        let mut acc = 0.0;
+        for i in 0..n {
+            for j in 0..n {
+                acc += (a[i][j] - b[i][j]).powi(2);
+            }
+        }
+        acc / (n * n) as f64
+    }
+}
+
+#[test]
+fn relational_losses_match_f64_references() {
+    let s_data: Vec<f32> = vec![
+        0.5, -1.0, 2.0, 0.0, 1.5, 0.25, -2.0, 1.0, -0.5, 3.0, 0.75, -1.25,
+    ];
+    let t_data: Vec<f32> = (0..16).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.4).collect();
+    let rows = |v: &[f32], w: usize| -> Vec<Vec<f64>> {
+        v.chunks(w)
+            .map(|c| c.iter().map(|&x| x as f64).collect())
+            .collect()
+    };
+    let (s, t) = (rows(&s_data, 3), rows(&t_data, 4));
+    for (backend, device) in devices() {
+        let st = floats(s_data.clone(), [4, 3], &device);
+        let tt = floats(t_data.clone(), [4, 4], &device);
+        let pairs = [
+            (
+                "rkd_distance",
+                scalar(rkd_distance(st.clone(), tt.clone())),
+                reference::rkd_distance(&s, &t),
+            ),
+            (
+                "rkd_angle",
+                scalar(rkd_angle(st.clone(), tt.clone())),
+                reference::rkd_angle(&s, &t),
+            ),
+            (
+                "similarity_preserving",
+                scalar(similarity_preserving(st.clone(), tt.clone())),
+                reference::sp(&s, &t),
+            ),
+        ];
+        for (name, got, want) in pairs {
+            assert!(want > 1e-3, "{name}: degenerate reference {want}");
+            assert_close(
+                &format!("{backend}/{name}"),
+                &[got as f32],
+                &[want],
+                F32_CROSS_RTOL,
+            );
+        }
+        report("api_relational_vs_f64_reference", backend, 3);
+    }
+}
