@@ -322,6 +322,9 @@ pub(crate) fn row_logsumexp(x: Tensor<2>) -> Tensor<1> {
 /// A per-row tensor has shape `[R]` (`R` = number of rows, `B·S` for `[B, S, V]` logits) or
 /// `[1]` (broadcast). Its entries must be finite and positive (not checked: that would read the
 /// tensor back to the host). It may carry a gradient: the temperature then learns.
+// A tensor handle is larger than an f64; the enum is passed by value once per call, so
+// boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum RowTemperature {
     /// One validated temperature.

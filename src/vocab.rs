@@ -29,6 +29,8 @@ pub enum VocabAlignment {
     PadNegInf,
 }
 
+// `#[derive(Default)]` with `#[default]` does not combine with `#[derive(Config)]` on an enum.
+#[allow(clippy::derivable_impls)]
 impl Default for VocabAlignment {
     fn default() -> Self {
         VocabAlignment::Error

@@ -4,7 +4,7 @@
 mod common;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor};
 use common::*;
 use kd_losses::chunked::{chunk_rows_for_budget, chunked_divergence, chunked_rows};
