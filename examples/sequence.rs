@@ -1,0 +1,561 @@
+//! Sequence distillation of a small character-level transformer (TinyBERT-style).
+//!
+//! A 4-layer teacher (width 96) is trained as a character-level language model on a real Latin
+//! text. The same 2-layer, width-48 student is then trained twice from the same initialization:
+//!
+//! * **alone**: next-character cross-entropy;
+//! * **distilled**: cross-entropy plus
+//!   - token-logit KD (`T²·KL(teacher ‖ student)` at `T = 2`) under the `[B, S]` padding mask,
+//!   - hidden-state MSE between mapped layers (`LayerMap::uniform_with_embeddings(2, 4)`:
+//!     embeddings↔embeddings, student layer 1↔teacher layer 2, 2↔4) through a learnable
+//!     projection `48 → 96` that trains with the student,
+//!   - attention-score MSE between mapped layers (`LayerMap::uniform(2, 4)`), head by head.
+//!
+//! Training batches are windows of random length, right-padded to a common length; the mask
+//! removes padded positions from every loss (labels `-100` for the cross-entropy). The models
+//! write their own causal multi-head self-attention so that they can return per-layer hidden
+//! states `[B, S, D]` and pre-softmax attention scores `[B, H, S, S]` (future and padded keys
+//! are `-inf`; the attention loss sets those pairs to 0 in both maps).
+//!
+//! The table reports validation perplexity (per character) on the last 10% of the text, which
+//! no model trains on; the last line is machine-readable.
+//!
+//! ```text
+//! cargo run --release --example sequence            # full run (a few minutes on 2 cores)
+//! cargo run --example sequence -- --quick           # CI smoke run (a few steps)
+//! ```
+//!
+//! Data: Cicero, *De finibus bonorum et malorum*, book 1 (45 BC, public domain), as shipped in
+//! the `lipsum` crate (`lipsum::LIBER_PRIMUS`, crate licence MIT). Nothing is downloaded at run
+//! time.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use kd_losses::prelude::*;
+
+/// Padding token (inputs only; padded labels are `IGNORE_INDEX`).
+const PAD: usize = 0;
+
+// ------------------------------------------------------------------------------------ data
+
+/// Character vocabulary of the text (lower-cased, whitespace collapsed); id 0 is padding.
+struct Corpus {
+    chars: Vec<char>,
+    train: Vec<usize>,
+    valid: Vec<usize>,
+}
+
+impl Corpus {
+    fn load() -> Self {
+        let text: String = lipsum::LIBER_PRIMUS
+            .to_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        let ids: Vec<usize> = text
+            .chars()
+            .map(|c| 1 + chars.binary_search(&c).unwrap())
+            .collect();
+        let cut = ids.len() * 9 / 10;
+        Corpus {
+            chars,
+            train: ids[..cut].to_vec(),
+            valid: ids[cut..].to_vec(),
+        }
+    }
+
+    fn vocab(&self) -> usize {
+        self.chars.len() + 1
+    }
+}
+
+/// xorshift64*: a tiny deterministic RNG for batch sampling.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A right-padded batch: inputs `[B, S]`, next-character labels `[B, S]` (`-100` on padding),
+/// and the padding mask `[B, S]` (`true` for a real position).
+struct Batch {
+    inputs: Tensor<2, Int>,
+    labels: Tensor<2, Int>,
+    mask: Tensor<2, Bool>,
+    lens: Vec<usize>,
+}
+
+/// Builds a batch from `(start, len)` windows of `ids`: position `i` reads `ids[start + i]` and
+/// predicts `ids[start + i + 1]`.
+fn make_batch(ids: &[usize], windows: &[(usize, usize)], seq: usize, device: &Device) -> Batch {
+    let b = windows.len();
+    let mut inputs = vec![PAD as i64; b * seq];
+    let mut labels = vec![IGNORE_INDEX; b * seq];
+    let mut mask = vec![false; b * seq];
+    for (r, &(start, len)) in windows.iter().enumerate() {
+        for i in 0..len {
+            inputs[r * seq + i] = ids[start + i] as i64;
+            labels[r * seq + i] = ids[start + i + 1] as i64;
+            mask[r * seq + i] = true;
+        }
+    }
+    Batch {
+        inputs: Tensor::from_data(TensorData::new(inputs, [b, seq]), device),
+        labels: Tensor::from_data(TensorData::new(labels, [b, seq]), device),
+        mask: Tensor::from_data(TensorData::new(mask, [b, seq]), device),
+        lens: windows.iter().map(|w| w.1).collect(),
+    }
+}
+
+/// Random training windows of random length in `[seq/2, seq]`, so most rows are padded.
+fn sample_batch(ids: &[usize], batch: usize, seq: usize, rng: &mut Rng, device: &Device) -> Batch {
+    let windows: Vec<(usize, usize)> = (0..batch)
+        .map(|_| {
+            let len = seq / 2 + rng.below(seq / 2 + 1);
+            (rng.below(ids.len() - len - 1), len)
+        })
+        .collect();
+    make_batch(ids, &windows, seq, device)
+}
+
+/// The validation text cut into consecutive windows (the last one shorter, hence padded).
+fn validation_batches(ids: &[usize], batch: usize, seq: usize, device: &Device) -> Vec<Batch> {
+    let n = ids.len() - 1;
+    let windows: Vec<(usize, usize)> = (0..n).step_by(seq).map(|s| (s, seq.min(n - s))).collect();
+    windows
+        .chunks(batch)
+        .map(|w| make_batch(ids, w, seq, device))
+        .collect()
+}
+
+// ----------------------------------------------------------------------------------- model
+
+#[derive(Debug, Clone, Copy)]
+struct Arch {
+    layers: usize,
+    d: usize,
+    heads: usize,
+}
+
+/// Pre-LN transformer block with hand-written causal multi-head self-attention.
+#[derive(Module, Debug)]
+struct Block {
+    ln1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    #[module(skip)]
+    heads: usize,
+}
+
+impl Block {
+    fn new(d: usize, heads: usize, device: &Device) -> Self {
+        Block {
+            ln1: LayerNormConfig::new(d).init(device),
+            qkv: LinearConfig::new(d, 3 * d).init(device),
+            proj: LinearConfig::new(d, d).init(device),
+            ln2: LayerNormConfig::new(d).init(device),
+            fc1: LinearConfig::new(d, 4 * d).init(device),
+            fc2: LinearConfig::new(4 * d, d).init(device),
+            heads,
+        }
+    }
+
+    /// `x: [B, S, D]`, `blocked: [B, H, S, S]` (`true` where query `i` must not see key `j`).
+    /// Returns the new residual stream and the pre-softmax scores `[B, H, S, S]`.
+    fn forward(&self, x: Tensor<3>, blocked: Tensor<4, Bool>) -> (Tensor<3>, Tensor<4>) {
+        let [b, s, d] = x.dims();
+        let (h, dh) = (self.heads, d / self.heads);
+        let qkv = self.qkv.forward(self.ln1.forward(x.clone()));
+        let split = |i: usize| {
+            qkv.clone()
+                .slice([0..b, 0..s, i * d..(i + 1) * d])
+                .reshape([b, s, h, dh])
+                .swap_dims(1, 2)
+        };
+        let (q, k, v) = (split(0), split(1), split(2));
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .div_scalar((dh as f64).sqrt())
+            .mask_fill(blocked, f32::NEG_INFINITY);
+        let att = softmax(scores.clone(), 3);
+        let ctx = att.matmul(v).swap_dims(1, 2).reshape([b, s, d]);
+        let x = x + self.proj.forward(ctx);
+        let y = self
+            .fc2
+            .forward(gelu(self.fc1.forward(self.ln2.forward(x.clone()))));
+        (x + y, scores)
+    }
+}
+
+/// Output of a forward pass: logits `[B, S, V]`, hidden states (embeddings output, then each
+/// layer's output, `[B, S, D]` each: `layers + 1` tensors) and attention scores per layer.
+struct Trace {
+    logits: Tensor<3>,
+    hiddens: Vec<Tensor<3>>,
+    scores: Vec<Tensor<4>>,
+}
+
+#[derive(Module, Debug)]
+struct CharLm {
+    tok: Embedding,
+    pos: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    head: Linear,
+}
+
+impl CharLm {
+    fn new(arch: Arch, vocab: usize, seq: usize, device: &Device) -> Self {
+        CharLm {
+            tok: EmbeddingConfig::new(vocab, arch.d).init(device),
+            pos: EmbeddingConfig::new(seq, arch.d).init(device),
+            blocks: (0..arch.layers)
+                .map(|_| Block::new(arch.d, arch.heads, device))
+                .collect(),
+            ln_f: LayerNormConfig::new(arch.d).init(device),
+            head: LinearConfig::new(arch.d, vocab).init(device),
+        }
+    }
+
+    fn forward(&self, batch: &Batch) -> Trace {
+        let [b, s] = batch.inputs.dims();
+        let device = batch.inputs.device();
+        let d = self.head.weight.val().dims()[0];
+        let positions = Tensor::<1, Int>::arange(0..s as i64, &device).reshape([1, s]);
+        let mut x =
+            self.tok.forward(batch.inputs.clone()) + self.pos.forward(positions).expand([b, s, d]);
+        // Query i may not see key j when j > i (causal) or when j is padding.
+        let causal: Vec<bool> = (0..s * s).map(|ij| ij % s > ij / s).collect();
+        let future = Tensor::<4, Bool>::from_data(TensorData::new(causal, [1, 1, s, s]), &device)
+            .expand([b, 1, s, s]);
+        let padded = batch
+            .mask
+            .clone()
+            .bool_not()
+            .reshape([b, 1, 1, s])
+            .expand([b, 1, s, s]);
+        let blocked = future.bool_or(padded);
+        let mut hiddens = vec![x.clone()];
+        let mut scores = Vec::new();
+        for block in &self.blocks {
+            let heads = block.heads;
+            let (y, sc) = block.forward(x, blocked.clone().expand([b, heads, s, s]));
+            x = y;
+            hiddens.push(x.clone());
+            scores.push(sc);
+        }
+        let logits = self.head.forward(self.ln_f.forward(x));
+        Trace {
+            logits,
+            hiddens,
+            scores,
+        }
+    }
+}
+
+/// The distilled student together with its hidden-state projections: one module, so the
+/// optimizer updates the projection with the student.
+#[derive(Module, Debug)]
+struct KdStudent {
+    lm: CharLm,
+    hidden: LayeredHiddenLoss,
+}
+
+// -------------------------------------------------------------------------------- training
+
+struct Train {
+    steps: usize,
+    batch: usize,
+    seq: usize,
+    lr: f64,
+}
+
+/// Loss weights of the distilled student.
+struct KdWeights {
+    temperature: f64,
+    ce: f64,
+    logits: f64,
+    hidden: f64,
+    attention: f64,
+}
+
+fn ce_loss(trace: &Trace, batch: &Batch) -> Tensor<1> {
+    cross_entropy(
+        trace.logits.clone(),
+        batch.labels.clone(),
+        &CrossEntropyOptions::default(),
+    )
+    .reduce(Reduction::Mean)
+}
+
+/// Trains a language model from labels alone.
+fn train_alone(
+    mut model: CharLm,
+    ids: &[usize],
+    cfg: &Train,
+    seed: u64,
+    device: &Device,
+) -> CharLm {
+    let mut optim = AdamConfig::new().init();
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    for step in 0..cfg.steps {
+        let batch = sample_batch(ids, cfg.batch, cfg.seq, &mut rng, device);
+        let loss = ce_loss(&model.forward(&batch), &batch);
+        if step % 100 == 0 || step + 1 == cfg.steps {
+            println!(
+                "  step {step:>4}: ce {:.4}",
+                loss.clone().into_scalar::<f64>()
+            );
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr_at(cfg, step), model, grads);
+    }
+    model
+}
+
+/// Trains the student with CE + logit KD + hidden MSE + attention MSE against `teacher`.
+fn train_distilled(
+    mut model: KdStudent,
+    teacher: &CharLm,
+    ids: &[usize],
+    cfg: &Train,
+    w: &KdWeights,
+    seed: u64,
+    device: &Device,
+) -> KdStudent {
+    let mut optim = AdamConfig::new().init();
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let temperature = Temperature::new(w.temperature).unwrap();
+    let (s_layers, t_layers) = (model.lm.blocks.len(), teacher.blocks.len());
+    let attention_map = LayerMap::uniform(s_layers, t_layers).unwrap();
+    for step in 0..cfg.steps {
+        let batch = sample_batch(ids, cfg.batch, cfg.seq, &mut rng, device);
+        let rows = RowMask::new(batch.mask.clone());
+        let s = model.lm.forward(&batch);
+        let t = teacher.forward(&batch); // detached inside every loss
+        let kd = soft_kl(
+            s.logits.clone(),
+            t.logits.clone(),
+            temperature,
+            T2Scaling::On,
+        )
+        .masked(&rows)
+        .reduce(Reduction::Mean);
+        let hidden =
+            model
+                .hidden
+                .forward(&s.hiddens, &t.hiddens, Some(&rows), Reduction::ElementMean);
+        let attention = attention_layers_mse(
+            &s.scores,
+            &t.scores,
+            &attention_map,
+            Some(batch.mask.clone()),
+            HeadReduce::Match,
+            AttentionSpace::Scores,
+            Reduction::Mean,
+        );
+        let terms = LossTerms::new()
+            .with("ce", w.ce, ce_loss(&s, &batch))
+            .and_then(|l| l.with("logit kd", w.logits, kd))
+            .unwrap()
+            .extend(hidden, w.hidden)
+            .extend(attention, w.attention);
+        if step % 100 == 0 || step + 1 == cfg.steps {
+            let parts: Vec<String> = terms
+                .scalars()
+                .iter()
+                .map(|(n, v)| format!("{n} {v:.4}"))
+                .collect();
+            println!("  step {step:>4}: {}", parts.join(", "));
+        }
+        let grads = GradientsParams::from_grads(terms.total().backward(), &model);
+        model = optim.step(lr_at(cfg, step), model, grads);
+    }
+    model
+}
+
+/// Linear warm-up over the first 5% of the steps, then cosine decay to 10% of `lr`.
+fn lr_at(cfg: &Train, step: usize) -> f64 {
+    let warm = (cfg.steps / 20).max(1);
+    if step < warm {
+        return cfg.lr * (step + 1) as f64 / warm as f64;
+    }
+    let p = (step - warm) as f64 / (cfg.steps - warm).max(1) as f64;
+    cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
+}
+
+/// Per-character perplexity `exp(Σ CE / #tokens)` over the validation windows.
+fn perplexity(model: &CharLm, batches: &[Batch]) -> f64 {
+    let (mut nll, mut tokens) = (0.0, 0usize);
+    for batch in batches {
+        let trace = model.forward(batch);
+        let sum = cross_entropy(
+            trace.logits,
+            batch.labels.clone(),
+            &CrossEntropyOptions::default(),
+        )
+        .reduce(Reduction::Sum);
+        nll += sum.into_scalar::<f64>();
+        tokens += batch.lens.iter().sum::<usize>();
+    }
+    (nll / tokens as f64).exp()
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let device = Device::flex().autodiff();
+    let corpus = Corpus::load();
+    let vocab = corpus.vocab();
+    println!(
+        "Cicero, De finibus I (lipsum::LIBER_PRIMUS): {} train / {} validation characters, \
+         vocabulary {} (+ padding)",
+        corpus.train.len(),
+        corpus.valid.len(),
+        vocab - 1
+    );
+
+    let seq = if quick { 32 } else { 64 };
+    let teacher_arch = Arch {
+        layers: 4,
+        d: 96,
+        heads: 4,
+    };
+    let student_arch = Arch {
+        layers: 2,
+        d: 48,
+        heads: 4,
+    };
+    let teacher_cfg = Train {
+        steps: if quick { 6 } else { 1200 },
+        batch: if quick { 8 } else { 32 },
+        seq,
+        lr: 2e-3,
+    };
+    let student_cfg = Train {
+        steps: if quick { 6 } else { 1000 },
+        batch: if quick { 8 } else { 32 },
+        seq,
+        lr: 3e-3,
+    };
+    let weights = KdWeights {
+        temperature: 2.0,
+        ce: 0.5,
+        logits: 0.5,
+        hidden: 1.0,
+        attention: 0.02,
+    };
+    let valid = validation_batches(&corpus.valid, 64, seq, &device);
+
+    device.seed(1000);
+    let start = Instant::now();
+    println!(
+        "teacher: {} layers, d = {}, {} heads",
+        teacher_arch.layers, teacher_arch.d, teacher_arch.heads
+    );
+    let teacher = CharLm::new(teacher_arch, vocab, seq, &device);
+    let teacher = train_alone(teacher, &corpus.train, &teacher_cfg, 1000, &device);
+    let teacher_ppl = perplexity(&teacher, &valid);
+    let teacher_time = start.elapsed().as_secs_f64();
+    println!("teacher: validation perplexity {teacher_ppl:.3} ({teacher_time:.1}s)");
+
+    device.seed(7);
+    let init = CharLm::new(student_arch, vocab, seq, &device);
+    let start = Instant::now();
+    println!(
+        "student alone: {} layers, d = {}, {} heads",
+        student_arch.layers, student_arch.d, student_arch.heads
+    );
+    let alone = train_alone(init.clone(), &corpus.train, &student_cfg, 7, &device);
+    let student_ppl = perplexity(&alone, &valid);
+    let alone_time = start.elapsed().as_secs_f64();
+    println!("student alone: validation perplexity {student_ppl:.3} ({alone_time:.1}s)");
+
+    let hidden_map =
+        LayerMap::uniform_with_embeddings(student_arch.layers, teacher_arch.layers).unwrap();
+    println!(
+        "distilled student: hidden pairs {:?}, attention pairs {:?}",
+        hidden_map.pairs(),
+        LayerMap::uniform(student_arch.layers, teacher_arch.layers)
+            .unwrap()
+            .pairs()
+    );
+    let hidden = LayeredHiddenLoss::new(
+        hidden_map,
+        &HiddenProjectionConfig::new(student_arch.d, teacher_arch.d),
+        ProjectionSharing::Shared,
+        HiddenDistance::Mse,
+        &device,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let kd = train_distilled(
+        KdStudent { lm: init, hidden },
+        &teacher,
+        &corpus.train,
+        &student_cfg,
+        &weights,
+        7,
+        &device,
+    );
+    let kd_ppl = perplexity(&kd.lm, &valid);
+    let kd_time = start.elapsed().as_secs_f64();
+    println!("distilled student: validation perplexity {kd_ppl:.3} ({kd_time:.1}s)");
+
+    let params = |m: &CharLm| m.num_params();
+    println!();
+    println!("| model | layers × width | params | train steps | validation perplexity |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| teacher | {} × {} | {} | {} | {teacher_ppl:.3} |",
+        teacher_arch.layers,
+        teacher_arch.d,
+        params(&teacher),
+        teacher_cfg.steps
+    );
+    println!(
+        "| student alone (CE) | {} × {} | {} | {} | {student_ppl:.3} |",
+        student_arch.layers,
+        student_arch.d,
+        params(&alone),
+        student_cfg.steps
+    );
+    println!(
+        "| student distilled (CE + logit KD + hidden + attention) | {} × {} | {} (+{} projection) | {} | {kd_ppl:.3} |",
+        student_arch.layers,
+        student_arch.d,
+        params(&kd.lm),
+        kd.hidden.num_params(),
+        student_cfg.steps
+    );
+    println!();
+    if kd_ppl < student_ppl {
+        println!(
+            "The distilled student beats the student trained alone ({kd_ppl:.3} vs {student_ppl:.3})."
+        );
+    } else {
+        println!(
+            "The distilled student does NOT beat the student trained alone ({kd_ppl:.3} vs {student_ppl:.3})."
+        );
+    }
+    println!(
+        "teacher_ppl={teacher_ppl:.4} student_ppl={student_ppl:.4} kd_student_ppl={kd_ppl:.4}"
+    );
+}
