@@ -53,15 +53,18 @@
 //!
 //! ## Cargo features
 //! The library depends on `burn` with `default-features = false` and forces no backend. The
-//! optional features only forward to Burn's backends, for convenience in binaries:
+//! optional features forward to Burn, for convenience in binaries:
 //! * `flex` — Burn's CPU backend;
 //! * `ndarray` — the ndarray backend;
 //! * `wgpu` — the wgpu backend (Vulkan, Metal, DX12, or Mesa's software renderer);
-//! * `autodiff` — `Device::autodiff()`.
+//! * `autodiff` — Burn's `Device::autodiff()`, and the [`chunked`] module (row-chunked
+//!   evaluation for large vocabularies runs one backward pass per chunk, so it needs Burn's
+//!   autodiff at compile time). Every other loss works with or without it.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod attention;
+#[cfg(feature = "autodiff")]
 pub mod chunked;
 pub mod combine;
 pub mod divergence;
@@ -84,6 +87,7 @@ pub use attention::{
     attention_kl_probs, attention_kl_scores, attention_layers_mse, attention_mse_probs,
     attention_mse_scores, attention_mse_textbrewer, minilm_loss, minilm_v2_loss, self_relation_kl,
 };
+#[cfg(feature = "autodiff")]
 pub use chunked::{chunked_divergence, chunked_sparse_divergence};
 pub use combine::{LossTerm, LossTerms};
 pub use divergence::{
