@@ -42,6 +42,9 @@
 //! | [`relation`] | [`rkd_distance`], [`rkd_angle`] (RKD), [`similarity_preserving`] (SP) |
 //! | [`error`] | [`KdError`] |
 //!
+//! The guide in the repository, `docs/README.md`, explains how to choose a loss, maps papers
+//! to calls and gives a PyTorch / TRL / TextBrewer migration table.
+//!
 //! ## Conventions
 //! * Student first, teacher second. Arguments named `*_logits` are raw logits.
 //! * Every loss returns per-row values ([`RowLoss`]); masks and reductions are separate,
