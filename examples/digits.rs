@@ -55,7 +55,10 @@ fn load_digits() -> Vec<(Vec<f32>, i64)> {
         .map(|l| {
             let v: Vec<f32> = l.split(',').map(|s| s.trim().parse().unwrap()).collect();
             assert_eq!(v.len(), FEATURES + 1, "digits: 65 values per line");
-            (v[..FEATURES].iter().map(|p| p / 16.0).collect(), v[FEATURES] as i64)
+            (
+                v[..FEATURES].iter().map(|p| p / 16.0).collect(),
+                v[FEATURES] as i64,
+            )
         })
         .collect()
 }
@@ -140,7 +143,10 @@ fn batch_y(y: &[i64], idx: &[usize], device: &Device) -> Tensor<1, Int> {
 
 fn accuracy(model: &Mlp, s: &Split, device: &Device) -> f64 {
     let idx: Vec<usize> = (0..s.len()).collect();
-    let pred = model.forward(batch_x(s, &idx, device)).argmax(1).reshape([s.len()]);
+    let pred = model
+        .forward(batch_x(s, &idx, device))
+        .argmax(1)
+        .reshape([s.len()]);
     let pred = pred.try_into_vec_as::<i64>().unwrap();
     pred.iter().zip(&s.y).filter(|(a, b)| a == b).count() as f64 / s.len() as f64
 }
@@ -178,7 +184,15 @@ struct Student {
 
 /// Trains a student for a fixed number of optimizer steps (the same budget for every recipe).
 /// `labels[i] == -100` marks an unlabelled input.
-fn train(mut model: Student, data: &Split, labels: &[i64], recipe: &Recipe, cfg: &Train, seed: u64, device: &Device) -> Mlp {
+fn train(
+    mut model: Student,
+    data: &Split,
+    labels: &[i64],
+    recipe: &Recipe,
+    cfg: &Train,
+    seed: u64,
+    device: &Device,
+) -> Mlp {
     let mut optim = AdamConfig::new().init();
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     // Without a teacher only labelled inputs are useful.
@@ -200,12 +214,24 @@ fn train(mut model: Student, data: &Split, labels: &[i64], recipe: &Recipe, cfg:
         let x = batch_x(data, &idx, device);
         let y = batch_y(labels, &idx, device);
         let (logits, hidden) = model.net.forward_with_hidden(x);
-        let hard = cross_entropy(logits.clone(), y, &CrossEntropyOptions::default()).reduce(Reduction::Mean);
-        let rows = Tensor::<1, Int>::from_data(TensorData::new(idx.iter().map(|&i| i as i64).collect::<Vec<_>>(), [idx.len()]), device);
+        let hard = cross_entropy(logits.clone(), y, &CrossEntropyOptions::default())
+            .reduce(Reduction::Mean);
+        let rows = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                idx.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [idx.len()],
+            ),
+            device,
+        );
         let soft_terms = |t: &TeacherTargets, kd: &DistillationLoss| {
             let temp = Temperature::new(kd.temperature).unwrap();
-            let soft = soft_kl(logits.clone(), t.logits.clone().select(0, rows.clone()), temp, T2Scaling::On)
-                .reduce(Reduction::Mean);
+            let soft = soft_kl(
+                logits.clone(),
+                t.logits.clone().select(0, rows.clone()),
+                temp,
+                T2Scaling::On,
+            )
+            .reduce(Reduction::Mean);
             LossTerms::new()
                 .with("soft", kd.alpha, soft)
                 .and_then(|l| l.with("hard", 1.0 - kd.alpha, hard.clone()))
@@ -216,7 +242,8 @@ fn train(mut model: Student, data: &Split, labels: &[i64], recipe: &Recipe, cfg:
             Recipe::Hinton(t, kd) => soft_terms(t, kd).total(),
             Recipe::HintonHidden(t, kd, beta) => {
                 let projected = model.projection.forward(hidden);
-                let h = hidden_mse(projected, t.hidden.clone().select(0, rows.clone())).reduce(Reduction::ElementMean);
+                let h = hidden_mse(projected, t.hidden.clone().select(0, rows.clone()))
+                    .reduce(Reduction::ElementMean);
                 soft_terms(t, kd).with("hidden", *beta, h).unwrap().total()
             }
         };
@@ -228,13 +255,26 @@ fn train(mut model: Student, data: &Split, labels: &[i64], recipe: &Recipe, cfg:
 
 /// Trains the teacher with cross-entropy on every training label.
 fn train_teacher(model: Mlp, data: &Split, cfg: &Train, device: &Device) -> Mlp {
-    let student = Student { net: model, projection: HiddenProjection::identity() };
-    train(student, data, &data.y, &Recipe::LabelsOnly, cfg, 1000, device)
+    let student = Student {
+        net: model,
+        projection: HiddenProjection::identity(),
+    };
+    train(
+        student,
+        data,
+        &data.y,
+        &Recipe::LabelsOnly,
+        cfg,
+        1000,
+        device,
+    )
 }
 
 fn mean_spread(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;
-    let s = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len().max(2).saturating_sub(1) as f64).sqrt();
+    let s = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>()
+        / v.len().max(2).saturating_sub(1) as f64)
+        .sqrt();
     (m, s)
 }
 
@@ -263,16 +303,32 @@ fn main() {
         test_set.len()
     );
 
-    let teacher_cfg = Train { steps: if quick { 60 } else { 800 }, batch: 64, lr: 2e-3 };
-    let student_cfg = Train { steps: if quick { 60 } else { 600 }, batch: 64, lr: 5e-3 };
-    let kd = DistillationLossConfig::new().with_temperature(4.0).with_alpha(0.8).init();
+    let teacher_cfg = Train {
+        steps: if quick { 60 } else { 800 },
+        batch: 64,
+        lr: 2e-3,
+    };
+    let student_cfg = Train {
+        steps: if quick { 60 } else { 600 },
+        batch: 64,
+        lr: 5e-3,
+    };
+    let kd = DistillationLossConfig::new()
+        .with_temperature(4.0)
+        .with_alpha(0.8)
+        .init();
     let hidden_weight = 0.5;
     let student_widths = [FEATURES, 12, CLASSES];
     let teacher_widths = [FEATURES, 256, 256, CLASSES];
 
     device.seed(1000);
     let start = Instant::now();
-    let teacher = train_teacher(Mlp::new(&teacher_widths, &device), &train_set, &teacher_cfg, &device);
+    let teacher = train_teacher(
+        Mlp::new(&teacher_widths, &device),
+        &train_set,
+        &teacher_cfg,
+        &device,
+    );
     let teacher_acc = accuracy(&teacher, &test_set, &device);
     println!(
         "teacher {teacher_widths:?}: {} params, test accuracy {:.4} ({:.1}s)",
@@ -283,14 +339,24 @@ fn main() {
     // The teacher runs once over the training set; its outputs are constants for the students.
     let all: Vec<usize> = (0..train_set.len()).collect();
     let (t_logits, t_hidden) = teacher.forward_with_hidden(batch_x(&train_set, &all, &device));
-    let targets = TeacherTargets { logits: t_logits.detach(), hidden: t_hidden.detach() };
+    let targets = TeacherTargets {
+        logits: t_logits.detach(),
+        hidden: t_hidden.detach(),
+    };
 
     // Labels the students may see: all of them, or a small fraction per seed.
     let regimes = [("all labels", 1.0), ("5% labels", label_fraction)];
-    let recipes = ["labels only", "Hinton KD (T=4, α=0.8)", "KD + hidden MSE (learnable 12→256 W)"];
+    let recipes = [
+        "labels only",
+        "Hinton KD (T=4, α=0.8)",
+        "KD + hidden MSE (learnable 12→256 W)",
+    ];
     let mut summary = Vec::new();
     println!();
-    println!("| regime | student {student_widths:?} | test accuracy, mean ± sd over {} seeds |", seeds.len());
+    println!(
+        "| regime | student {student_widths:?} | test accuracy, mean ± sd over {} seeds |",
+        seeds.len()
+    );
     println!("|---|---|---|");
     for (regime, frac) in regimes {
         let mut acc = vec![Vec::new(); recipes.len()];
@@ -306,11 +372,24 @@ fn main() {
             device.seed(seed);
             let init = Student {
                 net: Mlp::new(&student_widths, &device),
-                projection: HiddenProjectionConfig::new(student_widths[1], teacher_widths[2]).init(&device),
+                projection: HiddenProjectionConfig::new(student_widths[1], teacher_widths[2])
+                    .init(&device),
             };
-            let plans = [Recipe::LabelsOnly, Recipe::Hinton(&targets, &kd), Recipe::HintonHidden(&targets, &kd, hidden_weight)];
+            let plans = [
+                Recipe::LabelsOnly,
+                Recipe::Hinton(&targets, &kd),
+                Recipe::HintonHidden(&targets, &kd, hidden_weight),
+            ];
             for (k, recipe) in plans.iter().enumerate() {
-                let model = train(init.clone(), &train_set, &labels, recipe, &student_cfg, seed, &device);
+                let model = train(
+                    init.clone(),
+                    &train_set,
+                    &labels,
+                    recipe,
+                    &student_cfg,
+                    seed,
+                    &device,
+                );
                 acc[k].push(accuracy(&model, &test_set, &device));
             }
         }
@@ -331,11 +410,21 @@ fn main() {
     );
     for (regime, m) in &summary {
         for (k, name) in recipes.iter().enumerate().skip(1) {
-            let verdict = if m[k] > m[0] { "beats" } else { "does NOT beat" };
-            println!("{regime}: {name} {verdict} the student trained alone ({:.4} vs {:.4})", m[k], m[0]);
+            let verdict = if m[k] > m[0] {
+                "beats"
+            } else {
+                "does NOT beat"
+            };
+            println!(
+                "{regime}: {name} {verdict} the student trained alone ({:.4} vs {:.4})",
+                m[k], m[0]
+            );
         }
     }
     let (_, m) = &summary[summary.len() - 1];
-    println!("teacher_acc={teacher_acc:.4} student_acc={:.4} kd_student_acc={:.4}", m[0], m[1]);
+    println!(
+        "teacher_acc={teacher_acc:.4} student_acc={:.4} kd_student_acc={:.4}",
+        m[0], m[1]
+    );
     println!("total time {:.1}s", start.elapsed().as_secs_f64());
 }

@@ -72,11 +72,10 @@ impl LossTerms {
 
     /// Appends every term of `other`, multiplying its weights by `scale`.
     pub fn extend(mut self, other: LossTerms, scale: f64) -> Self {
-        self.terms
-            .extend(other.terms.into_iter().map(|t| LossTerm {
-                weight: t.weight * scale,
-                ..t
-            }));
+        self.terms.extend(other.terms.into_iter().map(|t| LossTerm {
+            weight: t.weight * scale,
+            ..t
+        }));
         self
     }
 

@@ -108,10 +108,9 @@ pub enum KdError {
 impl fmt::Display for KdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KdError::InvalidTemperature { value } => write!(
-                f,
-                "temperature must be finite and > 0, got {value}"
-            ),
+            KdError::InvalidTemperature { value } => {
+                write!(f, "temperature must be finite and > 0, got {value}")
+            }
             KdError::OutOfRange {
                 name,
                 value,
@@ -184,7 +183,12 @@ impl fmt::Display for KdError {
 impl std::error::Error for KdError {}
 
 /// Checks that `value` lies in `[min, max]` (NaN is rejected).
-pub(crate) fn check_range(name: &'static str, value: f64, min: f64, max: f64) -> Result<f64, KdError> {
+pub(crate) fn check_range(
+    name: &'static str,
+    value: f64,
+    min: f64,
+    max: f64,
+) -> Result<f64, KdError> {
     if value >= min && value <= max {
         Ok(value)
     } else {

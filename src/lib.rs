@@ -129,13 +129,13 @@ pub mod prelude {
     pub use crate::attention::*;
     pub use crate::combine::LossTerms;
     pub use crate::divergence::{Divergence, JsdConvention, RowTemperature};
-    pub use crate::sparse::{MissingMass, SparseOptions, StudentNorm, TopkTeacher};
-    pub use crate::vocab::VocabAlignment;
     pub use crate::error::KdError;
     pub use crate::hidden::*;
     pub use crate::layer_map::LayerMap;
     pub use crate::logits::*;
     pub use crate::reduction::{Normalizer, Reduction, RowLoss, RowMask};
     pub use crate::relation::*;
+    pub use crate::sparse::{MissingMass, SparseOptions, StudentNorm, TopkTeacher};
     pub use crate::temperature::{Temperature, temperature_log_softmax, temperature_softmax};
+    pub use crate::vocab::VocabAlignment;
 }

@@ -287,7 +287,9 @@ impl RowLoss {
                 self.values.sum().div_scalar(b as f64)
             }
             Reduction::ElementMean => {
-                let den = self.mean_denominator().mul_scalar(self.row_size.max(1) as f64);
+                let den = self
+                    .mean_denominator()
+                    .mul_scalar(self.row_size.max(1) as f64);
                 self.values.sum().div(den)
             }
             Reduction::Normalizer(n) => self.values.sum().div_scalar(n.get()),

@@ -24,7 +24,11 @@ fn temperature_rejects_non_positive_and_nan() {
         "temperature must be finite and > 0, got -2"
     );
     assert_eq!(
-        SoftKlLossConfig::new().with_temperature(0.0).try_init().unwrap_err().to_string(),
+        SoftKlLossConfig::new()
+            .with_temperature(0.0)
+            .try_init()
+            .unwrap_err()
+            .to_string(),
         "temperature must be finite and > 0, got 0"
     );
 }
@@ -32,15 +36,35 @@ fn temperature_rejects_non_positive_and_nan() {
 #[test]
 fn alpha_must_be_in_unit_interval() {
     for a in [-0.1, 1.1, f64::NAN] {
-        let e = DistillationLossConfig::new().with_alpha(a).try_init().unwrap_err();
-        assert!(matches!(e, KdError::OutOfRange { name: "alpha", .. }), "{e:?}");
+        let e = DistillationLossConfig::new()
+            .with_alpha(a)
+            .try_init()
+            .unwrap_err();
+        assert!(
+            matches!(e, KdError::OutOfRange { name: "alpha", .. }),
+            "{e:?}"
+        );
     }
     assert_eq!(
-        DistillationLossConfig::new().with_alpha(1.5).try_init().unwrap_err().to_string(),
+        DistillationLossConfig::new()
+            .with_alpha(1.5)
+            .try_init()
+            .unwrap_err()
+            .to_string(),
         "alpha must be in [0, 1], got 1.5"
     );
-    assert!(DistillationLossConfig::new().with_alpha(0.0).try_init().is_ok());
-    assert!(DistillationLossConfig::new().with_alpha(1.0).try_init().is_ok());
+    assert!(
+        DistillationLossConfig::new()
+            .with_alpha(0.0)
+            .try_init()
+            .is_ok()
+    );
+    assert!(
+        DistillationLossConfig::new()
+            .with_alpha(1.0)
+            .try_init()
+            .is_ok()
+    );
 }
 
 #[test]
@@ -53,29 +77,54 @@ fn init_panics_with_the_same_message() {
 fn other_config_errors() {
     let d = dev();
     assert_eq!(
-        CrossEntropyLossConfig::new().with_label_smoothing(1.5).try_init(&d).unwrap_err().to_string(),
+        CrossEntropyLossConfig::new()
+            .with_label_smoothing(1.5)
+            .try_init(&d)
+            .unwrap_err()
+            .to_string(),
         "label_smoothing must be in [0, 1], got 1.5"
     );
     assert_eq!(
-        CrossEntropyLossConfig::new().with_class_weights(Some(vec![1.0, 0.0])).try_init(&d).unwrap_err().to_string(),
+        CrossEntropyLossConfig::new()
+            .with_class_weights(Some(vec![1.0, 0.0]))
+            .try_init(&d)
+            .unwrap_err()
+            .to_string(),
         "class weight must be finite and > 0, got 0"
     );
     assert_eq!(
-        CrossEntropyLossConfig::new().with_class_weights(Some(vec![])).try_init(&d).unwrap_err().to_string(),
+        CrossEntropyLossConfig::new()
+            .with_class_weights(Some(vec![]))
+            .try_init(&d)
+            .unwrap_err()
+            .to_string(),
         "class_weights must not be empty"
     );
     assert_eq!(
-        PseudoLabelLossConfig::new().with_threshold(Some(1.2)).try_init().unwrap_err().to_string(),
+        PseudoLabelLossConfig::new()
+            .with_threshold(Some(1.2))
+            .try_init()
+            .unwrap_err()
+            .to_string(),
         "threshold must be in [0, 1], got 1.2"
     );
-    assert_eq!(Normalizer::new(0.0).unwrap_err().to_string(), "normalizer must be finite and > 0, got 0");
-    assert!(LossTerms::new().with("x", f64::NAN, floats(vec![1.0], [1], &d)).is_err());
+    assert_eq!(
+        Normalizer::new(0.0).unwrap_err().to_string(),
+        "normalizer must be finite and > 0, got 0"
+    );
+    assert!(
+        LossTerms::new()
+            .with("x", f64::NAN, floats(vec![1.0], [1], &d))
+            .is_err()
+    );
 }
 
 // ----------------------------------------------------------------------------- shape panics
 
 #[test]
-#[should_panic(expected = "teacher_logits: shape [2, 4] does not match student_logits shape [2, 3]")]
+#[should_panic(
+    expected = "teacher_logits: shape [2, 4] does not match student_logits shape [2, 3]"
+)]
 fn soft_kl_shape_mismatch_panics() {
     let d = dev();
     let _ = soft_kl(
@@ -87,7 +136,9 @@ fn soft_kl_shape_mismatch_panics() {
 }
 
 #[test]
-#[should_panic(expected = "teacher_logits: shape [2, 3, 5] does not match student_logits shape [2, 3, 4]")]
+#[should_panic(
+    expected = "teacher_logits: shape [2, 3, 5] does not match student_logits shape [2, 3, 4]"
+)]
 fn vocab_mismatch_panics() {
     let d = dev();
     let _ = soft_kl(
@@ -112,39 +163,69 @@ fn mask_shape_mismatch_panics() {
 }
 
 #[test]
-#[should_panic(expected = "labels: shape [3] does not match logits shape [2, 5] without its last dimension")]
+#[should_panic(
+    expected = "labels: shape [3] does not match logits shape [2, 5] without its last dimension"
+)]
 fn label_shape_mismatch_panics() {
     let d = dev();
-    let _ = cross_entropy(Tensor::<2>::zeros([2, 5], &d), ints(vec![0, 1, 2], [3], &d), &CrossEntropyOptions::default());
+    let _ = cross_entropy(
+        Tensor::<2>::zeros([2, 5], &d),
+        ints(vec![0, 1, 2], [3], &d),
+        &CrossEntropyOptions::default(),
+    );
 }
 
 #[test]
-#[should_panic(expected = "labels: label 5 is out of range for 5 classes (valid: 0..5, or the ignore index -100)")]
+#[should_panic(
+    expected = "labels: label 5 is out of range for 5 classes (valid: 0..5, or the ignore index -100)"
+)]
 fn label_out_of_range_panics() {
     let d = dev();
-    let _ = cross_entropy(Tensor::<2>::zeros([2, 5], &d), ints(vec![0, 5], [2], &d), &CrossEntropyOptions::default());
+    let _ = cross_entropy(
+        Tensor::<2>::zeros([2, 5], &d),
+        ints(vec![0, 5], [2], &d),
+        &CrossEntropyOptions::default(),
+    );
 }
 
 #[test]
 #[should_panic(expected = "labels: label -1 is out of range for 5 classes")]
 fn negative_label_panics() {
     let d = dev();
-    let _ = cross_entropy(Tensor::<2>::zeros([2, 5], &d), ints(vec![-1, 0], [2], &d), &CrossEntropyOptions::default());
+    let _ = cross_entropy(
+        Tensor::<2>::zeros([2, 5], &d),
+        ints(vec![-1, 0], [2], &d),
+        &CrossEntropyOptions::default(),
+    );
 }
 
 #[test]
 #[should_panic(expected = "class_weights: shape [3] does not match the number of classes [5]")]
 fn class_weight_shape_panics() {
     let d = dev();
-    let opts = CrossEntropyOptions { class_weights: Some(floats(vec![1.0; 3], [3], &d)), ..Default::default() };
-    let _ = cross_entropy(Tensor::<2>::zeros([2, 5], &d), ints(vec![0, 1], [2], &d), &opts);
+    let opts = CrossEntropyOptions {
+        class_weights: Some(floats(vec![1.0; 3], [3], &d)),
+        ..Default::default()
+    };
+    let _ = cross_entropy(
+        Tensor::<2>::zeros([2, 5], &d),
+        ints(vec![0, 1], [2], &d),
+        &opts,
+    );
 }
 
 #[test]
 fn check_labels_is_a_typed_error() {
     let d = dev();
     let e = check_labels(&ints(vec![0, 9], [2], &d), 5, None).unwrap_err();
-    assert_eq!(e, KdError::LabelOutOfRange { label: 9, num_classes: 5, ignore_index: None });
+    assert_eq!(
+        e,
+        KdError::LabelOutOfRange {
+            label: 9,
+            num_classes: 5,
+            ignore_index: None
+        }
+    );
 }
 
 // ----------------------------------------------------------------------------- gradients
@@ -160,7 +241,10 @@ fn teacher_never_receives_a_gradient() {
         let pl = pseudo_label_ce(s.clone(), t.clone(), Some(0.1)).reduce(Reduction::Mean);
         let grads = out.total.add(pl).backward();
         assert!(s.grad(&grads).is_some(), "{name}: student got no gradient");
-        assert!(t.grad(&grads).is_none(), "{name}: teacher received a gradient");
+        assert!(
+            t.grad(&grads).is_none(),
+            "{name}: teacher received a gradient"
+        );
     }
 }
 
@@ -175,7 +259,14 @@ fn all_neg_inf_row_is_empty_not_nan() {
     assert_eq!(&p[..3], &[0.0, 0.0, 0.0]);
     let lp = to_vec(temperature_log_softmax(x.clone(), Temperature::ONE));
     assert!(lp[..3].iter().all(|v| *v == ni));
-    let g = to_vec(x.grad(&temperature_softmax(x.clone(), Temperature::ONE).sum().backward()).unwrap());
+    let g = to_vec(
+        x.grad(
+            &temperature_softmax(x.clone(), Temperature::ONE)
+                .sum()
+                .backward(),
+        )
+        .unwrap(),
+    );
     assert!(g.iter().all(|v| v.is_finite()));
     assert_eq!(&g[..3], &[0.0, 0.0, 0.0]);
     // A fully padded teacher row (all -inf, student too) contributes nothing.
@@ -190,7 +281,9 @@ fn fully_masked_batch_gives_zero() {
     let s = floats(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], [1, 2, 3], &d).require_grad();
     let t = floats(vec![1.0, 0.0, 2.0, 0.0, 4.0, 1.0], [1, 2, 3], &d);
     let labels = ints(vec![-100, -100], [1, 2], &d);
-    let out = DistillationLossConfig::new().init().forward(s.clone(), t, labels, Reduction::Mean);
+    let out = DistillationLossConfig::new()
+        .init()
+        .forward(s.clone(), t, labels, Reduction::Mean);
     assert_eq!(scalar(out.total.clone()), 0.0);
     assert_eq!(scalar(out.soft.clone()), 0.0);
     assert_eq!(scalar(out.hard.clone()), 0.0);
@@ -202,18 +295,42 @@ fn fully_masked_batch_gives_zero() {
 fn reductions_have_their_documented_denominators() {
     let d = dev();
     // [2, 3, 4] logits: R = 6 rows, V = 4, shape[0] = 2.
-    let s = floats((0..24).map(|i| (i as f32 * 0.37).sin()).collect(), [2, 3, 4], &d);
-    let t = floats((0..24).map(|i| (i as f32 * 0.11).cos()).collect(), [2, 3, 4], &d);
+    let s = floats(
+        (0..24).map(|i| (i as f32 * 0.37).sin()).collect(),
+        [2, 3, 4],
+        &d,
+    );
+    let t = floats(
+        (0..24).map(|i| (i as f32 * 0.11).cos()).collect(),
+        [2, 3, 4],
+        &d,
+    );
     let rows = soft_kl(s, t, Temperature::new(2.0).unwrap(), T2Scaling::On);
     let sum = scalar(rows.clone().reduce(Reduction::Sum));
     let close = |a: f64, b: f64| (a - b).abs() < 1e-6 * b.abs().max(1.0);
-    assert!(close(scalar(rows.clone().reduce(Reduction::Mean)), sum / 6.0));
-    assert!(close(scalar(rows.clone().reduce(Reduction::BatchMean)), sum / 2.0));
-    assert!(close(scalar(rows.clone().reduce(Reduction::ElementMean)), sum / 24.0));
+    assert!(close(
+        scalar(rows.clone().reduce(Reduction::Mean)),
+        sum / 6.0
+    ));
+    assert!(close(
+        scalar(rows.clone().reduce(Reduction::BatchMean)),
+        sum / 2.0
+    ));
+    assert!(close(
+        scalar(rows.clone().reduce(Reduction::ElementMean)),
+        sum / 24.0
+    ));
     let n = Normalizer::new(10.0).unwrap();
-    assert!(close(scalar(rows.clone().reduce(Reduction::Normalizer(n))), sum / 10.0));
+    assert!(close(
+        scalar(rows.clone().reduce(Reduction::Normalizer(n))),
+        sum / 10.0
+    ));
     assert_eq!(rows.clone().into_shaped::<2>().dims(), [2, 3]);
-    let mask = RowMask::new(bools(vec![true, true, false, false, false, false], [2, 3], &d));
+    let mask = RowMask::new(bools(
+        vec![true, true, false, false, false, false],
+        [2, 3],
+        &d,
+    ));
     let kept: f64 = to_vec(rows.values())[..2].iter().map(|&v| v as f64).sum();
     let m = rows.masked(&mask);
     assert!(close(scalar(m.clone().reduce(Reduction::Mean)), kept / 2.0));
@@ -237,8 +354,18 @@ fn weighted_cross_entropy_matches_torch_weighted_mean() {
     let d = dev();
     let x = vec![1.0f32, 0.0, -1.0, 0.5, 0.5, 0.0];
     let w = [2.0f64, 1.0, 0.5];
-    let opts = CrossEntropyOptions { class_weights: Some(floats(w.iter().map(|&v| v as f32).collect(), [3], &d)), ..Default::default() };
-    let got = scalar(cross_entropy(floats(x.clone(), [2, 3], &d), ints(vec![0, 2], [2], &d), &opts).reduce(Reduction::Mean));
+    let opts = CrossEntropyOptions {
+        class_weights: Some(floats(w.iter().map(|&v| v as f32).collect(), [3], &d)),
+        ..Default::default()
+    };
+    let got = scalar(
+        cross_entropy(
+            floats(x.clone(), [2, 3], &d),
+            ints(vec![0, 2], [2], &d),
+            &opts,
+        )
+        .reduce(Reduction::Mean),
+    );
     let nll = |row: &[f32], y: usize| {
         let l = row.iter().map(|v| (*v as f64).exp()).sum::<f64>().ln();
         l - row[y] as f64
@@ -257,7 +384,10 @@ fn pseudo_labels_follow_the_teacher_argmax() {
     // With a threshold only the confident first row is kept; none kept gives 0.
     let rows = pseudo_label_ce(s.clone(), t.clone(), Some(0.9)).values();
     assert_eq!(to_vec(rows)[1], 0.0);
-    assert_eq!(scalar(pseudo_label_ce(s, t, Some(1.0)).reduce(Reduction::Mean)), 0.0);
+    assert_eq!(
+        scalar(pseudo_label_ce(s, t, Some(1.0)).reduce(Reduction::Mean)),
+        0.0
+    );
 }
 
 #[test]
@@ -266,11 +396,17 @@ fn loss_terms_report_each_term() {
     let s = floats(vec![0.2, 0.1, 0.0, 1.0, 0.0, -1.0], [2, 3], &d);
     let t = floats(vec![1.0, 0.1, 0.0, 0.0, 0.5, -1.0], [2, 3], &d);
     let labels: Tensor<1, Int> = ints(vec![0, 2], [2], &d);
-    let out = DistillationLossConfig::new().with_alpha(0.7).init().forward(s, t, labels, Reduction::Mean);
+    let out = DistillationLossConfig::new()
+        .with_alpha(0.7)
+        .init()
+        .forward(s, t, labels, Reduction::Mean);
     let total = scalar(out.total.clone());
     let terms = out.into_terms();
     let logged = terms.scalars();
-    assert_eq!(logged.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["soft", "hard"]);
+    assert_eq!(
+        logged.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["soft", "hard"]
+    );
     assert!((0.7 * logged[0].1 + 0.3 * logged[1].1 - total).abs() < 1e-6);
     assert!((scalar(terms.total()) - total).abs() < 1e-6);
 }

@@ -58,7 +58,12 @@ fn finish_with(
 fn check_grad(case: &Case, backend: &str, key: &str, grad: Option<Vec<f32>>) {
     let exp = case.expected(key);
     let grad = grad.unwrap_or_else(|| panic!("{backend}/{}: no gradient for {key}", case.name));
-    assert_close(&format!("{backend}/{}/{key}", case.name), &grad, &exp.f64s(), F32_GOLDEN_RTOL);
+    assert_close(
+        &format!("{backend}/{}/{key}", case.name),
+        &grad,
+        &exp.f64s(),
+        F32_GOLDEN_RTOL,
+    );
 }
 
 fn run_rank<const D: usize>(
@@ -77,7 +82,12 @@ fn run_rank<const D: usize>(
         F32_GOLDEN_RTOL,
     );
     let grads = loss.backward();
-    check_grad(case, backend, &format!("grad_{input}"), x.grad(&grads).map(to_vec));
+    check_grad(
+        case,
+        backend,
+        &format!("grad_{input}"),
+        x.grad(&grads).map(to_vec),
+    );
 }
 
 #[test]
@@ -225,7 +235,8 @@ fn golden_e_combined() {
                         backend,
                         &device,
                         |s| {
-                            let out = kd.forward(s, teacher.clone(), labels.clone(), Reduction::Mean);
+                            let out =
+                                kd.forward(s, teacher.clone(), labels.clone(), Reduction::Mean);
                             let v = to_vec(out.total.clone());
                             (out.total, v)
                         },

@@ -43,7 +43,13 @@ fn soft_ref(s: &[f32], t: &[f32], r: usize, c: usize, tt: f64) -> Vec<f64> {
             tt * tt
                 * lp.iter()
                     .zip(&lq)
-                    .map(|(a, b)| if a.exp() == 0.0 { 0.0 } else { a.exp() * (a - b) })
+                    .map(|(a, b)| {
+                        if a.exp() == 0.0 {
+                            0.0
+                        } else {
+                            a.exp() * (a - b)
+                        }
+                    })
                     .sum::<f64>()
         })
         .collect()

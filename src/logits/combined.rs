@@ -186,4 +186,3 @@ impl DistillationLoss {
         distillation_loss(student_logits, teacher_logits, labels, self, reduction)
     }
 }
-

@@ -15,7 +15,9 @@ pub mod hard;
 pub mod pseudo;
 pub mod soft;
 
-pub use combined::{DistillationLoss, DistillationLossConfig, DistillationOutput, distillation_loss};
+pub use combined::{
+    DistillationLoss, DistillationLossConfig, DistillationOutput, distillation_loss,
+};
 pub use hard::{
     CrossEntropyLoss, CrossEntropyLossConfig, CrossEntropyOptions, IGNORE_INDEX, check_labels,
     cross_entropy,
