@@ -1,14 +1,14 @@
 //! Sequence distillation of a small character-level transformer (TinyBERT-style).
 //!
-//! A 4-layer teacher (width 96) is trained as a character-level language model on a real Latin
-//! text. The same 2-layer, width-48 student is then trained twice from the same initialization:
+//! A 4-layer teacher (width 64) is trained as a character-level language model on a real Latin
+//! text. The same 2-layer, width-32 student is then trained twice from the same initialization:
 //!
 //! * **alone**: next-character cross-entropy;
 //! * **distilled**: cross-entropy plus
 //!   - token-logit KD (`T²·KL(teacher ‖ student)` at `T = 2`) under the `[B, S]` padding mask,
 //!   - hidden-state MSE between mapped layers (`LayerMap::uniform_with_embeddings(2, 4)`:
 //!     embeddings↔embeddings, student layer 1↔teacher layer 2, 2↔4) through a learnable
-//!     projection `48 → 96` that trains with the student,
+//!     projection `32 → 64` that trains with the student,
 //!   - attention-score MSE between mapped layers (`LayerMap::uniform(2, 4)`), head by head.
 //!
 //! Training batches are windows of random length, right-padded to a common length; the mask
@@ -316,12 +316,14 @@ fn train_alone(
 ) -> CharLm {
     let mut optim = AdamConfig::new().init();
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let start = Instant::now();
     for step in 0..cfg.steps {
         let batch = sample_batch(ids, cfg.batch, cfg.seq, &mut rng, device);
         let loss = ce_loss(&model.forward(&batch), &batch);
         if step % 100 == 0 || step + 1 == cfg.steps {
             println!(
-                "  step {step:>4}: ce {:.4}",
+                "  step {step:>4} ({:.1}s): ce {:.4}",
+                start.elapsed().as_secs_f64(),
                 loss.clone().into_scalar::<f64>()
             );
         }
@@ -343,14 +345,17 @@ fn train_distilled(
 ) -> KdStudent {
     let mut optim = AdamConfig::new().init();
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let start = Instant::now();
     let temperature = Temperature::new(w.temperature).unwrap();
     let (s_layers, t_layers) = (model.lm.blocks.len(), teacher.blocks.len());
     let attention_map = LayerMap::uniform(s_layers, t_layers).unwrap();
+    // A frozen copy: its forward passes record no autodiff graph.
+    let teacher = teacher.clone().no_grad();
     for step in 0..cfg.steps {
         let batch = sample_batch(ids, cfg.batch, cfg.seq, &mut rng, device);
         let rows = RowMask::new(batch.mask.clone());
         let s = model.lm.forward(&batch);
-        let t = teacher.forward(&batch); // detached inside every loss
+        let t = teacher.forward(&batch);
         let kd = soft_kl(
             s.logits.clone(),
             t.logits.clone(),
@@ -384,7 +389,11 @@ fn train_distilled(
                 .iter()
                 .map(|(n, v)| format!("{n} {v:.4}"))
                 .collect();
-            println!("  step {step:>4}: {}", parts.join(", "));
+            println!(
+                "  step {step:>4} ({:.1}s): {}",
+                start.elapsed().as_secs_f64(),
+                parts.join(", ")
+            );
         }
         let grads = GradientsParams::from_grads(terms.total().backward(), &model);
         model = optim.step(lr_at(cfg, step), model, grads);
@@ -405,6 +414,7 @@ fn lr_at(cfg: &Train, step: usize) -> f64 {
 /// Per-character perplexity `exp(Σ CE / #tokens)` over the validation windows.
 fn perplexity(model: &CharLm, batches: &[Batch]) -> f64 {
     let (mut nll, mut tokens) = (0.0, 0usize);
+    let model = model.clone().no_grad();
     for batch in batches {
         let trace = model.forward(batch);
         let sum = cross_entropy(
@@ -435,23 +445,23 @@ fn main() {
     let seq = if quick { 32 } else { 64 };
     let teacher_arch = Arch {
         layers: 4,
-        d: 96,
+        d: 64,
         heads: 4,
     };
     let student_arch = Arch {
         layers: 2,
-        d: 48,
+        d: 32,
         heads: 4,
     };
     let teacher_cfg = Train {
-        steps: if quick { 6 } else { 1200 },
-        batch: if quick { 8 } else { 32 },
+        steps: if quick { 6 } else { 800 },
+        batch: if quick { 8 } else { 16 },
         seq,
         lr: 2e-3,
     };
     let student_cfg = Train {
-        steps: if quick { 6 } else { 1000 },
-        batch: if quick { 8 } else { 32 },
+        steps: if quick { 6 } else { 800 },
+        batch: if quick { 8 } else { 16 },
         seq,
         lr: 3e-3,
     };
@@ -459,8 +469,8 @@ fn main() {
         temperature: 2.0,
         ce: 0.5,
         logits: 0.5,
-        hidden: 1.0,
-        attention: 0.02,
+        hidden: 0.5,
+        attention: 0.1,
     };
     let valid = validation_batches(&corpus.valid, 64, seq, &device);
 
