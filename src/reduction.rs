@@ -29,7 +29,7 @@
 //!
 //! let device = Device::flex();
 //! let rows = RowLoss::new(Tensor::<1>::from_floats([1.0, 2.0, 30.0], &device), &[3], 5);
-//! let mask = RowMask::new(Tensor::<1, Bool>::from_bool([true, true, false].into(), &device));
+//! let mask = RowMask::new(Tensor::<1, Bool>::from_bool([true, true, false], &device));
 //! let mean = rows.clone().masked(&mask).reduce(Reduction::Mean).into_scalar::<f32>();
 //! assert_eq!(mean, 1.5);
 //! let n = Reduction::Normalizer(Normalizer::new(4.0).unwrap());
