@@ -20,6 +20,9 @@
 //! The table reports validation perplexity (per character) on the last 10% of the text, which
 //! no model trains on; the last line is machine-readable.
 //!
+//! One full run on 2 CPU cores (about 3.5 minutes): teacher 7.26, student alone 8.92, distilled
+//! student 8.17 (validation perplexity per character).
+//!
 //! ```text
 //! cargo run --release --example sequence            # full run (a few minutes on 2 cores)
 //! cargo run --example sequence -- --quick           # CI smoke run (a few steps)
@@ -563,6 +566,11 @@ fn main() {
     } else {
         println!(
             "The distilled student does NOT beat the student trained alone ({kd_ppl:.3} vs {student_ppl:.3})."
+        );
+    }
+    if quick {
+        println!(
+            "(--quick is a smoke test of a few steps: its perplexities say nothing about distillation.)"
         );
     }
     println!(
