@@ -184,6 +184,7 @@ struct Student {
 
 /// Trains a student for a fixed number of optimizer steps (the same budget for every recipe).
 /// `labels[i] == -100` marks an unlabelled input.
+#[allow(clippy::too_many_arguments)]
 fn train(
     mut model: Student,
     data: &Split,
@@ -192,7 +193,11 @@ fn train(
     cfg: &Train,
     seed: u64,
     device: &Device,
-) -> Mlp {
+    progress: &str,
+    eval: Option<&Split>,
+) -> (Mlp, Vec<(usize, f64)>) {
+    let mut curve = Vec::new();
+    let mut bar = Progress::new(progress, cfg.steps);
     let mut optim = AdamConfig::new().init();
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     // Without a teacher only labelled inputs are useful.
@@ -201,7 +206,13 @@ fn train(
         .collect();
     let mut order = pool.clone();
     let mut cursor = order.len();
-    for _ in 0..cfg.steps {
+    for step in 0..cfg.steps {
+        if let Some(eval) = eval {
+            if step % (cfg.steps / 30).max(1) == 0 {
+                curve.push((step, accuracy(&model.net, eval, device)));
+            }
+        }
+        bar.tick(step + 1);
         let mut idx = Vec::with_capacity(cfg.batch);
         while idx.len() < cfg.batch.min(pool.len()) {
             if cursor == order.len() {
@@ -250,7 +261,46 @@ fn train(
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(cfg.lr, model, grads);
     }
-    model.net
+    if let Some(eval) = eval {
+        curve.push((cfg.steps, accuracy(&model.net, eval, device)));
+    }
+    (model.net, curve)
+}
+
+/// A one-line progress bar on stderr.
+struct Progress {
+    name: String,
+    total: usize,
+    shown: usize,
+}
+
+impl Progress {
+    fn new(name: &str, total: usize) -> Self {
+        Progress {
+            name: name.to_string(),
+            total,
+            shown: usize::MAX,
+        }
+    }
+
+    fn tick(&mut self, done: usize) {
+        let width = 30;
+        let filled = done * width / self.total.max(1);
+        if filled == self.shown && done != self.total {
+            return;
+        }
+        self.shown = filled;
+        eprint!(
+            "\r  {:<44} [{}{}] {done}/{}",
+            self.name,
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            self.total
+        );
+        if done == self.total {
+            eprintln!();
+        }
+    }
 }
 
 /// Trains the teacher with cross-entropy on every training label.
@@ -267,7 +317,10 @@ fn train_teacher(model: Mlp, data: &Split, cfg: &Train, device: &Device) -> Mlp 
         cfg,
         1000,
         device,
+        "teacher",
+        None,
     )
+    .0
 }
 
 fn mean_spread(v: &[f64]) -> (f64, f64) {
@@ -351,7 +404,9 @@ fn main() {
         "Hinton KD (T=4, α=0.8)",
         "KD + hidden MSE (learnable 12→256 W)",
     ];
+    let short = ["labels only", "Hinton KD", "KD + hidden"];
     let mut summary = Vec::new();
+    let mut curves = Vec::new();
     println!();
     println!(
         "| regime | student {student_widths:?} | test accuracy, mean ± sd over {} seeds |",
@@ -381,7 +436,9 @@ fn main() {
                 Recipe::HintonHidden(&targets, &kd, hidden_weight),
             ];
             for (k, recipe) in plans.iter().enumerate() {
-                let model = train(
+                // Learning curves are recorded for the first seed, for the plot.
+                let watch = (seed == seeds[0]).then_some(&test_set);
+                let (model, curve) = train(
                     init.clone(),
                     &train_set,
                     &labels,
@@ -389,8 +446,13 @@ fn main() {
                     &student_cfg,
                     seed,
                     &device,
+                    &format!("{regime}, seed {seed}: {}", short[k]),
+                    watch,
                 );
                 acc[k].push(accuracy(&model, &test_set, &device));
+                if !curve.is_empty() {
+                    curves.push((regime, k, curve));
+                }
             }
         }
         let means: Vec<f64> = acc.iter().map(|a| mean_spread(a).0).collect();
@@ -421,10 +483,145 @@ fn main() {
             );
         }
     }
+    let png = std::env::temp_dir().join("kd-losses-digits.png");
+    plot::write(&png, &curves, &summary).expect("write the plot");
+    println!(
+        "plot: {} (left: test accuracy during training, first seed — solid: all labels, thin: 5% labels; \
+         right: mean test accuracy, 0.8–1.0; blue = labels only, orange = Hinton KD, green = KD + hidden)",
+        png.display()
+    );
     let (_, m) = &summary[summary.len() - 1];
     println!(
         "teacher_acc={teacher_acc:.4} student_acc={:.4} kd_student_acc={:.4}",
         m[0], m[1]
     );
     println!("total time {:.1}s", start.elapsed().as_secs_f64());
+}
+
+/// A dependency-free PNG plot (no text; the legend is printed by `main`).
+mod plot {
+    use std::io::Write;
+
+    const W: usize = 900;
+    const H: usize = 420;
+    const COLORS: [[u8; 3]; 3] = [[31, 119, 180], [255, 127, 14], [44, 160, 44]];
+
+    struct Canvas(Vec<u8>);
+
+    impl Canvas {
+        fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
+            if x >= 0 && y >= 0 && (x as usize) < W && (y as usize) < H {
+                let i = (y as usize * W + x as usize) * 3;
+                self.0[i..i + 3].copy_from_slice(&c);
+            }
+        }
+        fn rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3]) {
+            for y in y0.min(y1)..=y0.max(y1) {
+                for x in x0.min(x1)..=x0.max(x1) {
+                    self.set(x, y, c);
+                }
+            }
+        }
+        fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3], thick: i64) {
+            let n = ((x1 - x0).abs().max((y1 - y0).abs()) as usize).max(1);
+            for k in 0..=n {
+                let t = k as f64 / n as f64;
+                let (x, y) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
+                self.rect(
+                    x as i64,
+                    y as i64,
+                    x as i64 + thick - 1,
+                    y as i64 + thick - 1,
+                    c,
+                );
+            }
+        }
+    }
+
+    /// Panel frame `[x0, x1] × [y0, y1]` in pixels with horizontal grid lines every 0.05 of
+    /// accuracy between `lo` and 1.0.
+    fn frame(c: &mut Canvas, x0: i64, x1: i64, y0: i64, y1: i64, lo: f64) {
+        let grey = [220, 220, 220];
+        let steps = ((1.0 - lo) / 0.05).round() as i64;
+        for k in 0..=steps {
+            let y = y1 - (y1 - y0) * k / steps;
+            c.rect(x0, y, x1, y, grey);
+        }
+        c.rect(x0, y0, x0, y1, [0, 0, 0]);
+        c.rect(x0, y1, x1, y1, [0, 0, 0]);
+    }
+
+    type Curve<'a> = (&'a str, usize, Vec<(usize, f64)>);
+
+    /// Left: accuracy curves; right: grouped bars of the mean accuracies per regime.
+    pub fn write(
+        path: &std::path::Path,
+        curves: &[Curve],
+        summary: &[(&str, Vec<f64>)],
+    ) -> std::io::Result<()> {
+        let mut c = Canvas(vec![255; W * H * 3]);
+        let (lo, top, bottom) = (0.5, 20i64, H as i64 - 30);
+        let ymap = |acc: f64, lo: f64| {
+            bottom as f64 - (acc.clamp(lo, 1.0) - lo) / (1.0 - lo) * (bottom - top) as f64
+        };
+        // Left panel: curves.
+        let (lx0, lx1) = (40i64, 500i64);
+        frame(&mut c, lx0, lx1, top, bottom, lo);
+        let first_regime = curves.first().map(|c| c.0);
+        for (regime, k, curve) in curves {
+            let last = curve.last().map(|p| p.0).unwrap_or(1).max(1) as f64;
+            let thick = if Some(*regime) == first_regime { 3 } else { 1 };
+            for w in curve.windows(2) {
+                let p = |(s, a): (usize, f64)| {
+                    (
+                        lx0 as f64 + s as f64 / last * (lx1 - lx0) as f64,
+                        ymap(a, lo),
+                    )
+                };
+                c.line(p(w[0]), p(w[1]), COLORS[*k], thick);
+            }
+        }
+        // Right panel: bars, accuracy 0.8..1.0.
+        let (rx0, rx1, blo) = (560i64, 880i64, 0.8);
+        frame(&mut c, rx0, rx1, top, bottom, blo);
+        let group = (rx1 - rx0) / summary.len().max(1) as i64;
+        for (g, (_, means)) in summary.iter().enumerate() {
+            for (k, m) in means.iter().enumerate() {
+                let x = rx0 + g as i64 * group + 20 + k as i64 * (group - 40) / 3;
+                let w = (group - 40) / 3 - 6;
+                c.rect(x, ymap(*m, blo) as i64, x + w, bottom - 1, COLORS[k]);
+            }
+        }
+        encode(path, &c.0)
+    }
+
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    }
+
+    fn encode(path: &std::path::Path, rgb: &[u8]) -> std::io::Result<()> {
+        let mut raw = Vec::with_capacity((W * 3 + 1) * H);
+        for row in rgb.chunks(W * 3) {
+            raw.push(0); // filter: none
+            raw.extend_from_slice(row);
+        }
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&raw)?;
+        let idat = z.finish()?;
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&(W as u32).to_be_bytes());
+        ihdr.extend_from_slice(&(H as u32).to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        chunk(&mut png, b"IHDR", &ihdr);
+        chunk(&mut png, b"IDAT", &idat);
+        chunk(&mut png, b"IEND", &[]);
+        std::fs::write(path, png)
+    }
 }
