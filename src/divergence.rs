@@ -514,8 +514,8 @@ pub fn divergence_from_log_probs<const D: usize>(
     RowLoss::new(divergence.rows_from_log_probs(s, t), &rows, v)
 }
 
-/// Reverse KL `KL(p_teacher ‖ q_student)` reversed: `KL(q ‖ p)`, the mode-seeking divergence of
-/// MiniLLM and of TRL's GKD at `β = 1`.
+/// Reverse KL `KL(q_student ‖ p_teacher)`, the mode-seeking divergence of MiniLLM and of TRL's
+/// GKD at `β = 1` (the forward KL of [`soft_kl`](crate::logits::soft_kl) swapped).
 ///
 /// ```text
 /// r_i = s · Σ_v q_iv (log q_iv − log p_iv)       ∂r_i/∂student_i = (s/T) · q ⊙ (g − Σ q g),  g = log q − log p

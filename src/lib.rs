@@ -91,13 +91,14 @@ pub use attention::{
     attention_mse_scores, attention_mse_textbrewer, minilm_loss, minilm_v2_loss, self_relation_kl,
 };
 #[cfg(feature = "autodiff")]
-pub use chunked::{chunked_divergence, chunked_sparse_divergence};
+pub use chunked::{chunk_rows_for_budget, chunked_divergence, chunked_sparse_divergence};
 pub use combine::{LossTerm, LossTerms};
 pub use divergence::{
-    Divergence, DivergenceLoss, DivergenceLossConfig, JsdConvention, RowTemperature, divergence,
-    generalized_jsd, reverse_kl, skew_kl, skew_reverse_kl, symmetric_kl, total_variation,
+    Divergence, DivergenceKind, DivergenceLoss, DivergenceLossConfig, JsdConvention,
+    RowTemperature, divergence, divergence_from_log_probs, generalized_jsd, reverse_kl, skew_kl,
+    skew_reverse_kl, symmetric_kl, total_variation,
 };
-pub use dkd::{DkdLoss, DkdLossConfig};
+pub use dkd::{DkdLoss, DkdLossConfig, DkdRows, dkd};
 pub use ensemble::{EnsembleMode, TeacherWeights, ensemble_divergence};
 pub use error::KdError;
 pub use hidden::{
@@ -118,8 +119,8 @@ pub use schedule::{
     entropy_temperature,
 };
 pub use sparse::{
-    MissingMass, SparseKdLoss, SparseKdLossConfig, SparseOptions, StudentNorm, TopkTeacher,
-    sparse_divergence, topk_kd,
+    MissingMass, SparseKdLoss, SparseKdLossConfig, SparseOptions, StudentNorm, TopkSpace,
+    TopkTeacher, check_topk_indices, sparse_divergence, topk_kd,
 };
 pub use temperature::{Temperature, temperature_log_softmax, temperature_softmax};
 pub use vocab::{VocabAlignment, align_vocab};
@@ -128,7 +129,7 @@ pub use vocab::{VocabAlignment, align_vocab};
 pub mod prelude {
     pub use crate::attention::*;
     pub use crate::combine::LossTerms;
-    pub use crate::divergence::{Divergence, JsdConvention, RowTemperature};
+    pub use crate::divergence::{Divergence, DivergenceKind, JsdConvention, RowTemperature};
     pub use crate::error::KdError;
     pub use crate::hidden::*;
     pub use crate::layer_map::LayerMap;

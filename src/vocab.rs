@@ -10,8 +10,13 @@
 //!   softmax then renormalises over the shared vocabulary.
 //! * [`VocabAlignment::PadNegInf`] pads the smaller side with `-inf` logits (probability exactly
 //!   0, never `0` logits, which would give the padding real mass — Liger pads with zeros and
-//!   changes the loss). If the *student* is the padded side and the teacher has mass on the extra
-//!   entries, a forward KL is `+inf`, as it should be: use `Truncate` then.
+//!   changes the loss). A padded entry has probability 0 on its side, so any divergence that
+//!   divides by that side's probability where the other side has mass is `+inf`, as it should
+//!   be: a forward KL when the *student* is padded and the teacher has mass there, a reverse KL
+//!   or a skew/JSD term when the *teacher* is padded and the student has mass there. For a
+//!   student and a teacher whose extra entries are unused padding rows (e.g. Qwen's 151 936 vs
+//!   152 064), prefer `Truncate`: the teacher's mass on its padding rows is dropped instead of
+//!   turning the loss infinite.
 
 use burn::config::Config;
 use burn::tensor::Tensor;
