@@ -81,7 +81,7 @@ impl Rng {
 }
 
 fn split(mut all: Vec<(Vec<f32>, i64)>, test: usize) -> (Split, Split) {
-    Rng(0x5eed_d161_75).shuffle(&mut all);
+    Rng(0x5e_edd1_6175).shuffle(&mut all);
     let to = |rows: &[(Vec<f32>, i64)]| Split {
         x: rows.iter().flat_map(|r| r.0.clone()).collect(),
         y: rows.iter().map(|r| r.1).collect(),
@@ -207,10 +207,8 @@ fn train(
     let mut order = pool.clone();
     let mut cursor = order.len();
     for step in 0..cfg.steps {
-        if let Some(eval) = eval {
-            if step % (cfg.steps / 30).max(1) == 0 {
-                curve.push((step, accuracy(&model.net, eval, device)));
-            }
+        if let Some(eval) = eval.filter(|_| step % (cfg.steps / 30).max(1) == 0) {
+            curve.push((step, accuracy(&model.net, eval, device)));
         }
         bar.tick(step + 1);
         let mut idx = Vec::with_capacity(cfg.batch);

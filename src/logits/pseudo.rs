@@ -48,10 +48,8 @@ pub fn pseudo_label_ce<const D: usize>(
     threshold: Option<f64>,
 ) -> RowLoss {
     assert_same_shape(&student_logits.dims(), &teacher_logits.dims());
-    if let Some(th) = threshold {
-        if let Err(e) = check_range("threshold", th, 0.0, 1.0) {
-            panic!("{e}");
-        }
+    if let Some(Err(e)) = threshold.map(|th| check_range("threshold", th, 0.0, 1.0)) {
+        panic!("{e}");
     }
     let teacher = teacher_logits.detach();
     let labels = teacher.clone().argmax(D - 1);
