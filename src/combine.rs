@@ -47,7 +47,7 @@ impl LossTerms {
     /// Appends a term.
     ///
     /// # Errors
-    /// [`KdError::OutOfRange`] when `weight` is NaN or infinite.
+    /// [`KdError::NotFinite`] when `weight` is NaN or infinite.
     pub fn with(
         mut self,
         name: impl Into<String>,
@@ -55,11 +55,9 @@ impl LossTerms {
         value: Tensor<1>,
     ) -> Result<Self, KdError> {
         if !weight.is_finite() {
-            return Err(KdError::OutOfRange {
+            return Err(KdError::NotFinite {
                 name: "weight",
                 value: weight,
-                min: f64::MIN,
-                max: f64::MAX,
             });
         }
         self.terms.push(LossTerm {

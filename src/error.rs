@@ -38,6 +38,13 @@ pub enum KdError {
         /// The rejected value.
         value: f64,
     },
+    /// A parameter that must be finite (a loss-term weight).
+    NotFinite {
+        /// Parameter name as it appears in the API.
+        name: &'static str,
+        /// The rejected value.
+        value: f64,
+    },
     /// A class label outside `[0, num_classes)` that is not the ignore index.
     LabelOutOfRange {
         /// The first offending label.
@@ -117,6 +124,7 @@ impl fmt::Display for KdError {
                 min,
                 max,
             } => write!(f, "{name} must be in [{min}, {max}], got {value}"),
+            KdError::NotFinite { name, value } => write!(f, "{name} must be finite, got {value}"),
             KdError::NotPositive { name, value } => {
                 write!(f, "{name} must be finite and > 0, got {value}")
             }

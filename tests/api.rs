@@ -410,3 +410,75 @@ fn loss_terms_report_each_term() {
     assert!((0.7 * logged[0].1 + 0.3 * logged[1].1 - total).abs() < 1e-6);
     assert!((scalar(terms.total()) - total).abs() < 1e-6);
 }
+
+#[test]
+#[should_panic(expected = "values: shape [3] does not match the loss rows [2, 2]")]
+fn row_loss_values_shape_panics() {
+    let d = dev();
+    let _ = RowLoss::new(floats(vec![1.0, 2.0, 3.0], [3], &d), &[2, 2], 5);
+}
+
+#[test]
+#[should_panic(expected = "into_shaped: rank 3 does not match the loss rows [2, 3]")]
+fn into_shaped_rank_panics() {
+    let d = dev();
+    let rows = soft_kl(
+        Tensor::<3>::zeros([2, 3, 4], &d),
+        Tensor::<3>::zeros([2, 3, 4], &d),
+        Temperature::ONE,
+        T2Scaling::On,
+    );
+    let _ = rows.into_shaped::<3>();
+}
+
+#[test]
+#[should_panic(expected = "mask: shape [4] does not match the loss rows [3]")]
+fn mask_and_shape_panics() {
+    let d = dev();
+    let _ = RowMask::new(bools(vec![true; 3], [3], &d)).and(&RowMask::new(bools(
+        vec![true; 4],
+        [4],
+        &d,
+    )));
+}
+
+#[test]
+#[should_panic(expected = "LossTerms::total: no terms were added")]
+fn empty_loss_terms_panic() {
+    let _ = LossTerms::new().total();
+}
+
+#[test]
+fn loss_term_weight_error_names_the_value() {
+    let d = dev();
+    let e = LossTerms::new()
+        .with("x", f64::INFINITY, floats(vec![1.0], [1], &d))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "weight must be finite, got inf");
+}
+
+#[test]
+#[should_panic(expected = "threshold must be in [0, 1], got -0.5")]
+fn pseudo_label_threshold_panics_in_the_pure_function() {
+    let d = dev();
+    let _ = pseudo_label_ce(
+        Tensor::<2>::zeros([1, 3], &d),
+        Tensor::<2>::zeros([1, 3], &d),
+        Some(-0.5),
+    );
+}
+
+#[test]
+#[should_panic(expected = "label_smoothing must be in [0, 1], got 2")]
+fn label_smoothing_panics_in_the_pure_function() {
+    let d = dev();
+    let opts = CrossEntropyOptions {
+        label_smoothing: 2.0,
+        ..Default::default()
+    };
+    let _ = cross_entropy(
+        Tensor::<2>::zeros([1, 3], &d),
+        ints(vec![0], [1], &d),
+        &opts,
+    );
+}
