@@ -59,7 +59,9 @@ pub fn report(test: &str, backend: &str, count: usize) {
         .append(true)
         .open(path)
     {
-        let _ = writeln!(f, "{line}");
+        // One write per line: tests run on parallel threads, and `writeln!` on an unbuffered
+        // file may issue several writes that interleave with another thread's line.
+        let _ = f.write_all(format!("{line}\n").as_bytes());
     }
 }
 
