@@ -11,60 +11,12 @@ use kd_losses::divergence::{Divergence, JsdConvention, divergence};
 use kd_losses::prelude::*;
 use kd_losses::sparse::{SparseOptions, sparse_divergence};
 
-/// Maps a golden reduction name to ours (see `tests/golden_logits.rs`).
-fn reduction(name: &str) -> Option<Reduction> {
-    match name {
-        "sum" => Some(Reduction::Sum),
-        "batchmean" | "masked_batchmean" | "masked_mean" => Some(Reduction::Mean),
-        "batchmean_dim0" => Some(Reduction::BatchMean),
-        "mean" => Some(Reduction::ElementMean),
-        "none" => None,
-        other => panic!("golden: unmapped reduction {other:?}"),
-    }
-}
-
 fn finish(case: &Case, rows: RowLoss, device: &Device) -> (Tensor<1>, Vec<f32>) {
-    match reduction(case.param_str("reduction").expect("reduction")) {
-        Some(r) => {
-            let loss = rows.reduce(r);
-            let v = to_vec(loss.clone());
-            (loss, v)
-        }
-        None => {
-            let values = rows.values();
-            let v = to_vec(values.clone());
-            let cot = case
-                .cotangent
-                .as_ref()
-                .unwrap_or_else(|| panic!("{}: reduction none without cotangent", case.name));
-            let n = cot.data.len();
-            let cot = floats(cot.f32s(), [n], device);
-            (values.mul(cot).sum(), v)
-        }
-    }
+    golden_finish(case, rows, device, golden_reduction)
 }
 
-/// The row mask of a case: its `mask`, or labels ≠ -100, or none.
 fn mask_of(case: &Case, device: &Device) -> Option<RowMask> {
-    if let Some(l) = case.inputs.get("labels") {
-        let m = match l.rank() {
-            1 => RowMask::from_labels(l.int::<1>(device), -100),
-            2 => RowMask::from_labels(l.int::<2>(device), -100),
-            r => panic!("golden: unmapped labels rank {r}"),
-        };
-        if let Some(stored) = case.inputs.get("mask") {
-            // The stored mask must be the labels' mask.
-            let want: Vec<f32> = stored.bools().iter().map(|&b| b as u8 as f32).collect();
-            let got: Vec<f32> = to_vec(m.flat().float());
-            assert_eq!(got, want, "{}: labels and mask disagree", case.name);
-        }
-        return Some(m);
-    }
-    case.inputs.get("mask").map(|m| match m.rank() {
-        1 => RowMask::new(m.boolean::<1>(device)),
-        2 => RowMask::new(m.boolean::<2>(device)),
-        r => panic!("golden: unmapped mask rank {r}"),
-    })
+    golden_row_mask(case, device)
 }
 
 fn check(case: &Case, backend: &str, value: &[f32], grad: Option<Tensor<1>>) {

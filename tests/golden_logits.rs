@@ -10,49 +10,12 @@ use burn::tensor::{Device, Tensor};
 use common::*;
 use kd_losses::prelude::*;
 
-/// Maps a golden reduction name to ours. `masked_batchmean` is `Mean` after masking.
 fn reduction(name: &str) -> Option<Reduction> {
-    match name {
-        "sum" => Some(Reduction::Sum),
-        "batchmean" | "masked_batchmean" | "masked_mean" => Some(Reduction::Mean),
-        "batchmean_dim0" => Some(Reduction::BatchMean),
-        "mean" => Some(Reduction::ElementMean),
-        "none" => None,
-        other => panic!("golden: unmapped reduction {other:?}"),
-    }
+    golden_reduction(name)
 }
 
-/// Reduces `rows` as the case asks; `none` contracts with the stored cotangent so the
-/// gradient is the VJP of the golden file.
 fn finish(case: &Case, rows: RowLoss, device: &Device) -> (Tensor<1>, Vec<f32>) {
-    finish_with(case, rows, device, reduction)
-}
-
-/// Like [`finish`] with a family-specific reduction map.
-fn finish_with(
-    case: &Case,
-    rows: RowLoss,
-    device: &Device,
-    map: fn(&str) -> Option<Reduction>,
-) -> (Tensor<1>, Vec<f32>) {
-    match map(case.param_str("reduction").unwrap_or("masked_batchmean")) {
-        Some(r) => {
-            let loss = rows.reduce(r);
-            let v = to_vec(loss.clone());
-            (loss, v)
-        }
-        None => {
-            let values = rows.values();
-            let v = to_vec(values.clone());
-            let cot = case
-                .cotangent
-                .as_ref()
-                .unwrap_or_else(|| panic!("{}: reduction none without cotangent", case.name));
-            let n = cot.data.len();
-            let cot = floats(cot.f32s(), [n], device);
-            (values.mul(cot).sum(), v)
-        }
-    }
+    golden_finish(case, rows, device, golden_reduction)
 }
 
 fn check_grad(case: &Case, backend: &str, key: &str, grad: Option<Vec<f32>>) {
@@ -133,11 +96,7 @@ fn golden_a_temperature_softmax() {
 }
 
 fn mask_of(case: &Case, device: &Device) -> Option<RowMask> {
-    case.inputs.get("mask").map(|m| match m.rank() {
-        1 => RowMask::new(m.boolean::<1>(device)),
-        2 => RowMask::new(m.boolean::<2>(device)),
-        r => panic!("golden: unmapped mask rank {r}"),
-    })
+    golden_row_mask(case, device)
 }
 
 #[test]
@@ -195,7 +154,7 @@ fn golden_d_cross_entropy() {
                         |x| {
                             let rows = cross_entropy(x, labels.clone(), &options);
                             // Family d's "mean" is F.cross_entropy's mean over valid rows.
-                            finish_with(case, rows, &device, |r| match r {
+                            golden_finish(case, rows, &device, |r| match r {
                                 "mean" => Some(Reduction::Mean),
                                 other => reduction(other),
                             })

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use kd_losses::reduction::{Reduction, RowLoss, RowMask};
 use serde::Deserialize;
 
 // ---------------------------------------------------------------------------------------------
@@ -224,6 +225,71 @@ impl Case {
 pub struct GoldenFile {
     pub family: String,
     pub cases: Vec<Case>,
+}
+
+/// Maps a golden reduction name (CONVENTIONS.md) to ours; `None` is `"none"`.
+/// `masked_batchmean` is `Mean` after masking.
+pub fn golden_reduction(name: &str) -> Option<Reduction> {
+    match name {
+        "sum" => Some(Reduction::Sum),
+        "batchmean" | "masked_batchmean" | "masked_mean" => Some(Reduction::Mean),
+        "batchmean_dim0" => Some(Reduction::BatchMean),
+        "mean" => Some(Reduction::ElementMean),
+        "none" => None,
+        other => panic!("golden: unmapped reduction {other:?}"),
+    }
+}
+
+/// Reduces `rows` as the case's `reduction` asks (through `map`; cases without one are
+/// `masked_batchmean`). For `none`, contracts with the stored cotangent so that the gradient is
+/// the golden file's VJP. Returns the differentiable scalar and the output values to compare.
+pub fn golden_finish(
+    case: &Case,
+    rows: RowLoss,
+    device: &Device,
+    map: fn(&str) -> Option<Reduction>,
+) -> (Tensor<1>, Vec<f32>) {
+    match map(case.param_str("reduction").unwrap_or("masked_batchmean")) {
+        Some(r) => {
+            let loss = rows.reduce(r);
+            let v = to_vec(loss.clone());
+            (loss, v)
+        }
+        None => {
+            let values = rows.values();
+            let v = to_vec(values.clone());
+            let cot = case
+                .cotangent
+                .as_ref()
+                .unwrap_or_else(|| panic!("{}: reduction none without cotangent", case.name));
+            let n = cot.data.len();
+            let cot = floats(cot.f32s(), [n], device);
+            (values.mul(cot).sum(), v)
+        }
+    }
+}
+
+/// The row mask of a case: from its `labels` (≠ -100; a stored `mask` must agree), else its
+/// `mask`, else none.
+pub fn golden_row_mask(case: &Case, device: &Device) -> Option<RowMask> {
+    if let Some(l) = case.inputs.get("labels") {
+        let m = match l.rank() {
+            1 => RowMask::from_labels(l.int::<1>(device), -100),
+            2 => RowMask::from_labels(l.int::<2>(device), -100),
+            r => panic!("golden: unmapped labels rank {r}"),
+        };
+        if let Some(stored) = case.inputs.get("mask") {
+            let want: Vec<f32> = stored.bools().iter().map(|&b| b as u8 as f32).collect();
+            let got: Vec<f32> = to_vec(m.flat().float());
+            assert_eq!(got, want, "{}: labels and mask disagree", case.name);
+        }
+        return Some(m);
+    }
+    case.inputs.get("mask").map(|m| match m.rank() {
+        1 => RowMask::new(m.boolean::<1>(device)),
+        2 => RowMask::new(m.boolean::<2>(device)),
+        r => panic!("golden: unmapped mask rank {r}"),
+    })
 }
 
 /// The golden folder: `$KD_GOLDEN_DIR`, or the vendored `tests/golden`.
