@@ -40,10 +40,7 @@ use crate::error::KdError;
 use crate::logits::T2Scaling;
 use crate::logits::soft::assert_same_shape;
 use crate::reduction::{RowLoss, flatten_rows};
-use crate::sparse::{
-    MissingMass, SparseOptions, StudentNorm, TopkSpace, TopkTeacher, check_topk_indices,
-    sparse_rows,
-};
+use crate::sparse::{SparseOptions, TopkTeacher, check_sparse_inputs, sparse_rows};
 
 /// Evaluates a row-wise loss `f` chunk by chunk, with the exact value and student gradient of
 /// the unchunked evaluation; see the [module docs](self).
@@ -235,28 +232,7 @@ pub fn chunked_sparse_divergence<const D: usize>(
     scaling: T2Scaling,
     chunk_rows: usize,
 ) -> RowLoss {
-    let sd = student_logits.dims();
-    let td = teacher.indices().dims();
-    assert!(
-        sd[..D - 1] == td[..D - 1],
-        "teacher indices: shape {td:?} does not match student_logits shape {sd:?} in the leading dimensions"
-    );
-    if let Err(e) = divergence.validate() {
-        panic!("{e}");
-    }
-    let v = sd[D - 1];
-    if let Err(e) = check_topk_indices(&teacher.indices(), v) {
-        panic!("teacher indices: {e}");
-    }
-    let tail_bucket = options.missing_mass == MissingMass::TailBucket;
-    assert!(
-        !(tail_bucket && teacher.space() == TopkSpace::Logits),
-        "MissingMass::TailBucket needs teacher log-probabilities (TopkTeacher::from_log_probs), got logits"
-    );
-    assert!(
-        !(tail_bucket && options.student_norm == StudentNorm::Support),
-        "StudentNorm::Support renormalises both sides over the top-k; it cannot be combined with MissingMass::TailBucket"
-    );
+    let v = check_sparse_inputs(&student_logits.dims(), &teacher, divergence, options);
     let temperature = untracked(temperature.into());
     let (s, rows, _) = flatten_rows(student_logits);
     let (idx, vals) = teacher.flat_rows();

@@ -262,7 +262,26 @@ pub fn sparse_divergence<const D: usize>(
     temperature: impl Into<RowTemperature>,
     scaling: T2Scaling,
 ) -> RowLoss {
-    let sd = student_logits.dims();
+    let v = check_sparse_inputs(&student_logits.dims(), &teacher, divergence, options);
+    let temperature = temperature.into();
+    let (s, rows, _) = flatten_rows(student_logits);
+    let (idx, vals) = teacher.flat_rows();
+    temperature.check_rows(s.dims()[0]);
+    let values = sparse_rows(s, idx, vals, divergence, options, &temperature);
+    RowLoss::new(temperature.scale(values, scaling), &rows, v)
+}
+
+/// Validates a sparse call (shapes, divergence parameters, indices, option combinations) and
+/// returns the vocabulary size `V`. Shared by [`sparse_divergence`] and the chunked variant.
+///
+/// # Panics
+/// With the messages documented on [`sparse_divergence`].
+pub(crate) fn check_sparse_inputs<const D: usize>(
+    sd: &[usize; D],
+    teacher: &TopkTeacher<D>,
+    divergence: Divergence,
+    options: SparseOptions,
+) -> usize {
     let td = teacher.indices.dims();
     assert!(
         sd[..D - 1] == td[..D - 1],
@@ -284,12 +303,7 @@ pub fn sparse_divergence<const D: usize>(
         !(tail_bucket && options.student_norm == StudentNorm::Support),
         "StudentNorm::Support renormalises both sides over the top-k; it cannot be combined with MissingMass::TailBucket"
     );
-    let temperature = temperature.into();
-    let (s, rows, _) = flatten_rows(student_logits);
-    let (idx, vals) = teacher.flat_rows();
-    temperature.check_rows(s.dims()[0]);
-    let values = sparse_rows(s, idx, vals, divergence, options, &temperature);
-    RowLoss::new(temperature.scale(values, scaling), &rows, v)
+    v
 }
 
 /// The per-row core on flattened `[R, V]` student logits and `[R, k]` teacher entries (all
