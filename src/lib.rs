@@ -64,7 +64,7 @@
 //!   evaluation for large vocabularies runs one backward pass per chunk, so it needs Burn's
 //!   autodiff at compile time). Every other loss works with or without it.
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod attention;
 #[cfg(feature = "autodiff")]
@@ -74,6 +74,7 @@ pub mod divergence;
 pub mod dkd;
 pub mod ensemble;
 pub mod error;
+pub mod fused;
 pub mod hidden;
 pub mod layer_map;
 pub mod logits;
@@ -110,7 +111,8 @@ pub use layer_map::LayerMap;
 pub use logits::{
     CrossEntropyLoss, CrossEntropyLossConfig, CrossEntropyOptions, DistillationLoss,
     DistillationLossConfig, DistillationOutput, PseudoLabelLoss, PseudoLabelLossConfig, SoftKlLoss,
-    SoftKlLossConfig, T2Scaling, cross_entropy, distillation_loss, pseudo_label_ce, soft_kl,
+    SoftKlLossConfig, T2Scaling, cross_entropy, distillation_loss, distillation_loss_composed,
+    pseudo_label_ce, soft_kl,
 };
 pub use reduction::{Normalizer, Reduction, RowLoss, RowMask};
 pub use relation::{RkdLoss, RkdLossConfig, rkd_angle, rkd_distance, similarity_preserving};

@@ -6,8 +6,9 @@ use burn::tensor::{Int, Tensor};
 
 use crate::combine::LossTerms;
 use crate::error::{KdError, check_range};
-use crate::logits::hard::{CrossEntropyOptions, cross_entropy};
-use crate::logits::soft::{T2Scaling, soft_kl};
+use crate::fused::kernel::SoftKind;
+use crate::logits::hard::{CrossEntropyOptions, check_labels, cross_entropy};
+use crate::logits::soft::{T2Scaling, assert_same_shape, soft_kl};
 use crate::reduction::{Reduction, RowMask};
 use crate::temperature::Temperature;
 
@@ -136,7 +137,82 @@ impl Default for DistillationLossConfig {
 /// let (t, s, h) = (out.total.into_scalar::<f32>(), out.soft.into_scalar::<f32>(), out.hard.into_scalar::<f32>());
 /// assert!((t - (0.9 * s + 0.1 * h)).abs() < 1e-6);
 /// ```
+///
+/// # Performance
+/// On Burn's Flex (CPU) backend with `f32` logits this runs the fused kernel of
+/// [`crate::fused`]: one pass over the logits for the value and the gradient (measured speed-ups
+/// in the README's performance section). Elsewhere it runs
+/// [`distillation_loss_composed`], the reference implementation, with the same results.
 pub fn distillation_loss<const D: usize, const DL: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    labels: Tensor<DL, Int>,
+    loss: &DistillationLoss,
+    reduction: Reduction,
+) -> DistillationOutput {
+    let t = Temperature::new(loss.temperature).unwrap_or_else(|e| panic!("{e}"));
+    let scaling = if loss.t2_scaling {
+        T2Scaling::On
+    } else {
+        T2Scaling::Off
+    };
+    if crate::fused::fused_available(&student_logits) {
+        let dims = student_logits.dims();
+        assert_same_shape(&dims, &teacher_logits.dims());
+        assert!(
+            DL + 1 == D && labels.dims()[..] == dims[..D - 1],
+            "labels: shape {:?} does not match logits shape {:?} without its last dimension",
+            labels.dims(),
+            dims
+        );
+        if let Err(e) = check_labels(&labels, dims[D - 1], Some(loss.ignore_index)) {
+            panic!("labels: {e}");
+        }
+        let r: usize = dims[..D - 1].iter().product();
+        let flat = labels.clone().reshape([r]);
+        let keep = flat.clone().not_equal_elem(loss.ignore_index);
+        let safe = flat.mask_fill(keep.clone().bool_not(), 0);
+        if let Some((total, soft, hard)) = crate::fused::fused_terms(
+            &student_logits,
+            &teacher_logits,
+            Some(safe),
+            Some(keep),
+            SoftKind::ForwardKl,
+            t,
+            scaling,
+            loss.alpha,
+            loss.label_smoothing,
+            reduction,
+        ) {
+            return DistillationOutput {
+                total,
+                soft,
+                hard,
+                alpha: loss.alpha,
+            };
+        }
+    }
+    distillation_loss_composed(student_logits, teacher_logits, labels, loss, reduction)
+}
+
+/// [`distillation_loss`] built from Burn tensor operations only: the reference implementation,
+/// on every backend. Same formula, shapes, reduction and panics.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex();
+/// let kd = DistillationLossConfig::new().init();
+/// let s = Tensor::<2>::from_floats([[0.5, 0.1, -0.3]], &device);
+/// let t = Tensor::<2>::from_floats([[2.0, 0.3, -1.0]], &device);
+/// let y = Tensor::<1, Int>::from_ints([0], &device);
+/// let a = distillation_loss(s.clone(), t.clone(), y.clone(), &kd, Reduction::Mean).total;
+/// let b = distillation_loss_composed(s, t, y, &kd, Reduction::Mean).total;
+/// assert!((a.into_scalar::<f32>() - b.into_scalar::<f32>()).abs() < 1e-6);
+/// ```
+pub fn distillation_loss_composed<const D: usize, const DL: usize>(
     student_logits: Tensor<D>,
     teacher_logits: Tensor<D>,
     labels: Tensor<DL, Int>,

@@ -17,6 +17,7 @@ pub mod soft;
 
 pub use combined::{
     DistillationLoss, DistillationLossConfig, DistillationOutput, distillation_loss,
+    distillation_loss_composed,
 };
 pub use hard::{
     CrossEntropyLoss, CrossEntropyLossConfig, CrossEntropyOptions, IGNORE_INDEX, check_labels,

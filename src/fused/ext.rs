@@ -1,0 +1,243 @@
+//! The Burn backend extension behind the fused losses: one operation, implemented on Flex (the
+//! CPU kernel in [`super::kernel`]) and on Autodiff (a hand-written backward), routed by Burn's
+//! `#[backend_extension]` dispatch.
+
+use burn::backend::Backend;
+use burn::backend::backend_extension;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+
+use super::kernel::KernelParams;
+
+/// Fused logit-distillation operation over `[R, V]` student and teacher logits.
+///
+/// Inputs: `student`, `teacher` `[R, V]` (f32), `labels` `[R]` (read only when
+/// `params.has_hard`), `weights` `[R]` (per-row reduction weights, `0` = dropped row).
+/// Output `[3]`: `[α·S + β·H, S, H]` with `S = Σ_r w_r · soft_r`, `H = Σ_r w_r · hard_r`.
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff: cfg(feature = "autodiff"))]
+pub(crate) trait KdFusedBackend: Backend {
+    /// Values only.
+    fn kd_fused_values(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        weights: FloatTensor<Self>,
+        params: KernelParams,
+    ) -> FloatTensor<Self>;
+
+    /// Values and the gradient of `grad_soft · S + grad_hard · H` w.r.t. the student, `[R, V]`.
+    fn kd_fused_values_grad(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        weights: FloatTensor<Self>,
+        params: KernelParams,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use super::*;
+    use crate::fused::kernel::run_rows;
+    use burn::backend::{DType, Flex, TensorMetadata};
+    use burn::tensor::TensorData;
+
+    type FlexFloat = FloatTensor<Flex>;
+
+    fn contiguous_f32(t: &FlexFloat) -> std::borrow::Cow<'_, [f32]> {
+        match t.as_slice::<f32>() {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(
+                t.to_contiguous()
+                    .as_slice::<f32>()
+                    .expect("fused kernel: f32 tensor")
+                    .to_vec(),
+            ),
+        }
+    }
+
+    fn labels_i64(labels: &IntTensor<Flex>, rows: usize, needed: bool) -> Vec<i64> {
+        if !needed {
+            return Vec::new();
+        }
+        let c = labels.to_contiguous();
+        let v: Vec<i64> = match c.dtype() {
+            DType::I64 => c.as_slice::<i64>().expect("i64 labels").to_vec(),
+            DType::I32 => c
+                .as_slice::<i32>()
+                .expect("i32 labels")
+                .iter()
+                .map(|&x| i64::from(x))
+                .collect(),
+            other => c
+                .into_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .unwrap_or_else(|e| panic!("labels: unsupported dtype {other:?}: {e:?}")),
+        };
+        assert_eq!(v.len(), rows, "labels: expected {rows} rows");
+        v
+    }
+
+    fn run(
+        student: FlexFloat,
+        teacher: FlexFloat,
+        labels: IntTensor<Flex>,
+        weights: FlexFloat,
+        params: KernelParams,
+        want_grad: bool,
+    ) -> (FlexFloat, Option<FlexFloat>) {
+        let shape = student.shape();
+        let dims = shape.dims::<2>();
+        let (r, v) = (dims[0], dims[1]);
+        let s = contiguous_f32(&student);
+        let t = contiguous_f32(&teacher);
+        let w = contiguous_f32(&weights);
+        let y = labels_i64(&labels, r, params.has_hard);
+        let mut grad = want_grad.then(|| vec![0.0f32; r * v]);
+        let out = run_rows(&s, &t, &y, &w, v, &params, grad.as_deref_mut());
+        let total = f64::from(params.alpha) * out.soft + f64::from(params.beta) * out.hard;
+        let values = FlexFloat::from_data(TensorData::new(
+            vec![total as f32, out.soft as f32, out.hard as f32],
+            [3],
+        ));
+        let grad = grad.map(|g| FlexFloat::from_data(TensorData::new(g, [r, v])));
+        (values, grad)
+    }
+
+    impl KdFusedBackend for Flex {
+        fn kd_fused_values(
+            student: FloatTensor<Self>,
+            teacher: FloatTensor<Self>,
+            labels: IntTensor<Self>,
+            weights: FloatTensor<Self>,
+            params: KernelParams,
+        ) -> FloatTensor<Self> {
+            run(student, teacher, labels, weights, params, false).0
+        }
+
+        fn kd_fused_values_grad(
+            student: FloatTensor<Self>,
+            teacher: FloatTensor<Self>,
+            labels: IntTensor<Self>,
+            weights: FloatTensor<Self>,
+            params: KernelParams,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let (values, grad) = run(student, teacher, labels, weights, params, true);
+            (values, grad.expect("gradient requested"))
+        }
+    }
+}
+
+#[cfg(feature = "autodiff")]
+mod autodiff {
+    use super::*;
+    use burn::backend::autodiff::{
+        Autodiff,
+        checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+        grads::Gradients,
+        ops::{Backward, Ops, OpsKind},
+    };
+
+    /// What the backward pass needs: the gradient computed in the forward pass for the common
+    /// upstream `[1, 0, 0]` (d total), and the inputs to recompute it for any other upstream.
+    #[derive(Debug)]
+    struct KdFusedBackward;
+
+    type State<B> = (
+        Option<FloatTensor<B>>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        IntTensor<B>,
+        FloatTensor<B>,
+        KernelParams,
+    );
+
+    impl<B: KdFusedBackend> Backward<B, 1> for KdFusedBackward {
+        type State = State<B>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node] = ops.parents;
+            let upstream = grads.consume::<B>(&ops.node);
+            let Some(node) = node else { return };
+            let (stash, student, teacher, labels, weights, params) = ops.state;
+            let g = burn::tensor::try_read_sync(B::float_into_data(upstream))
+                .expect("fused kernel: synchronous read of the upstream gradient")
+                .expect("fused kernel: reading the upstream gradient");
+            let g: Vec<f32> = g.convert::<f32>().try_into_vec::<f32>().expect("f32 upstream gradient");
+            let grad = match (stash, g[1] == 0.0 && g[2] == 0.0) {
+                // d total: the gradient was computed in the forward pass.
+                (Some(stash), true) if g[0] == 1.0 => stash,
+                (Some(stash), true) => B::float_mul_scalar(stash, g[0].into()),
+                // Any other upstream (the terms were used separately): recompute once.
+                _ => {
+                    let p = KernelParams {
+                        grad_soft: g[0] * params.alpha + g[1],
+                        grad_hard: g[0] * params.beta + g[2],
+                        ..params
+                    };
+                    B::kd_fused_values_grad(student, teacher, labels, weights, p).1
+                }
+            };
+            grads.register::<B>(node.id, grad);
+        }
+    }
+
+    impl<B: KdFusedBackend, C: CheckpointStrategy> KdFusedBackend for Autodiff<B, C> {
+        fn kd_fused_values(
+            student: FloatTensor<Self>,
+            teacher: FloatTensor<Self>,
+            labels: IntTensor<Self>,
+            weights: FloatTensor<Self>,
+            params: KernelParams,
+        ) -> FloatTensor<Self> {
+            let teacher = teacher.into_primitive();
+            let weights = weights.into_primitive();
+            match KdFusedBackward
+                .prepare::<C>([student.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let s = student.into_primitive();
+                    let p = KernelParams {
+                        grad_soft: params.alpha,
+                        grad_hard: params.beta,
+                        ..params
+                    };
+                    let (values, stash) = B::kd_fused_values_grad(
+                        s.clone(),
+                        teacher.clone(),
+                        labels.clone(),
+                        weights.clone(),
+                        p,
+                    );
+                    prep.finish((Some(stash), s, teacher, labels, weights, params), values)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::kd_fused_values(
+                    student.into_primitive(),
+                    teacher,
+                    labels,
+                    weights,
+                    params,
+                )),
+            }
+        }
+
+        fn kd_fused_values_grad(
+            student: FloatTensor<Self>,
+            teacher: FloatTensor<Self>,
+            labels: IntTensor<Self>,
+            weights: FloatTensor<Self>,
+            params: KernelParams,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let (values, grad) = B::kd_fused_values_grad(
+                student.into_primitive(),
+                teacher.into_primitive(),
+                labels,
+                weights.into_primitive(),
+                params,
+            );
+            (<FloatTensor<Self>>::new(values), <FloatTensor<Self>>::new(grad))
+        }
+    }
+}

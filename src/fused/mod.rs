@@ -1,0 +1,268 @@
+//! Fused forward + backward kernels for the logit losses, with the composed path as fallback.
+//!
+//! The composed losses ([`soft_kl`](crate::logits::soft_kl), [`divergence`](crate::divergence::divergence),
+//! [`cross_entropy`](crate::logits::cross_entropy)) are built from Burn tensor operations: obviously
+//! correct, run on every backend, but they make a dozen passes over the logits and keep several
+//! logits-sized intermediates for the backward pass. The fused path computes the reduced loss
+//! **and its gradient** in one operation:
+//!
+//! ```text
+//! per row r (weight w_r from the reduction and the mask; w_r = 0 rows are skipped):
+//!   pass A  read s_r, t_r from memory: row maxima
+//!   pass B  (from cache) e_t = exp((t − m_t)/T), e_s = exp((s − m_s)/T), their sums
+//!   pass C  (from cache) soft_r = f · Σ p (log p − log q) and, when the student needs a gradient,
+//!           ∂/∂s = w_r · (α f (q − p) / T + (1 − α) (q₁ − onehot(y)))   written once
+//! ```
+//! with `p = softmax(t/T)`, `q = softmax(s/T)`, `q₁ = softmax(s)` (`= e_s^T` renormalised when `T`
+//! is 2, 3 or 4) and `f = T²` or `1`. The gradient is computed in the forward pass and kept for
+//! the backward pass (one logits tensor: the gradient itself), so forward + backward reads the
+//! student and teacher once and writes the gradient once: the memory-traffic floor.
+//!
+//! # Where it runs
+//! * **Flex** (Burn's CPU backend, with this crate's `flex` feature): a row-parallel kernel on
+//!   all cores, vectorised with AVX2 + FMA when the CPU has them (chosen at run time).
+//! * Everywhere else (ndarray, wgpu and the other CubeCL runtimes, LibTorch, remote), and for
+//!   inputs the kernel does not cover (not `f32`; per-row temperatures; divergences other than
+//!   forward and reverse KL), the composed path runs instead, decided at run time from the
+//!   tensors' device and dtype. Never a panic. [`fused_available`] says which path a tensor takes.
+//! * `KD_FUSED=0` in the environment forces the composed path (for comparisons and debugging).
+//!
+//! The losses that use it automatically: [`distillation_loss`](crate::logits::distillation_loss)
+//! and its module, [`SoftKlLoss::forward`](crate::logits::SoftKlLoss::forward) /
+//! [`forward_masked`](crate::logits::SoftKlLoss::forward_masked),
+//! [`DivergenceLoss::forward`](crate::divergence::DivergenceLoss::forward) /
+//! [`forward_masked`](crate::divergence::DivergenceLoss::forward_masked) (forward and reverse
+//! KL), and [`soft_loss`] here. Functions that return a [`RowLoss`](crate::reduction::RowLoss)
+//! stay composed: the fused kernel needs the reduction up front.
+//!
+//! # Gradients
+//! The backward pass hands over the kept gradient when the upstream gradient of the total is 1
+//! (calling `.backward()` on it), scales it when the total is scaled, and recomputes it once,
+//! in one fused pass, when the reported terms themselves are differentiated.
+//!
+//! # Numerics
+//! Same conventions as the composed path (`0 · log 0 = 0`, `-inf` logits, all `-inf` rows,
+//! fully masked batches give 0); sums over a row use 8 `f32` partial sums, exponentials a
+//! polynomial with relative error below 3e-7. The parity tests (`tests/parity_fused.rs`) check
+//! value and gradient against the composed path on every reduction, masks, `-inf`, ±1e4 and
+//! several temperatures.
+
+#[cfg(feature = "flex")]
+mod ext;
+pub(crate) mod kernel;
+
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::divergence::Divergence;
+use crate::logits::soft::T2Scaling;
+use crate::reduction::{Reduction, RowMask, flatten_rows};
+use crate::temperature::Temperature;
+
+#[allow(unused_imports)]
+use kernel::{KernelParams, SoftKind};
+
+/// Whether the fused kernel runs for `logits` (its device, dtype, and this build's features);
+/// `false` means the composed path runs, with the same results.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// let x = Tensor::<2>::zeros([2, 3], &Device::ndarray());
+/// assert!(!kd_losses::fused::fused_available(&x)); // ndarray: composed path
+/// ```
+pub fn fused_available<const D: usize>(logits: &Tensor<D>) -> bool {
+    if std::env::var("KD_FUSED").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    if logits.dtype() != burn::tensor::DType::F32 {
+        return false;
+    }
+    device_supported(&logits.device())
+}
+
+#[cfg(feature = "flex")]
+fn device_supported(device: &burn::tensor::Device) -> bool {
+    let inner = device.clone().inner();
+    let autodiff = inner != *device;
+    if autodiff && !cfg!(feature = "autodiff") {
+        return false;
+    }
+    matches!(inner.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+}
+
+#[cfg(not(feature = "flex"))]
+fn device_supported(_device: &burn::tensor::Device) -> bool {
+    false
+}
+
+/// Per-row weights `w_r` such that the reduced loss is `Σ_r w_r · loss_r`, matching
+/// [`RowLoss::reduce`](crate::reduction::RowLoss::reduce) (and [`RowLoss::masked`](crate::reduction::RowLoss::masked)).
+#[allow(dead_code)]
+fn row_weights(
+    keep: Option<Tensor<1, Bool>>,
+    rows: &[usize],
+    v: usize,
+    reduction: Reduction,
+    device: &burn::tensor::Device,
+) -> Tensor<1> {
+    let r: usize = rows.iter().product();
+    let masked = keep.is_some();
+    let k = match keep {
+        Some(k) => k.float(),
+        None => Tensor::<1>::ones([r], device),
+    };
+    let count = |k: &Tensor<1>| -> Tensor<1> {
+        if masked {
+            let total = k.clone().sum();
+            let zero = total.clone().equal_elem(0.0);
+            total.mask_fill(zero, 1.0)
+        } else {
+            Tensor::<1>::from_floats([r.max(1) as f32], device)
+        }
+    };
+    match reduction {
+        Reduction::Sum => k,
+        Reduction::Mean => {
+            let den = count(&k);
+            k.div(den)
+        }
+        Reduction::BatchMean => k.div_scalar(rows.first().copied().unwrap_or(1).max(1) as f64),
+        Reduction::ElementMean => {
+            let den = count(&k).mul_scalar(v.max(1) as f64);
+            k.div(den)
+        }
+        Reduction::Normalizer(n) => k.div_scalar(n.get()),
+    }
+}
+
+/// The three outputs `[total, soft, hard]` of the fused operation, or `None` when it does not
+/// run here.
+#[allow(clippy::too_many_arguments, unused_variables)]
+pub(crate) fn fused_terms<const D: usize>(
+    student_logits: &Tensor<D>,
+    teacher_logits: &Tensor<D>,
+    labels: Option<Tensor<1, Int>>,
+    keep: Option<Tensor<1, Bool>>,
+    kind: SoftKind,
+    temperature: Temperature,
+    scaling: T2Scaling,
+    alpha: f64,
+    smoothing: f64,
+    reduction: Reduction,
+) -> Option<(Tensor<1>, Tensor<1>, Tensor<1>)> {
+    if !fused_available(student_logits) || teacher_logits.dtype() != student_logits.dtype() {
+        return None;
+    }
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::Dispatch;
+        use ext::KdFusedBackend;
+
+        let device = student_logits.device();
+        let (s, rows, v) = flatten_rows(student_logits.clone());
+        let (t, _, _) = flatten_rows(teacher_logits.clone().detach());
+        let r: usize = rows.iter().product();
+        let has_hard = labels.is_some();
+        let labels = labels.unwrap_or_else(|| Tensor::<1, Int>::zeros([r], &device));
+        let w = row_weights(keep, &rows, v, reduction, &device).detach();
+        let params = KernelParams {
+            kind,
+            temperature: temperature.get() as f32,
+            soft_scale: scaling.factor(temperature) as f32,
+            has_hard,
+            smoothing: smoothing as f32,
+            alpha: alpha as f32,
+            beta: (1.0 - alpha) as f32,
+            grad_soft: 0.0,
+            grad_hard: 0.0,
+        };
+        let out = <Dispatch as KdFusedBackend>::kd_fused_values(
+            s.into_dispatch(),
+            t.into_dispatch(),
+            labels.into_dispatch(),
+            w.into_dispatch(),
+            params,
+        );
+        let out = Tensor::<1>::from_dispatch(out);
+        Some((out.clone().slice(0..1), out.clone().slice(1..2), out.slice(2..3)))
+    }
+    #[cfg(not(feature = "flex"))]
+    None
+}
+
+/// The fused kernel's soft divergence for a [`Divergence`], if it has one.
+pub(crate) fn soft_kind(d: &Divergence) -> Option<SoftKind> {
+    match d {
+        Divergence::ForwardKl => Some(SoftKind::ForwardKl),
+        Divergence::ReverseKl => Some(SoftKind::ReverseKl),
+        _ => None,
+    }
+}
+
+/// Reduced soft loss `reduce(mask(f · D(p_teacher, p_student)))` with `D` forward or reverse KL,
+/// through the fused kernel where it runs (see the [module docs](self)) and the composed
+/// [`divergence`](crate::divergence::divergence) otherwise.
+///
+/// ```text
+/// forward KL:  f · Σ_v p_v (log p_v − log q_v)      reverse KL:  f · Σ_v q_v (log q_v − log p_v)
+/// p = softmax(teacher/T), q = softmax(student/T), f = T² (T2Scaling::On) or 1
+/// ```
+///
+/// # Shapes
+/// - `student_logits`, `teacher_logits`: `[..., V]`
+/// - `mask`: the leading shape (`[B, S]` for `[B, S, V]`), `true` = keep
+/// - returns `[1]`
+///
+/// # Panics
+/// If the shapes differ, the mask does not match the leading shape, or `divergence` is invalid.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex().autodiff();
+/// let s = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device).require_grad();
+/// let t = Tensor::<2>::from_floats([[2.0, 0.5, -3.0]], &device);
+/// let temp = Temperature::new(2.0).unwrap();
+/// let loss = kd_losses::fused::soft_loss(s.clone(), t, Divergence::ForwardKl, temp,
+///     T2Scaling::On, None, Reduction::BatchMean);
+/// let grads = loss.backward();
+/// assert!(s.grad(&grads).is_some());
+/// ```
+pub fn soft_loss<const D: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    divergence: Divergence,
+    temperature: Temperature,
+    scaling: T2Scaling,
+    mask: Option<&RowMask>,
+    reduction: Reduction,
+) -> Tensor<1> {
+    crate::logits::soft::assert_same_shape(&student_logits.dims(), &teacher_logits.dims());
+    if let Err(e) = divergence.validate() {
+        panic!("{e}");
+    }
+    if let Some(m) = mask {
+        let dims = student_logits.dims();
+        crate::reduction::assert_same_dims("mask", m.dims(), &dims[..D - 1]);
+    }
+    if let Some(kind) = soft_kind(&divergence)
+        && let Some((total, _, _)) = fused_terms(
+            &student_logits,
+            &teacher_logits,
+            None,
+            mask.map(RowMask::flat),
+            kind,
+            temperature,
+            scaling,
+            1.0,
+            0.0,
+            reduction,
+        )
+    {
+        return total;
+    }
+    crate::divergence::divergence(student_logits, teacher_logits, divergence, temperature, scaling)
+        .masked_opt(mask)
+        .reduce(reduction)
+}
