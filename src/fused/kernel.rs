@@ -48,8 +48,7 @@ pub(crate) struct KernelParams {
 ///
 /// Cody–Waite range reduction `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`, and Cephes' degree-6
 /// polynomial: relative error below 2e-7 on `[-87, 0]`; results below `f32::MIN_POSITIVE`
-/// (x < −87.3) flush to 0. NaN inputs return a non-NaN value: callers propagate NaN through a
-/// separate path (the log-ratio), as the loss value does.
+/// (x < −87) flush to 0. NaN gives NaN.
 #[inline(always)]
 pub(crate) fn exp_nonpos(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -107,12 +106,13 @@ pub(crate) struct RowValues {
     pub hard: f64,
 }
 
+// Sums of exponentials are ≥ 0 or NaN; NaN must propagate (a NaN logit gives a NaN loss).
 fn ln_or_zero(s: f32) -> f32 {
-    if s > 0.0 { s.ln() } else { 0.0 }
+    if s == 0.0 { 0.0 } else { s.ln() }
 }
 
 fn recip_or_one(s: f32) -> f32 {
-    if s > 0.0 { 1.0 / s } else { 1.0 }
+    if s == 0.0 { 1.0 } else { 1.0 / s }
 }
 
 /// Sum of 8 lanes.
@@ -260,10 +260,10 @@ fn row(
             let qs = es[i] * inv_ss;
             match kind {
                 SoftKind::ForwardKl => {
-                    *acc += if pt > 0.0 { pt * d } else { 0.0 };
+                    *acc += if pt != 0.0 { pt * d } else { 0.0 };
                 }
                 SoftKind::ReverseKl => {
-                    *acc += if qs > 0.0 { -qs * d } else { 0.0 };
+                    *acc += if qs != 0.0 { -qs * d } else { 0.0 };
                 }
             }
             if let Some(g) = g {
@@ -306,7 +306,7 @@ fn row(
         for i in 0..v {
             let d = (t[i] - s[i]) * inv_t + c0;
             let qs = es[i] * inv_ss;
-            let mut val = if qs > 0.0 { coef_s * qs * (-d - div) } else { 0.0 };
+            let mut val = if qs != 0.0 { coef_s * qs * (-d - div) } else { 0.0 };
             if hard {
                 val += coef_h * (e1[i] * inv_s1 - smooth_c);
             }

@@ -1,0 +1,350 @@
+//! Parity of the fused kernels (`kd_losses::fused`) with the composed reference path: values and
+//! student gradients for every reduction, masks (ignore index, fully masked), `-inf` logits,
+//! ±1e4, several temperatures, label smoothing, `[B, S, V]` logits, reverse KL, and the three
+//! backward routes (gradient kept from the forward pass, scaled, recomputed for the terms).
+//!
+//! On backends without a fused kernel the same calls must fall back to the composed path (checked
+//! too). `KD_FUSED=0` is not used here: both paths are called explicitly.
+
+mod common;
+
+use burn::tensor::{Device, Int, Tensor};
+use common::*;
+use kd_losses::divergence::divergence;
+use kd_losses::fused::{fused_available, soft_loss};
+use kd_losses::prelude::*;
+use proptest::prelude::*;
+
+/// Deterministic pseudo-random logits in `[-scale, scale]`.
+fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn reductions() -> Vec<(&'static str, Reduction)> {
+    vec![
+        ("sum", Reduction::Sum),
+        ("mean", Reduction::Mean),
+        ("batchmean", Reduction::BatchMean),
+        ("elementmean", Reduction::ElementMean),
+        ("normalizer", Reduction::Normalizer(Normalizer::new(7.0).unwrap())),
+    ]
+}
+
+/// `|a − b| ≤ rtol · max(1, |b|)` for values; non-finite values must match exactly.
+fn close_values(what: &str, a: f32, b: f32, rtol: f32) {
+    if !b.is_finite() || !a.is_finite() {
+        assert!(
+            a == b || (a.is_nan() && b.is_nan()),
+            "{what}: fused {a} vs composed {b}"
+        );
+        return;
+    }
+    assert!(
+        (a - b).abs() <= rtol * b.abs().max(1.0),
+        "{what}: fused {a} vs composed {b}"
+    );
+}
+
+/// Gradients: `|a − b| ≤ rtol · max|b| + 1e-9` elementwise.
+fn close_grads(what: &str, a: &[f32], b: &[f32], rtol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= rtol * scale + 1e-9,
+            "{what}[{i}]: fused {x} vs composed {y} (max |grad| {scale})"
+        );
+    }
+}
+
+struct Kd<'a> {
+    s: &'a [f32],
+    t: &'a [f32],
+    y: &'a [i64],
+    lead: Vec<usize>,
+    v: usize,
+}
+
+/// Runs `distillation_loss` (fused where available) and `distillation_loss_composed` with fresh
+/// leaves and compares total, soft, hard and the student gradient of `total`.
+fn check_kd(what: &str, dev: &Device, kd: &Kd, cfg: &DistillationLoss, red: Reduction) -> usize {
+    let run = |fused: bool| -> (Vec<f32>, Vec<f32>) {
+        let (s, t, y): (Tensor<3>, Tensor<3>, Tensor<2, Int>) = {
+            let (b, sq) = match kd.lead.as_slice() {
+                [n] => (1, *n),
+                [b, s] => (*b, *s),
+                other => panic!("lead {other:?}"),
+            };
+            (
+                floats(kd.s.to_vec(), [b, sq, kd.v], dev).require_grad(),
+                floats(kd.t.to_vec(), [b, sq, kd.v], dev),
+                ints(kd.y.to_vec(), [b, sq], dev),
+            )
+        };
+        let out = if fused {
+            distillation_loss(s.clone(), t, y, cfg, red)
+        } else {
+            distillation_loss_composed(s.clone(), t, y, cfg, red)
+        };
+        let vals = vec![
+            scalar(out.total.clone()) as f32,
+            scalar(out.soft) as f32,
+            scalar(out.hard) as f32,
+        ];
+        let grads = out.total.backward();
+        (vals, to_vec(s.grad(&grads).expect("student gradient")))
+    };
+    let (va, ga) = run(true);
+    let (vb, gb) = run(false);
+    for (i, name) in ["total", "soft", "hard"].iter().enumerate() {
+        close_values(&format!("{what} {name}"), va[i], vb[i], 2e-5);
+    }
+    if vb[0].is_finite() {
+        close_grads(&format!("{what} grad"), &ga, &gb, 2e-5);
+    }
+    4
+}
+
+fn cfg(t: f64, alpha: f64, smoothing: f64, t2: bool) -> DistillationLoss {
+    DistillationLossConfig::new()
+        .with_temperature(t)
+        .with_alpha(alpha)
+        .with_label_smoothing(smoothing)
+        .with_t2_scaling(t2)
+        .init()
+}
+
+#[test]
+fn fused_matches_composed_grid() {
+    for (name, dev) in devices() {
+        let probe = Tensor::<2>::zeros([1, 1], &dev);
+        assert_eq!(fused_available(&probe), name == "flex", "{name}: fused availability");
+        let mut checks = 0;
+        // V not a multiple of 8; R·V above the threading threshold in the large case.
+        for &(r, v) in &[(6usize, 13usize), (5, 1000), (24, 4099)] {
+            let s = lcg(r * v, 1 + v as u64, 6.0);
+            let t = lcg(r * v, 2 + v as u64, 6.0);
+            let mut y: Vec<i64> = (0..r).map(|i| ((i * 7 + 3) % v) as i64).collect();
+            y[1] = -100; // one ignored row
+            let kd = Kd { s: &s, t: &t, y: &y, lead: vec![r], v };
+            for &temp in &[1.0, 2.0, 2.5, 4.0] {
+                for (rn, red) in reductions() {
+                    let c = cfg(temp, 0.7, 0.0, true);
+                    checks += check_kd(&format!("{name} [{r},{v}] T={temp} {rn}"), &dev, &kd, &c, red);
+                }
+            }
+            let c = cfg(3.0, 0.4, 0.1, false);
+            checks += check_kd(&format!("{name} [{r},{v}] smoothing"), &dev, &kd, &c, Reduction::Mean);
+            let c = cfg(2.0, 1.0, 0.0, true);
+            checks += check_kd(&format!("{name} [{r},{v}] alpha=1"), &dev, &kd, &c, Reduction::Mean);
+            let c = cfg(2.0, 0.0, 0.0, true);
+            checks += check_kd(&format!("{name} [{r},{v}] alpha=0"), &dev, &kd, &c, Reduction::Mean);
+        }
+        report("parity_fused_grid", name, checks);
+    }
+}
+
+#[test]
+fn fused_matches_composed_on_edge_cases() {
+    for (name, dev) in devices() {
+        let mut checks = 0;
+        let (b, sq, v) = (2usize, 3usize, 11usize);
+        let r = b * sq;
+        // [B, S, V] with padding rows, -inf vocabulary padding in both, -inf in the teacher only,
+        // and a row at ±1e4.
+        let mut s = lcg(r * v, 11, 4.0);
+        let mut t = lcg(r * v, 12, 4.0);
+        for row in 0..r {
+            s[row * v + v - 1] = f32::NEG_INFINITY;
+            t[row * v + v - 1] = f32::NEG_INFINITY;
+        }
+        t[2 * v + 3] = f32::NEG_INFINITY;
+        for i in 0..v - 1 {
+            s[4 * v + i] = if i % 2 == 0 { 1.0e4 } else { -1.0e4 };
+            t[4 * v + i] = if i % 3 == 0 { 1.0e4 } else { -1.0e4 };
+        }
+        let y = vec![0, 5, -100, 2, 9, -100];
+        let kd = Kd { s: &s, t: &t, y: &y, lead: vec![b, sq], v };
+        for (rn, red) in reductions() {
+            for &temp in &[1.0, 2.0, 0.5] {
+                let c = cfg(temp, 0.5, 0.0, true);
+                checks += check_kd(&format!("{name} edge T={temp} {rn}"), &dev, &kd, &c, red);
+            }
+        }
+        // Every row ignored: 0, not NaN, and a zero gradient.
+        let y_all = vec![-100; r];
+        let kd_all = Kd { s: &s, t: &t, y: &y_all, lead: vec![b, sq], v };
+        let c = cfg(2.0, 0.5, 0.0, true);
+        checks += check_kd(&format!("{name} fully masked"), &dev, &kd_all, &c, Reduction::Mean);
+        let st = floats(s.clone(), [b, sq, v], &dev).require_grad();
+        let out = distillation_loss(
+            st.clone(),
+            floats(t.clone(), [b, sq, v], &dev),
+            ints(y_all.clone(), [b, sq], &dev),
+            &c,
+            Reduction::Mean,
+        );
+        assert_eq!(scalar(out.total.clone()), 0.0, "{name}: fully masked total");
+        let g = to_vec(st.grad(&out.total.backward()).unwrap());
+        assert!(g.iter().all(|&x| x == 0.0), "{name}: fully masked gradient");
+        checks += 1;
+        report("parity_fused_edges", name, checks);
+    }
+}
+
+#[test]
+fn fused_backward_routes() {
+    // Scaled total (kept gradient × c), and the terms differentiated on their own (recomputed).
+    for (name, dev) in devices() {
+        let (r, v) = (7usize, 29usize);
+        let s = lcg(r * v, 21, 5.0);
+        let t = lcg(r * v, 22, 5.0);
+        let y: Vec<i64> = (0..r as i64).map(|i| (i * 3) % v as i64).collect();
+        let c = cfg(2.0, 0.3, 0.05, true);
+        type Pick = fn(&DistillationOutput) -> Tensor<1>;
+        let routes: [(&str, Pick); 4] = [
+            ("0.25*total", |o| o.total.clone().mul_scalar(0.25)),
+            ("soft", |o| o.soft.clone()),
+            ("hard", |o| o.hard.clone()),
+            ("2*soft-hard+total", |o| {
+                o.soft.clone().mul_scalar(2.0) - o.hard.clone() + o.total.clone()
+            }),
+        ];
+        for (rn, pick) in routes {
+            let grad = |fused: bool| {
+                let st = floats(s.clone(), [r, v], &dev).require_grad();
+                let tt = floats(t.clone(), [r, v], &dev);
+                let yt = ints(y.clone(), [r], &dev);
+                let out = if fused {
+                    distillation_loss(st.clone(), tt, yt, &c, Reduction::Mean)
+                } else {
+                    distillation_loss_composed(st.clone(), tt, yt, &c, Reduction::Mean)
+                };
+                to_vec(st.grad(&pick(&out).backward()).unwrap())
+            };
+            close_grads(&format!("{name} {rn}"), &grad(true), &grad(false), 2e-5);
+        }
+        report("parity_fused_backward", name, 4);
+    }
+}
+
+#[test]
+fn fused_soft_loss_matches_divergence() {
+    for (name, dev) in devices() {
+        let mut checks = 0;
+        let (b, sq, v) = (3usize, 4usize, 37usize);
+        let s = lcg(b * sq * v, 31, 5.0);
+        let t = lcg(b * sq * v, 32, 5.0);
+        let mask = bools(
+            (0..b * sq).map(|i| i % 5 != 2).collect(),
+            [b, sq],
+            &dev,
+        );
+        let mask = RowMask::new(mask);
+        for d in [Divergence::ForwardKl, Divergence::ReverseKl] {
+            for &temp in &[1.0, 2.0, 1.7] {
+                for (rn, red) in reductions() {
+                    for m in [None, Some(&mask)] {
+                        let tt = Temperature::new(temp).unwrap();
+                        let st = floats(s.clone(), [b, sq, v], &dev).require_grad();
+                        let te = floats(t.clone(), [b, sq, v], &dev);
+                        let a = soft_loss(st.clone(), te.clone(), d, tt, T2Scaling::On, m, red);
+                        let va = scalar(a.clone()) as f32;
+                        let ga = to_vec(st.grad(&a.backward()).unwrap());
+                        let st = floats(s.clone(), [b, sq, v], &dev).require_grad();
+                        let bb = divergence(st.clone(), te, d, tt, T2Scaling::On)
+                            .masked_opt(m)
+                            .reduce(red);
+                        let vb = scalar(bb.clone()) as f32;
+                        let gb = to_vec(st.grad(&bb.backward()).unwrap());
+                        let what = format!("{name} {} T={temp} {rn} mask={}", d.name(), m.is_some());
+                        close_values(&what, va, vb, 2e-5);
+                        close_grads(&what, &ga, &gb, 2e-5);
+                        checks += 2;
+                    }
+                }
+            }
+        }
+        report("parity_fused_soft", name, checks);
+    }
+}
+
+#[test]
+fn fused_untracked_and_nan() {
+    for (name, dev) in devices() {
+        let inner = dev.clone().inner();
+        let (r, v) = (4usize, 10usize);
+        let s = lcg(r * v, 41, 3.0);
+        let t = lcg(r * v, 42, 3.0);
+        let y = vec![1i64, 2, 3, 4];
+        let c = cfg(2.0, 0.5, 0.0, true);
+        // Without autodiff (evaluation): same value, no gradient buffer.
+        let a = distillation_loss(
+            floats(s.clone(), [r, v], &inner),
+            floats(t.clone(), [r, v], &inner),
+            ints(y.clone(), [r], &inner),
+            &c,
+            Reduction::Mean,
+        );
+        let b = distillation_loss_composed(
+            floats(s.clone(), [r, v], &inner),
+            floats(t.clone(), [r, v], &inner),
+            ints(y.clone(), [r], &inner),
+            &c,
+            Reduction::Mean,
+        );
+        close_values(&format!("{name} untracked"), scalar(a.total) as f32, scalar(b.total) as f32, 2e-5);
+        // A NaN logit gives a NaN loss, never a silently finite one.
+        let mut sn = s.clone();
+        sn[5] = f32::NAN;
+        let a = distillation_loss(
+            floats(sn, [r, v], &inner),
+            floats(t.clone(), [r, v], &inner),
+            ints(y.clone(), [r], &inner),
+            &c,
+            Reduction::Mean,
+        );
+        assert!(scalar(a.total).is_nan(), "{name}: NaN student logit");
+        let mut tn = t.clone();
+        tn[17] = f32::NAN;
+        let a = distillation_loss(
+            floats(s.clone(), [r, v], &inner),
+            floats(tn, [r, v], &inner),
+            ints(y.clone(), [r], &inner),
+            &c,
+            Reduction::Mean,
+        );
+        assert!(scalar(a.total).is_nan(), "{name}: NaN teacher logit");
+        report("parity_fused_misc", name, 3);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+
+    /// Random shapes, logits, temperatures and α on flex (the fused backend).
+    #[test]
+    fn fused_matches_composed_random(
+        r in 1usize..9,
+        v in 1usize..70,
+        seed in 0u64..1_000_000,
+        temp in 0.3f64..6.0,
+        alpha in 0.0f64..=1.0,
+        scale in prop_oneof![Just(1.0f32), Just(8.0), Just(100.0)],
+    ) {
+        let dev = Device::flex().autodiff();
+        let s = lcg(r * v, seed, scale);
+        let t = lcg(r * v, seed + 7, scale);
+        let y: Vec<i64> = (0..r).map(|i| ((seed as usize + i * 5) % v) as i64).collect();
+        let kd = Kd { s: &s, t: &t, y: &y, lead: vec![r], v };
+        check_kd("random", &dev, &kd, &cfg(temp, alpha, 0.0, true), Reduction::Mean);
+    }
+}
