@@ -1,0 +1,334 @@
+//! Times kd-losses on the cases of `../shared/reference/bench_torch.py` (PyTorch eager,
+//! torch.compile, JAX jit) so that both run back to back on one machine.
+//!
+//! ```text
+//! cargo run --release --example compare_peers                       # every case, default impls
+//! cargo run --release --example compare_peers -- --cases kd_ce_4096x32000 --impls flex-fused
+//! cargo run --release --example compare_peers -- --peers ~/.cache/kdref/results.json   # + table
+//! cargo run --example compare_peers -- --quick                      # CI smoke run (small cases)
+//! ```
+//!
+//! Forward + backward (gradient w.r.t. the student inputs), f32, like the Python script:
+//! * `kd_ce_*`: `0.5 · T² · KL(softmax(t/T) ‖ softmax(s/T))` (batchmean) `+ 0.5 · CE(s, y)`, `T = 2`;
+//! * `hidden_mse_8x128_312to768`: `mean((h_s W + b − h_t)²)`, gradients for `h_s`, `W`, `b`;
+//! * `attn_mse_8x12x128x128`: `mean((a_s − a_t)²)` over attention scores.
+//!
+//! Implementations (`--impls`, comma-separated): `flex-fused` (the fused kernel), `flex-composed`,
+//! `ndarray-composed`, `wgpu-composed` (Mesa's software renderer without a GPU: slow; not in the
+//! default list). The fused kernel covers the logit losses; the feature losses have one path.
+//!
+//! Each (case, impl) runs in a fresh worker process (this binary re-run with `--worker`), so the
+//! peak RSS (`VmHWM`) reflects that case only. One JSON line per pair, with the keys of
+//! `bench_torch.py`: `case`, `impl`, `shape`, `median_ms`, `min_ms`, `max_ms`, `peak_rss_extra_mb`
+//! (peak RSS at the end − RSS after the inputs were allocated), plus `runs`, `first_call_s`,
+//! `steady_extra_mb` (RSS sampled during two extra runs − RSS after the inputs) and `threads`.
+//! With `--peers FILE` (the JSON written by `bench_torch.py --out FILE`), a markdown table puts
+//! ours next to the peers' medians and prints the memory-bandwidth floor of `kd_ce_4096x32000`.
+
+use std::io::BufRead;
+use std::process::Command;
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use kd_losses::attention::{HeadReduce, attention_mse_scores};
+use kd_losses::hidden::hidden_mse;
+use kd_losses::prelude::*;
+
+const CASES: [(&str, &[usize]); 5] = [
+    ("kd_ce_64x1000", &[64, 1000]),
+    ("kd_ce_256x1000", &[256, 1000]),
+    ("kd_ce_4096x32000", &[4096, 32000]),
+    ("hidden_mse_8x128_312to768", &[8, 128, 312, 768]),
+    ("attn_mse_8x12x128x128", &[8, 12, 128, 128]),
+];
+const QUICK_CASES: [(&str, &[usize]); 3] = [
+    ("kd_ce_64x1000", &[64, 1000]),
+    ("hidden_mse_2x16_32to48", &[2, 16, 32, 48]),
+    ("attn_mse_2x2x16x16", &[2, 2, 16, 16]),
+];
+const DEFAULT_IMPLS: &str = "flex-fused,flex-composed,ndarray-composed";
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn rss_kb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+fn device_for(imp: &str) -> Device {
+    #[allow(deprecated)]
+    match imp.split('-').next().unwrap_or("") {
+        "flex" => Device::flex().autodiff(),
+        "ndarray" => Device::ndarray().autodiff(),
+        "wgpu" => Device::wgpu(Default::default()).autodiff(),
+        other => panic!("--impls: unknown backend {other:?} (flex, ndarray, wgpu)"),
+    }
+}
+
+/// One timed step: forward + backward + device sync. Returns nothing observable but the time.
+type Step = Box<dyn FnMut()>;
+
+fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
+    let composed = imp.ends_with("-composed");
+    let normal = Distribution::Normal(0.0, 1.0);
+    if case.starts_with("kd_ce") {
+        let (n, v) = (shape[0], shape[1]);
+        let s = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
+        let t = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
+        let y = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), dev);
+        let kd = DistillationLossConfig::new()
+            .with_temperature(2.0)
+            .with_alpha(0.5)
+            .init();
+        if !composed {
+            assert!(
+                kd_losses::fused::fused_available(&s),
+                "{imp}: the fused kernel does not run on this device"
+            );
+        }
+        let dev = dev.clone();
+        return Box::new(move || {
+            let s = s.clone().require_grad();
+            let out = if composed {
+                distillation_loss_composed(s.clone(), t.clone(), y.clone(), &kd, Reduction::BatchMean)
+            } else {
+                distillation_loss(s.clone(), t.clone(), y.clone(), &kd, Reduction::BatchMean)
+            };
+            let grads = out.total.backward();
+            let g = s.grad(&grads).expect("student gradient");
+            dev.sync().expect("device sync");
+            drop(g);
+        });
+    }
+    if case.starts_with("hidden") {
+        let (b, sq, ds, dt) = (shape[0], shape[1], shape[2], shape[3]);
+        let hs = Tensor::<2>::random([b * sq, ds], normal, dev);
+        let ht = Tensor::<2>::random([b * sq, dt], normal, dev);
+        let w = Tensor::<2>::random([ds, dt], normal, dev).mul_scalar(0.05);
+        let bias = Tensor::<1>::random([dt], normal, dev).mul_scalar(0.1);
+        let dev = dev.clone();
+        return Box::new(move || {
+            let (hs, w, bias) = (
+                hs.clone().require_grad(),
+                w.clone().require_grad(),
+                bias.clone().require_grad(),
+            );
+            let proj = hs.clone().matmul(w.clone()) + bias.clone().unsqueeze::<2>();
+            let loss = hidden_mse(proj, ht.clone()).reduce(Reduction::ElementMean);
+            let grads = loss.backward();
+            let gs = (hs.grad(&grads), w.grad(&grads), bias.grad(&grads));
+            dev.sync().expect("device sync");
+            drop(gs);
+        });
+    }
+    let (b, h, sq) = (shape[0], shape[1], shape[2]);
+    let a_s = Tensor::<4>::random([b, h, sq, sq], normal, dev);
+    let a_t = Tensor::<4>::random([b, h, sq, sq], normal, dev);
+    let dev = dev.clone();
+    Box::new(move || {
+        let a = a_s.clone().require_grad();
+        let loss = attention_mse_scores(a.clone(), a_t.clone(), None, HeadReduce::Match)
+            .reduce(Reduction::ElementMean);
+        let grads = loss.backward();
+        let g = a.grad(&grads);
+        dev.sync().expect("device sync");
+        drop(g);
+    })
+}
+
+fn worker(case: &str, imp: &str, quick: bool) {
+    let shape: Vec<usize> = CASES
+        .iter()
+        .chain(QUICK_CASES.iter())
+        .find(|(c, _)| *c == case)
+        .map(|(_, s)| s.to_vec())
+        .unwrap_or_else(|| panic!("unknown case {case}"));
+    let dev = device_for(imp);
+    let mut step = make_step(case, &shape, imp, &dev);
+    dev.sync().expect("device sync");
+    let base_kb = rss_kb("VmRSS:");
+    let t0 = Instant::now();
+    step();
+    let first_s = t0.elapsed().as_secs_f64();
+    let w0 = Instant::now();
+    for _ in 0..3 {
+        step();
+    }
+    let est = w0.elapsed().as_secs_f64() / 3.0;
+    let (min_runs, target_s) = if quick { (3, 0.2) } else { (10, 3.0) };
+    let n = ((target_s / est.max(1e-6)) as usize).clamp(min_runs, 200);
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        step();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let peak_kb = rss_kb("VmHWM:");
+    // Steady state: RSS sampled by a thread during two more runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = rss_kb("VmRSS:");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kb("VmRSS:"));
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            peak.max(rss_kb("VmRSS:"))
+        })
+    };
+    step();
+    step();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let steady_kb = sampler.join().unwrap_or(0.0);
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "{{\"case\": \"{case}\", \"impl\": \"{imp}\", \"shape\": {shape:?}, \"runs\": {n}, \
+         \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \"max_ms\": {:.4}, \"first_call_s\": {first_s:.4}, \
+         \"peak_rss_extra_mb\": {:.1}, \"steady_extra_mb\": {:.1}, \"threads\": {threads}}}",
+        times[0],
+        times[n - 1],
+        ((peak_kb - base_kb) * 1024.0 / 1e6).max(0.0),
+        ((steady_kb - base_kb) * 1024.0 / 1e6).max(0.0),
+    );
+}
+
+/// `"key": value` from one JSON line (numbers and strings; enough for our own lines and the
+/// peers' file, without a JSON dependency in the examples' runtime path).
+fn field(line: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":");
+    let i = line.find(&pat)? + pat.len();
+    let rest = line[i..].trim_start();
+    if let Some(r) = rest.strip_prefix('"') {
+        return r.split('"').next().map(str::to_string);
+    }
+    let end = rest.find([',', '}', '\n']).unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
+}
+
+/// Peer medians from `bench_torch.py --out FILE`: `(case, impl) -> median_ms`, and the floor.
+fn read_peers(path: &str) -> (Vec<(String, String, f64)>, Option<f64>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("--peers {path}: {e}"));
+    let v: serde_json::Value = serde_json::from_str(&text).expect("peers file is JSON");
+    let mut out = Vec::new();
+    for r in v["results"].as_array().into_iter().flatten() {
+        if let (Some(c), Some(i), Some(m)) =
+            (r["case"].as_str(), r["impl"].as_str(), r["median_ms"].as_f64())
+        {
+            out.push((c.to_string(), i.to_string(), m));
+        }
+    }
+    let bw = &v["bandwidth"];
+    let best = ["numpy_copyto_1thread", "torch_copy_2threads"]
+        .iter()
+        .filter_map(|k| bw[*k]["GBps"].as_f64())
+        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+    let floor = match (best, v["kd_4096x32000_min_bytes"].as_f64()) {
+        (Some(gbps), Some(bytes)) => Some(bytes / (gbps * 1e9) * 1e3),
+        _ => None,
+    };
+    (out, floor)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--worker") {
+        worker(&args[i + 1], &args[i + 2], quick);
+        return;
+    }
+    let cases: Vec<String> = match arg("--cases") {
+        Some(c) => c.split(',').map(str::to_string).collect(),
+        None if quick => QUICK_CASES.iter().map(|c| c.0.to_string()).collect(),
+        None => CASES.iter().map(|c| c.0.to_string()).collect(),
+    };
+    let impls: Vec<String> = arg("--impls")
+        .unwrap_or_else(|| DEFAULT_IMPLS.into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let exe = std::env::current_exe().expect("own path");
+    let mut lines = Vec::new();
+    for case in &cases {
+        for imp in &impls {
+            // The fused kernel covers the logit losses only.
+            if imp.ends_with("-fused") && !case.starts_with("kd_ce") {
+                continue;
+            }
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--worker", case, imp]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            let out = cmd.output().expect("worker runs");
+            let line = out
+                .stdout
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.starts_with('{'));
+            match line {
+                Some(l) if out.status.success() => {
+                    println!("{l}");
+                    lines.push(l);
+                }
+                _ => {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                    println!(
+                        "{{\"case\": \"{case}\", \"impl\": \"{imp}\", \"error\": {:?}}}",
+                        last
+                    );
+                }
+            }
+        }
+    }
+    if let Some(path) = arg("--peers") {
+        let (peers, floor) = read_peers(&path);
+        println!("\n| case | impl | median ms | min-max ms | peak RSS extra MB | vs JAX jit | vs torch.compile | vs torch eager |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        let peer = |case: &str, imp: &str| {
+            peers
+                .iter()
+                .find(|(c, i, _)| c == case && i == imp)
+                .map(|p| p.2)
+        };
+        for case in &cases {
+            for (_, imp, m) in peers.iter().filter(|(c, _, _)| c == case) {
+                println!("| {case} | {imp} (peer) | {m:.3} | | | | | |");
+            }
+            for l in lines.iter().filter(|l| field(l, "case").as_deref() == Some(case)) {
+                let med: f64 = field(l, "median_ms").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+                let ratio = |p: Option<f64>| p.map_or("–".to_string(), |p| format!("{:.1}×", p / med));
+                println!(
+                    "| {case} | {} | {med:.3} | {}-{} | {} | {} | {} | {} |",
+                    field(l, "impl").unwrap_or_default(),
+                    field(l, "min_ms").unwrap_or_default(),
+                    field(l, "max_ms").unwrap_or_default(),
+                    field(l, "peak_rss_extra_mb").unwrap_or_default(),
+                    ratio(peer(case, "jax")),
+                    ratio(peer(case, "compile")),
+                    ratio(peer(case, "eager")),
+                );
+            }
+        }
+        if let Some(f) = floor {
+            println!("\nmemory-bandwidth floor for kd_ce_4096x32000 (from the peers' file): {f:.1} ms");
+        }
+    }
+}
