@@ -1,0 +1,136 @@
+//! Timed steps shared by `examples/compare_peers.rs` and `benches/fused.rs`: forward + backward
+//! (gradients w.r.t. the student inputs) + device sync, on the cases of
+//! `../shared/reference/bench_torch.py`. Included with `#[path]`; not a public API.
+
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use kd_losses::attention::{HeadReduce, attention_mse_scores};
+use kd_losses::divergence::Divergence;
+use kd_losses::hidden::hidden_mse;
+use kd_losses::prelude::*;
+
+/// The device of an implementation name such as `flex-fused` or `wgpu-composed`.
+pub fn device_for(imp: &str) -> Device {
+    #[allow(deprecated)]
+    match imp.split('-').next().unwrap_or("") {
+        "flex" => Device::flex().autodiff(),
+        "ndarray" => Device::ndarray().autodiff(),
+        "wgpu" => Device::wgpu(Default::default()).autodiff(),
+        other => panic!("--impls: unknown backend {other:?} (flex, ndarray, wgpu)"),
+    }
+}
+
+/// One timed step: forward + backward + device sync.
+pub type Step = Box<dyn FnMut()>;
+
+/// Builds the inputs of `case` (`kd_ce_*`, `soft_kl_*`, `reverse_kl_*`, `hidden_mse_*`,
+/// `attn_mse_*`) on `dev` and returns its step; `imp` ending in `-composed` forces the composed path.
+///
+/// # Panics
+/// If `imp` asks for the fused path where it does not run.
+pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
+    let composed = imp.ends_with("-composed");
+    let normal = Distribution::Normal(0.0, 1.0);
+    if case.starts_with("kd_ce") {
+        let (n, v) = (shape[0], shape[1]);
+        let s = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
+        let t = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
+        let y = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), dev);
+        let kd = DistillationLossConfig::new()
+            .with_temperature(2.0)
+            .with_alpha(0.5)
+            .init();
+        if !composed {
+            assert!(
+                kd_losses::fused::fused_available(&s),
+                "{imp}: the fused kernel does not run on this device"
+            );
+        }
+        let dev = dev.clone();
+        return Box::new(move || {
+            let s = s.clone().require_grad();
+            let out = if composed {
+                distillation_loss_composed(s.clone(), t.clone(), y.clone(), &kd, Reduction::BatchMean)
+            } else {
+                distillation_loss(s.clone(), t.clone(), y.clone(), &kd, Reduction::BatchMean)
+            };
+            let grads = out.total.backward();
+            let g = s.grad(&grads).expect("student gradient");
+            dev.sync().expect("device sync");
+            drop(g);
+        });
+    }
+    if case.starts_with("soft_kl") || case.starts_with("reverse_kl") {
+        let (n, v) = (shape[0], shape[1]);
+        let s = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
+        let t = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
+        let d = if case.starts_with("soft_kl") {
+            Divergence::ForwardKl
+        } else {
+            Divergence::ReverseKl
+        };
+        let temp = Temperature::new(2.0).expect("valid temperature");
+        if !composed {
+            assert!(
+                kd_losses::fused::fused_available(&s),
+                "{imp}: the fused kernel does not run on this device"
+            );
+        }
+        let dev = dev.clone();
+        return Box::new(move || {
+            let s = s.clone().require_grad();
+            let loss = if composed {
+                kd_losses::divergence::divergence(s.clone(), t.clone(), d, temp, T2Scaling::On)
+                    .reduce(Reduction::BatchMean)
+            } else {
+                kd_losses::fused::soft_loss(
+                    s.clone(),
+                    t.clone(),
+                    d,
+                    temp,
+                    T2Scaling::On,
+                    None,
+                    Reduction::BatchMean,
+                )
+            };
+            let grads = loss.backward();
+            let g = s.grad(&grads).expect("student gradient");
+            dev.sync().expect("device sync");
+            drop(g);
+        });
+    }
+    if case.starts_with("hidden") {
+        let (b, sq, ds, dt) = (shape[0], shape[1], shape[2], shape[3]);
+        let hs = Tensor::<2>::random([b * sq, ds], normal, dev);
+        let ht = Tensor::<2>::random([b * sq, dt], normal, dev);
+        let w = Tensor::<2>::random([ds, dt], normal, dev).mul_scalar(0.05);
+        let bias = Tensor::<1>::random([dt], normal, dev).mul_scalar(0.1);
+        let dev = dev.clone();
+        return Box::new(move || {
+            let (hs, w, bias) = (
+                hs.clone().require_grad(),
+                w.clone().require_grad(),
+                bias.clone().require_grad(),
+            );
+            let proj = hs.clone().matmul(w.clone()) + bias.clone().unsqueeze::<2>();
+            let loss = hidden_mse(proj, ht.clone()).reduce(Reduction::ElementMean);
+            let grads = loss.backward();
+            let gs = (hs.grad(&grads), w.grad(&grads), bias.grad(&grads));
+            dev.sync().expect("device sync");
+            drop(gs);
+        });
+    }
+    let (b, h, sq) = (shape[0], shape[1], shape[2]);
+    let a_s = Tensor::<4>::random([b, h, sq, sq], normal, dev);
+    let a_t = Tensor::<4>::random([b, h, sq, sq], normal, dev);
+    let dev = dev.clone();
+    Box::new(move || {
+        let a = a_s.clone().require_grad();
+        let loss = attention_mse_scores(a.clone(), a_t.clone(), None, HeadReduce::Match)
+            .reduce(Reduction::ElementMean);
+        let grads = loss.backward();
+        let g = a.grad(&grads);
+        dev.sync().expect("device sync");
+        drop(g);
+    })
+}
+
