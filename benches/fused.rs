@@ -20,7 +20,8 @@ use steps::{device_for, make_step};
 
 fn bench(c: &mut Criterion) {
     let large = std::env::var("KD_BENCH_LARGE").is_ok_and(|v| v == "1");
-    let backends = std::env::var("KD_BENCH_BACKENDS").unwrap_or_else(|_| "flex,ndarray,wgpu".into());
+    let backends =
+        std::env::var("KD_BENCH_BACKENDS").unwrap_or_else(|_| "flex,ndarray,wgpu".into());
     let backends: Vec<&str> = backends.split(',').collect();
     let mut cases: Vec<(String, Vec<usize>, bool)> = Vec::new();
     for family in ["kd_ce", "soft_kl", "reverse_kl"] {
@@ -28,7 +29,11 @@ fn bench(c: &mut Criterion) {
             cases.push((format!("{family}/{r}x{v}"), vec![r, v], r * v > 1 << 20));
         }
     }
-    cases.push(("hidden_mse/8x128_312to768".into(), vec![8, 128, 312, 768], false));
+    cases.push((
+        "hidden_mse/8x128_312to768".into(),
+        vec![8, 128, 312, 768],
+        false,
+    ));
     cases.push(("attn_mse/8x12x128x128".into(), vec![8, 12, 128, 128], false));
     for (name, shape, is_large) in cases {
         if is_large && !large {

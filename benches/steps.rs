@@ -49,7 +49,13 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
         return Box::new(move || {
             let s = s.clone().require_grad();
             let out = if composed {
-                distillation_loss_composed(s.clone(), t.clone(), y.clone(), &kd, Reduction::BatchMean)
+                distillation_loss_composed(
+                    s.clone(),
+                    t.clone(),
+                    y.clone(),
+                    &kd,
+                    Reduction::BatchMean,
+                )
             } else {
                 distillation_loss(s.clone(), t.clone(), y.clone(), &kd, Reduction::BatchMean)
             };
@@ -133,4 +139,3 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
         drop(g);
     })
 }
-

@@ -146,9 +146,11 @@ fn read_peers(path: &str) -> (Vec<(String, String, f64)>, Option<f64>) {
     let v: serde_json::Value = serde_json::from_str(&text).expect("peers file is JSON");
     let mut out = Vec::new();
     for r in v["results"].as_array().into_iter().flatten() {
-        if let (Some(c), Some(i), Some(m)) =
-            (r["case"].as_str(), r["impl"].as_str(), r["median_ms"].as_f64())
-        {
+        if let (Some(c), Some(i), Some(m)) = (
+            r["case"].as_str(),
+            r["impl"].as_str(),
+            r["median_ms"].as_f64(),
+        ) {
             out.push((c.to_string(), i.to_string(), m));
         }
     }
@@ -207,7 +209,11 @@ fn main() {
                 }
                 _ => {
                     let err = String::from_utf8_lossy(&out.stderr);
-                    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                    let last = err
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("");
                     println!(
                         "{{\"case\": \"{case}\", \"impl\": \"{imp}\", \"error\": {:?}}}",
                         last
@@ -218,7 +224,9 @@ fn main() {
     }
     if let Some(path) = arg("--peers") {
         let (peers, floor) = read_peers(&path);
-        println!("\n| case | impl | median ms | min-max ms | peak RSS extra MB | vs JAX jit | vs torch.compile | vs torch eager |");
+        println!(
+            "\n| case | impl | median ms | min-max ms | peak RSS extra MB | vs JAX jit | vs torch.compile | vs torch eager |"
+        );
         println!("|---|---|---:|---:|---:|---:|---:|---:|");
         let peer = |case: &str, imp: &str| {
             peers
@@ -230,9 +238,15 @@ fn main() {
             for (_, imp, m) in peers.iter().filter(|(c, _, _)| c == case) {
                 println!("| {case} | {imp} (peer) | {m:.3} | | | | | |");
             }
-            for l in lines.iter().filter(|l| field(l, "case").as_deref() == Some(case)) {
-                let med: f64 = field(l, "median_ms").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-                let ratio = |p: Option<f64>| p.map_or("–".to_string(), |p| format!("{:.1}×", p / med));
+            for l in lines
+                .iter()
+                .filter(|l| field(l, "case").as_deref() == Some(case))
+            {
+                let med: f64 = field(l, "median_ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN);
+                let ratio =
+                    |p: Option<f64>| p.map_or("–".to_string(), |p| format!("{:.1}×", p / med));
                 println!(
                     "| {case} | {} | {med:.3} | {}-{} | {} | {} | {} | {} |",
                     field(l, "impl").unwrap_or_default(),
@@ -246,7 +260,9 @@ fn main() {
             }
         }
         if let Some(f) = floor {
-            println!("\nmemory-bandwidth floor for kd_ce_4096x32000 (from the peers' file): {f:.1} ms");
+            println!(
+                "\nmemory-bandwidth floor for kd_ce_4096x32000 (from the peers' file): {f:.1} ms"
+            );
         }
     }
 }

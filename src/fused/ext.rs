@@ -13,7 +13,11 @@ use super::kernel::KernelParams;
 /// Inputs: `student`, `teacher` `[R, V]` (f32), `labels` `[R]` (read only when
 /// `params.has_hard`), `weights` `[R]` (per-row reduction weights, `0` = dropped row).
 /// Output `[3]`: `[α·S + β·H, S, H]` with `S = Σ_r w_r · soft_r`, `H = Σ_r w_r · hard_r`.
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff: cfg(feature = "autodiff"))]
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "cube"),
+    Autodiff: cfg(feature = "autodiff")
+)]
 pub(crate) trait KdFusedBackend: Backend {
     /// Values only.
     fn kd_fused_values(
@@ -163,7 +167,10 @@ mod autodiff {
             let g = burn::tensor::try_read_sync(B::float_into_data(upstream))
                 .expect("fused kernel: synchronous read of the upstream gradient")
                 .expect("fused kernel: reading the upstream gradient");
-            let g: Vec<f32> = g.convert::<f32>().try_into_vec::<f32>().expect("f32 upstream gradient");
+            let g: Vec<f32> = g
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 upstream gradient");
             let grad = match (stash, g[1] == 0.0 && g[2] == 0.0) {
                 // d total: the gradient was computed in the forward pass.
                 (Some(stash), true) if g[0] == 1.0 => stash,
@@ -237,7 +244,10 @@ mod autodiff {
                 weights.into_primitive(),
                 params,
             );
-            (<FloatTensor<Self>>::new(values), <FloatTensor<Self>>::new(grad))
+            (
+                <FloatTensor<Self>>::new(values),
+                <FloatTensor<Self>>::new(grad),
+            )
         }
     }
 }

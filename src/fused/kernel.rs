@@ -152,7 +152,10 @@ fn row(
     let mut ms8 = [f32::NEG_INFINITY; LANES];
     let mut mt8 = [f32::NEG_INFINITY; LANES];
     for b in 0..blocks {
-        let (sb, tb) = (&s[b * LANES..b * LANES + LANES], &t[b * LANES..b * LANES + LANES]);
+        let (sb, tb) = (
+            &s[b * LANES..b * LANES + LANES],
+            &t[b * LANES..b * LANES + LANES],
+        );
         for i in 0..LANES {
             ms8[i] = gt_max(ms8[i], sb[i]);
             mt8[i] = gt_max(mt8[i], tb[i]);
@@ -306,7 +309,11 @@ fn row(
         for i in 0..v {
             let d = (t[i] - s[i]) * inv_t + c0;
             let qs = es[i] * inv_ss;
-            let mut val = if qs != 0.0 { coef_s * qs * (-d - div) } else { 0.0 };
+            let mut val = if qs != 0.0 {
+                coef_s * qs * (-d - div)
+            } else {
+                0.0
+            };
             if hard {
                 val += coef_h * (e1[i] * inv_s1 - smooth_c);
             }
@@ -468,16 +475,25 @@ pub(crate) fn run_rows(
             Some(g) => {
                 for (i, gb) in g.chunks_mut(per * v).enumerate() {
                     let (a, b) = (i * per, ((i + 1) * per).min(r));
-                    let (sb, tb, wb, lb) =
-                        (&s[a * v..b * v], &t[a * v..b * v], &weights[a..b], label_block(i));
-                    handles.push(scope.spawn(move || rows_block_best(sb, tb, lb, wb, v, p, Some(gb))));
+                    let (sb, tb, wb, lb) = (
+                        &s[a * v..b * v],
+                        &t[a * v..b * v],
+                        &weights[a..b],
+                        label_block(i),
+                    );
+                    handles
+                        .push(scope.spawn(move || rows_block_best(sb, tb, lb, wb, v, p, Some(gb))));
                 }
             }
             None => {
                 for i in 0..r.div_ceil(per) {
                     let (a, b) = (i * per, ((i + 1) * per).min(r));
-                    let (sb, tb, wb, lb) =
-                        (&s[a * v..b * v], &t[a * v..b * v], &weights[a..b], label_block(i));
+                    let (sb, tb, wb, lb) = (
+                        &s[a * v..b * v],
+                        &t[a * v..b * v],
+                        &weights[a..b],
+                        label_block(i),
+                    );
                     handles.push(scope.spawn(move || rows_block_best(sb, tb, lb, wb, v, p, None)));
                 }
             }
@@ -514,9 +530,13 @@ mod tests {
 
     fn reference(s: &[f32], t: &[f32], temp: f64) -> f64 {
         let ls = |z: &[f32]| -> Vec<f64> {
-            let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(f64::from(b) / temp));
+            let m = z
+                .iter()
+                .fold(f64::NEG_INFINITY, |a, &b| a.max(f64::from(b) / temp));
             let sum: f64 = z.iter().map(|&x| (f64::from(x) / temp - m).exp()).sum();
-            z.iter().map(|&x| f64::from(x) / temp - m - sum.ln()).collect()
+            z.iter()
+                .map(|&x| f64::from(x) / temp - m - sum.ln())
+                .collect()
         };
         let (lq, lp) = (ls(s), ls(t));
         lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
@@ -541,7 +561,10 @@ mod tests {
             };
             let got = run_rows(&s, &t, &[], &[1.0], v, &p, None).soft;
             let want = reference(&s, &t, f64::from(temp));
-            assert!((got - want).abs() < 1e-6 * (1.0 + want), "T={temp}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-6 * (1.0 + want),
+                "T={temp}: {got} vs {want}"
+            );
         }
     }
 }

@@ -47,7 +47,9 @@
 //! value and gradient against the composed path on every reduction, masks, `-inf`, ±1e4 and
 //! several temperatures.
 
-#[cfg(feature = "flex")]
+#[cfg(feature = "cube")]
+mod cube;
+#[cfg(any(feature = "flex", feature = "cube"))]
 mod ext;
 pub(crate) mod kernel;
 
@@ -79,17 +81,24 @@ pub fn fused_available<const D: usize>(logits: &Tensor<D>) -> bool {
     device_supported(&logits.device())
 }
 
-#[cfg(feature = "flex")]
+#[cfg(any(feature = "flex", feature = "cube"))]
 fn device_supported(device: &burn::tensor::Device) -> bool {
+    use burn::backend::DispatchDevice;
     let inner = device.clone().inner();
     let autodiff = inner != *device;
     if autodiff && !cfg!(feature = "autodiff") {
         return false;
     }
-    matches!(inner.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+    match inner.as_dispatch() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "cube")]
+        DispatchDevice::Cube(_) => true,
+        _ => false,
+    }
 }
 
-#[cfg(not(feature = "flex"))]
+#[cfg(not(any(feature = "flex", feature = "cube")))]
 fn device_supported(_device: &burn::tensor::Device) -> bool {
     false
 }
@@ -152,7 +161,7 @@ pub(crate) fn fused_terms<const D: usize>(
     if !fused_available(student_logits) || teacher_logits.dtype() != student_logits.dtype() {
         return None;
     }
-    #[cfg(feature = "flex")]
+    #[cfg(any(feature = "flex", feature = "cube"))]
     {
         use burn::backend::Dispatch;
         use ext::KdFusedBackend;
@@ -183,9 +192,13 @@ pub(crate) fn fused_terms<const D: usize>(
             params,
         );
         let out = Tensor::<1>::from_dispatch(out);
-        Some((out.clone().slice(0..1), out.clone().slice(1..2), out.slice(2..3)))
+        Some((
+            out.clone().slice(0..1),
+            out.clone().slice(1..2),
+            out.slice(2..3),
+        ))
     }
-    #[cfg(not(feature = "flex"))]
+    #[cfg(not(any(feature = "flex", feature = "cube")))]
     None
 }
 
@@ -262,7 +275,13 @@ pub fn soft_loss<const D: usize>(
     {
         return total;
     }
-    crate::divergence::divergence(student_logits, teacher_logits, divergence, temperature, scaling)
-        .masked_opt(mask)
-        .reduce(reduction)
+    crate::divergence::divergence(
+        student_logits,
+        teacher_logits,
+        divergence,
+        temperature,
+        scaling,
+    )
+    .masked_opt(mask)
+    .reduce(reduction)
 }
