@@ -893,8 +893,7 @@ impl DivergenceLoss {
         teacher_logits: Tensor<D>,
         reduction: Reduction,
     ) -> Tensor<1> {
-        self.forward_no_reduction(student_logits, teacher_logits)
-            .reduce(reduction)
+        self.reduced(student_logits, teacher_logits, None, reduction)
     }
 
     /// Reduced loss over the rows kept by `mask`.
@@ -909,8 +908,28 @@ impl DivergenceLoss {
         mask: &RowMask,
         reduction: Reduction,
     ) -> Tensor<1> {
-        self.forward_no_reduction(student_logits, teacher_logits)
-            .masked(mask)
-            .reduce(reduction)
+        self.reduced(student_logits, teacher_logits, Some(mask), reduction)
+    }
+
+    /// Forward and reverse KL go through the fused kernel where it runs ([`crate::fused`]);
+    /// the other divergences through the composed path.
+    fn reduced<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        mask: Option<&RowMask>,
+        reduction: Reduction,
+    ) -> Tensor<1> {
+        let c = &self.config;
+        let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
+        let d = c.divergence().unwrap_or_else(|e| panic!("{e}"));
+        let (s, te) =
+            align_vocab(student_logits, teacher_logits, c.vocab).unwrap_or_else(|e| panic!("{e}"));
+        let scaling = if c.t2_scaling {
+            T2Scaling::On
+        } else {
+            T2Scaling::Off
+        };
+        crate::fused::soft_loss(s, te, d, t, scaling, mask, reduction)
     }
 }

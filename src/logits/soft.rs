@@ -182,7 +182,7 @@ impl SoftKlLoss {
         soft_kl(student_logits, teacher_logits, t, s)
     }
 
-    /// Reduced loss `[1]`.
+    /// Reduced loss `[1]`, through the fused kernel where it runs ([`crate::fused`]).
     ///
     /// # Panics
     /// If the shapes differ.
@@ -192,8 +192,16 @@ impl SoftKlLoss {
         teacher_logits: Tensor<D>,
         reduction: Reduction,
     ) -> Tensor<1> {
-        self.forward_no_reduction(student_logits, teacher_logits)
-            .reduce(reduction)
+        let (t, s) = self.parts();
+        crate::fused::soft_loss(
+            student_logits,
+            teacher_logits,
+            crate::divergence::Divergence::ForwardKl,
+            t,
+            s,
+            None,
+            reduction,
+        )
     }
 
     /// Reduced loss over the rows kept by `mask` (`[B, S]` for `[B, S, V]` logits).
@@ -207,8 +215,15 @@ impl SoftKlLoss {
         mask: &RowMask,
         reduction: Reduction,
     ) -> Tensor<1> {
-        self.forward_no_reduction(student_logits, teacher_logits)
-            .masked(mask)
-            .reduce(reduction)
+        let (t, s) = self.parts();
+        crate::fused::soft_loss(
+            student_logits,
+            teacher_logits,
+            crate::divergence::Divergence::ForwardKl,
+            t,
+            s,
+            Some(mask),
+            reduction,
+        )
     }
 }
