@@ -54,11 +54,15 @@ pub(crate) fn exp_nonpos(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting rounds to an integer
+    // 1.5 · 2^23: adding it rounds to an integer n, which then sits in the low mantissa bits
+    // (bits = 0x4B40_0000 + n), so 2^n is built with integer operations only: no float → int
+    // conversion, whose saturating semantics would keep LLVM from vectorising the loop.
+    const ROUND: f32 = 12_582_912.0;
     let underflow = x < -87.0;
     let xc = if x < -87.0 { -87.0 } else { x };
     let xc = if xc > 0.0 { 0.0 } else { xc };
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let kn = xc * LOG2E + ROUND;
+    let n = kn - ROUND;
     let r = xc - n * C1 - n * C2;
     let r2 = r * r;
     let mut p = 1.987_569_1e-4f32;
@@ -68,7 +72,7 @@ pub(crate) fn exp_nonpos(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r2 + r + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
+    let bits = kn.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23;
     let v = y * f32::from_bits(bits);
     if underflow { 0.0 } else { v }
 }
@@ -121,6 +125,147 @@ fn hsum(a: &[f32; LANES]) -> f32 {
     ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
 }
 
+type Block = [f32; LANES];
+
+#[inline(always)]
+fn blk(x: &[f32]) -> &Block {
+    x.try_into().expect("exact chunk")
+}
+
+#[inline(always)]
+fn blk_mut(x: &mut [f32]) -> &mut Block {
+    x.try_into().expect("exact chunk")
+}
+
+/// Pass B over one block: exponentials into `et`, `es` (and `e1`), running sums.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pass_b_block<const E1: bool, const SUM_S: bool>(
+    s: &Block,
+    t: &Block,
+    et: &mut Block,
+    es: &mut Block,
+    e1: &mut Block,
+    acc: &mut [Block; 4],
+    k: (f32, f32, f32, f32),
+    int_pow: u32,
+) {
+    let (inv_t, mtt, mst, ms) = k;
+    for i in 0..LANES {
+        let a = exp_nonpos(t[i] * inv_t - mtt);
+        let c = exp_nonpos(s[i] * inv_t - mst);
+        et[i] = a;
+        es[i] = c;
+        acc[0][i] += a;
+        acc[1][i] += c;
+        if E1 {
+            let e = if int_pow > 0 {
+                powk(c, int_pow)
+            } else {
+                exp_nonpos(s[i] - ms)
+            };
+            e1[i] = e;
+            acc[2][i] += e;
+        }
+        if SUM_S {
+            acc[3][i] += s[i];
+        }
+    }
+}
+
+/// Pass C over one block (forward KL): the divergence terms and, with `G`, the gradient.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pass_c_fwd_block<const G: bool, const HARD: bool>(
+    s: &Block,
+    t: &Block,
+    et: &Block,
+    es: &Block,
+    e1: &Block,
+    g: &mut Block,
+    acc: &mut Block,
+    k: &PassC,
+) {
+    // Kept as three simple loops: LLVM's SLP vectoriser packs each into AVX lanes, which it
+    // does not do for the fused body.
+    let mut pt = [0.0f32; LANES];
+    for i in 0..LANES {
+        pt[i] = et[i] * k.inv_st;
+    }
+    for i in 0..LANES {
+        let d = (t[i] - s[i]) * k.inv_t + k.c0;
+        let m = pt[i] * d;
+        acc[i] += if pt[i] != 0.0 { m } else { 0.0 };
+    }
+    if G {
+        for i in 0..LANES {
+            g[i] = k.coef_s * (es[i] * k.inv_ss - pt[i]);
+        }
+        if HARD {
+            for i in 0..LANES {
+                g[i] += k.coef_h * (e1[i] * k.inv_s1 - k.smooth_c);
+            }
+        }
+    }
+}
+
+/// Pass C over one block (reverse KL): the divergence terms.
+#[inline(always)]
+fn pass_c_rev_block(s: &Block, t: &Block, es: &Block, acc: &mut Block, k: &PassC) {
+    for i in 0..LANES {
+        let d = (t[i] - s[i]) * k.inv_t + k.c0;
+        let qs = es[i] * k.inv_ss;
+        acc[i] += if qs != 0.0 { -qs * d } else { 0.0 };
+    }
+}
+
+/// Pass D over one block (reverse KL gradient): `q (log q − log p − D) / T` (+ hard term).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pass_d_block<const HARD: bool>(
+    s: &Block,
+    t: &Block,
+    es: &Block,
+    e1: &Block,
+    g: &mut Block,
+    div: f32,
+    k: &PassC,
+) {
+    for i in 0..LANES {
+        let d = (t[i] - s[i]) * k.inv_t + k.c0;
+        let qs = es[i] * k.inv_ss;
+        let mut val = if qs != 0.0 {
+            k.coef_s * qs * (-d - div)
+        } else {
+            0.0
+        };
+        if HARD {
+            val += k.coef_h * (e1[i] * k.inv_s1 - k.smooth_c);
+        }
+        g[i] = val;
+    }
+}
+
+/// Row constants of passes C and D.
+struct PassC {
+    inv_t: f32,
+    c0: f32,
+    inv_st: f32,
+    inv_ss: f32,
+    inv_s1: f32,
+    coef_s: f32,
+    coef_h: f32,
+    smooth_c: f32,
+}
+
+/// Pads a tail of fewer than [`LANES`] elements into blocks: student and teacher with `-inf`
+/// (probability 0, no contribution), so the tail runs through the same block code.
+fn pad(x: &[f32]) -> Block {
+    let mut b = [f32::NEG_INFINITY; LANES];
+    b[..x.len()].copy_from_slice(x);
+    b
+}
+
 /// One row. `grad`, when given, receives
 /// `w · (grad_soft · ∂soft_r/∂s + grad_hard · ∂hard_r/∂s)`.
 #[inline(always)]
@@ -145,17 +290,15 @@ fn row(
     let inv_t = 1.0 / p.temperature;
     let hard = p.has_hard;
     let same_t = p.temperature == 1.0;
-    let blocks = v / LANES;
-    let tail = blocks * LANES;
+    let need_e1 = hard && !same_t;
+    let smooth = hard && p.smoothing != 0.0;
+    let tail = v - v % LANES;
 
     // Pass A: row maxima (the only pass that reads the row from memory).
     let mut ms8 = [f32::NEG_INFINITY; LANES];
     let mut mt8 = [f32::NEG_INFINITY; LANES];
-    for b in 0..blocks {
-        let (sb, tb) = (
-            &s[b * LANES..b * LANES + LANES],
-            &t[b * LANES..b * LANES + LANES],
-        );
+    for (sb, tb) in s.chunks_exact(LANES).zip(t.chunks_exact(LANES)) {
+        let (sb, tb) = (blk(sb), blk(tb));
         for i in 0..LANES {
             ms8[i] = gt_max(ms8[i], sb[i]);
             mt8[i] = gt_max(mt8[i], tb[i]);
@@ -176,149 +319,139 @@ fn row(
         mt = 0.0;
     }
 
-    // Pass B: exponentials into scratch, their sums.
-    scratch.et.resize(v, 0.0);
-    scratch.es.resize(v, 0.0);
-    let need_e1 = hard && !same_t;
-    if need_e1 {
-        scratch.e1.resize(v, 0.0);
-    }
-    let (et, es) = (&mut scratch.et[..v], &mut scratch.es[..v]);
-    let e1s = &mut scratch.e1[..if need_e1 { v } else { 0 }];
-    let mut st8 = [0.0f32; LANES];
-    let mut ss8 = [0.0f32; LANES];
-    let mut s18 = [0.0f32; LANES];
-    let mut sum_s8 = [0.0f32; LANES];
-    let (mst, mtt) = (ms * inv_t, mt * inv_t);
-    let one_exp = |sv: f32, esv: f32| -> f32 {
-        if int_pow > 0 {
-            powk(esv, int_pow)
+    // Pass B: exponentials into scratch (padded to whole blocks), their sums.
+    let vp = v.div_ceil(LANES) * LANES;
+    scratch.et.resize(vp, 0.0);
+    scratch.es.resize(vp, 0.0);
+    scratch.e1.resize(if need_e1 { vp } else { LANES }, 0.0);
+    let (et, es, e1s) = (
+        &mut scratch.et[..vp],
+        &mut scratch.es[..vp],
+        &mut scratch.e1[..],
+    );
+    let mut acc = [[0.0f32; LANES]; 4];
+    let k = (inv_t, mt * inv_t, ms * inv_t, ms);
+    let (s_tail, t_tail) = (pad(&s[tail..]), pad(&t[tail..]));
+    let nb = vp / LANES;
+    for b in 0..nb {
+        let (sb, tb) = if b * LANES < tail {
+            (
+                blk(&s[b * LANES..b * LANES + LANES]),
+                blk(&t[b * LANES..b * LANES + LANES]),
+            )
         } else {
-            exp_nonpos(sv - ms)
-        }
-    };
-    for b in 0..blocks {
-        let o = b * LANES;
-        for i in 0..LANES {
-            let a = exp_nonpos(t[o + i] * inv_t - mtt);
-            let c = exp_nonpos(s[o + i] * inv_t - mst);
-            et[o + i] = a;
-            es[o + i] = c;
-            st8[i] += a;
-            ss8[i] += c;
-        }
-        if need_e1 {
-            for i in 0..LANES {
-                let e = one_exp(s[o + i], es[o + i]);
-                e1s[o + i] = e;
-                s18[i] += e;
+            (&s_tail, &t_tail)
+        };
+        let etb = blk_mut(&mut et[b * LANES..b * LANES + LANES]);
+        let esb = blk_mut(&mut es[b * LANES..b * LANES + LANES]);
+        let e1b = if need_e1 {
+            blk_mut(&mut e1s[b * LANES..b * LANES + LANES])
+        } else {
+            blk_mut(&mut e1s[..LANES])
+        };
+        match (need_e1, smooth) {
+            (false, false) => {
+                pass_b_block::<false, false>(sb, tb, etb, esb, e1b, &mut acc, k, int_pow)
             }
-        }
-        if hard && p.smoothing != 0.0 {
-            for i in 0..LANES {
-                sum_s8[i] += s[o + i];
+            (true, false) => {
+                pass_b_block::<true, false>(sb, tb, etb, esb, e1b, &mut acc, k, int_pow)
             }
+            (false, true) => {
+                pass_b_block::<false, true>(sb, tb, etb, esb, e1b, &mut acc, k, int_pow)
+            }
+            (true, true) => pass_b_block::<true, true>(sb, tb, etb, esb, e1b, &mut acc, k, int_pow),
         }
     }
-    let (mut st, mut ss, mut s1, mut sum_s) = (hsum(&st8), hsum(&ss8), hsum(&s18), hsum(&sum_s8));
-    for i in tail..v {
-        let a = exp_nonpos(t[i] * inv_t - mtt);
-        let c = exp_nonpos(s[i] * inv_t - mst);
-        et[i] = a;
-        es[i] = c;
-        st += a;
-        ss += c;
-        if need_e1 {
-            let e = one_exp(s[i], c);
-            e1s[i] = e;
-            s1 += e;
-        }
-        if hard && p.smoothing != 0.0 {
-            sum_s += s[i];
-        }
-    }
+    let (st, ss, mut s1) = (hsum(&acc[0]), hsum(&acc[1]), hsum(&acc[2]));
+    // The padding added -inf to the sum of logits; only real entries count.
+    let sum_s = if smooth { s.iter().sum::<f32>() } else { 0.0 };
     if hard && same_t {
         s1 = ss;
     }
-    let e1: &[f32] = if need_e1 { e1s } else { es };
+    let e1: &[f32] = if need_e1 { &e1s[..vp] } else { &es[..] };
 
     let (ln_st, ln_ss) = (ln_or_zero(st), ln_or_zero(ss));
-    let (inv_st, inv_ss) = (recip_or_one(st), recip_or_one(ss));
-    // log p − log q = (t − s)/T − (mt − ms)/T − ln St + ln Ss
-    let c0 = (ms - mt) * inv_t + (ln_ss - ln_st);
+    let kc = PassC {
+        inv_t,
+        // log p − log q = (t − s)/T − (mt − ms)/T − ln St + ln Ss
+        c0: (ms - mt) * inv_t + (ln_ss - ln_st),
+        inv_st: recip_or_one(st),
+        inv_ss: recip_or_one(ss),
+        inv_s1: recip_or_one(s1),
+        coef_s: w * p.grad_soft * p.soft_scale * inv_t,
+        coef_h: w * p.grad_hard,
+        smooth_c: p.smoothing / v as f32,
+    };
 
-    // Pass C: the divergence (and, for forward KL, the gradient in the same pass).
-    let mut d8 = [0.0f32; LANES];
-    let coef_s = w * p.grad_soft * p.soft_scale * inv_t;
-    let coef_h = w * p.grad_hard;
-    let inv_s1 = recip_or_one(s1);
-    let smooth_c = p.smoothing / v as f32;
-    let kind = p.kind;
-    let write_fwd = kind == SoftKind::ForwardKl;
+    // Pass C: the divergence (and, for forward KL, the gradient in the same pass). Tail blocks
+    // use the padded copies; their gradient goes to a block buffer copied back.
+    let mut dacc = [0.0f32; LANES];
+    let mut gtail = [0.0f32; LANES];
     let mut grad = grad;
-    {
-        let elem = |i: usize, acc: &mut f32, g: Option<&mut f32>| {
-            let d = (t[i] - s[i]) * inv_t + c0;
-            let pt = et[i] * inv_st;
-            let qs = es[i] * inv_ss;
-            match kind {
-                SoftKind::ForwardKl => {
-                    *acc += if pt != 0.0 { pt * d } else { 0.0 };
-                }
-                SoftKind::ReverseKl => {
-                    *acc += if qs != 0.0 { -qs * d } else { 0.0 };
-                }
-            }
-            if let Some(g) = g {
-                let mut val = coef_s * (qs - pt);
-                if hard {
-                    val += coef_h * (e1[i] * inv_s1 - smooth_c);
-                }
-                *g = val;
-            }
+    for b in 0..nb {
+        let full = b * LANES < tail;
+        let (sb, tb) = if full {
+            (
+                blk(&s[b * LANES..b * LANES + LANES]),
+                blk(&t[b * LANES..b * LANES + LANES]),
+            )
+        } else {
+            (&s_tail, &t_tail)
         };
-        match (&mut grad, write_fwd) {
-            (Some(g), true) => {
-                for b in 0..blocks {
-                    let o = b * LANES;
-                    for i in 0..LANES {
-                        elem(o + i, &mut d8[i], Some(&mut g[o + i]));
+        let etb = blk(&et[b * LANES..b * LANES + LANES]);
+        let esb = blk(&es[b * LANES..b * LANES + LANES]);
+        let e1b = blk(&e1[b * LANES..b * LANES + LANES]);
+        match p.kind {
+            SoftKind::ForwardKl => match grad.as_deref_mut() {
+                Some(g) => {
+                    let gb = if full {
+                        blk_mut(&mut g[b * LANES..b * LANES + LANES])
+                    } else {
+                        &mut gtail
+                    };
+                    if hard {
+                        pass_c_fwd_block::<true, true>(sb, tb, etb, esb, e1b, gb, &mut dacc, &kc);
+                    } else {
+                        pass_c_fwd_block::<true, false>(sb, tb, etb, esb, e1b, gb, &mut dacc, &kc);
                     }
                 }
-                for i in tail..v {
-                    elem(i, &mut d8[0], Some(&mut g[i]));
-                }
-            }
-            _ => {
-                for b in 0..blocks {
-                    let o = b * LANES;
-                    for i in 0..LANES {
-                        elem(o + i, &mut d8[i], None);
-                    }
-                }
-                for i in tail..v {
-                    elem(i, &mut d8[0], None);
-                }
+                None => pass_c_fwd_block::<false, false>(
+                    sb, tb, etb, esb, e1b, &mut gtail, &mut dacc, &kc,
+                ),
+            },
+            SoftKind::ReverseKl => pass_c_rev_block(sb, tb, esb, &mut dacc, &kc),
+        }
+    }
+    let div = hsum(&dacc);
+
+    // Pass D (reverse KL only): ∂/∂s_j = q_j (log q_j − log p_j − D) / T.
+    if let (Some(g), SoftKind::ReverseKl) = (grad.as_deref_mut(), p.kind) {
+        for b in 0..nb {
+            let full = b * LANES < tail;
+            let (sb, tb) = if full {
+                (
+                    blk(&s[b * LANES..b * LANES + LANES]),
+                    blk(&t[b * LANES..b * LANES + LANES]),
+                )
+            } else {
+                (&s_tail, &t_tail)
+            };
+            let esb = blk(&es[b * LANES..b * LANES + LANES]);
+            let e1b = blk(&e1[b * LANES..b * LANES + LANES]);
+            let gb = if full {
+                blk_mut(&mut g[b * LANES..b * LANES + LANES])
+            } else {
+                &mut gtail
+            };
+            if hard {
+                pass_d_block::<true>(sb, tb, esb, e1b, gb, div, &kc);
+            } else {
+                pass_d_block::<false>(sb, tb, esb, e1b, gb, div, &kc);
             }
         }
     }
-    let div = hsum(&d8);
-
-    // Pass D (reverse KL only): ∂/∂s_j = q_j (log q_j − log p_j − D) / T.
-    if let (Some(g), SoftKind::ReverseKl) = (grad.as_deref_mut(), kind) {
-        for i in 0..v {
-            let d = (t[i] - s[i]) * inv_t + c0;
-            let qs = es[i] * inv_ss;
-            let mut val = if qs != 0.0 {
-                coef_s * qs * (-d - div)
-            } else {
-                0.0
-            };
-            if hard {
-                val += coef_h * (e1[i] * inv_s1 - smooth_c);
-            }
-            g[i] = val;
-        }
+    if let Some(g) = grad.as_deref_mut() {
+        g[tail..].copy_from_slice(&gtail[..v - tail]);
     }
 
     let mut out = RowValues {
@@ -335,7 +468,7 @@ fn row(
         }
         out.hard = f64::from(w) * f64::from(ce);
         if let Some(g) = grad {
-            g[y] -= coef_h * (1.0 - p.smoothing);
+            g[y] -= kc.coef_h * (1.0 - p.smoothing);
         }
     }
     out
