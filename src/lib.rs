@@ -35,6 +35,7 @@
 //! | [`dkd`] | decoupled KD (TCKD + NCKD): [`dkd()`](dkd::dkd) |
 //! | [`schedule`] | [`Schedule`], [`TemperatureSchedule`], [`entropy_temperature`], [`LearnableTemperature`] |
 //! | [`chunked`] | large vocabularies: [`chunked_divergence`], [`chunked_sparse_divergence`] |
+//! | [`fused`] | fused forward + backward kernels (Flex CPU, CubeCL) behind [`distillation_loss`], [`SoftKlLoss`], [`DivergenceLoss`]; [`fused::soft_loss`], [`fused::fused_available`] |
 //! | [`combine`] | [`LossTerms`]: weighted sums that report each term |
 //! | [`hidden`] | [`hidden_mse`] + learnable [`HiddenProjection`] (TinyBERT, TextBrewer), [`hidden_cosine`] (DistilBERT), [`hidden_normalized_mse`] (PKD), [`LayeredHiddenLoss`] |
 //! | [`layer_map`] | [`LayerMap`]: uniform (TinyBERT), skip / last-k (PKD), explicit pairs |
@@ -57,9 +58,13 @@
 //! ## Cargo features
 //! The library depends on `burn` with `default-features = false` and forces no backend. The
 //! optional features forward to Burn, for convenience in binaries:
-//! * `flex` — Burn's CPU backend;
+//! * `flex` — Burn's CPU backend, and the CPU kernel of [`fused`] (without it, Flex devices run
+//!   the composed path);
 //! * `ndarray` — the ndarray backend;
 //! * `wgpu` — the wgpu backend (Vulkan, Metal, DX12, or Mesa's software renderer);
+//! * `cube` — the CubeCL kernel of [`fused`] (wgpu, CUDA, ROCm, Metal); implies `wgpu`. Keep
+//!   Burn's `fusion` feature off with it (the kernel is not implemented for Burn's `Fusion`
+//!   wrapper). Without it, CubeCL devices run the composed path.
 //! * `autodiff` — Burn's `Device::autodiff()`, and the [`chunked`] module (row-chunked
 //!   evaluation for large vocabularies runs one backward pass per chunk, so it needs Burn's
 //!   autodiff at compile time). Every other loss works with or without it.
