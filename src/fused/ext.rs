@@ -97,14 +97,20 @@ mod flex {
         let t = contiguous_f32(&teacher);
         let w = contiguous_f32(&weights);
         let y = labels_i64(&labels, r, params.has_hard);
-        let mut grad = want_grad.then(|| vec![0.0f32; r * v]);
+        let mut grad = want_grad.then(|| crate::fused::pool::take(r * v));
         let out = run_rows(&s, &t, &y, &w, v, &params, grad.as_deref_mut());
         let total = f64::from(params.alpha) * out.soft + f64::from(params.beta) * out.hard;
         let values = FlexFloat::from_data(TensorData::new(
             vec![total as f32, out.soft as f32, out.hard as f32],
             [3],
         ));
-        let grad = grad.map(|g| FlexFloat::from_data(TensorData::new(g, [r, v])));
+        let grad = grad.map(|g| {
+            FlexFloat::from_data(TensorData::from_bytes(
+                crate::fused::pool::into_bytes(g),
+                [r, v],
+                DType::F32,
+            ))
+        });
         (values, grad)
     }
 

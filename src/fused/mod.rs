@@ -52,6 +52,11 @@ mod cube;
 #[cfg(any(feature = "flex", feature = "cube"))]
 mod ext;
 pub(crate) mod kernel;
+#[cfg(feature = "flex")]
+mod pool;
+
+#[cfg(feature = "flex")]
+pub use pool::clear_buffer_cache;
 
 use burn::tensor::{Bool, Int, Tensor};
 

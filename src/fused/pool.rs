@@ -1,0 +1,71 @@
+//! A small cache of gradient buffers for the CPU kernel.
+//!
+//! A fresh multi-hundred-megabyte allocation costs one page fault per page on first touch (and
+//! the kernel zeroes each page): for a `[4096, 32000]` gradient that is more time than the fused
+//! kernel itself on a VM. Training calls the loss with the same shapes every step, so the buffer
+//! of the previous step's gradient is handed back here when Burn drops that gradient, and reused:
+//! its pages are already mapped. This is what PyTorch's CUDA caching allocator and XLA's BFC
+//! allocator do for device memory.
+//!
+//! At most [`MAX_CACHED`] buffers of at least [`MIN_BYTES`] are kept (one logits tensor each);
+//! [`clear_buffer_cache`] frees them.
+
+use std::sync::Mutex;
+
+/// Buffers below this size are not worth caching (the allocator serves them from its arenas).
+const MIN_BYTES: usize = 1 << 20;
+/// At most this many idle buffers are kept.
+const MAX_CACHED: usize = 2;
+
+static CACHE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// Owner of a gradient buffer inside a Burn tensor: returns it to the cache when dropped.
+struct Pooled(Vec<f32>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        if let Ok(mut cache) = CACHE.lock()
+            && cache.len() < MAX_CACHED
+        {
+            cache.push(buf);
+        }
+    }
+}
+
+/// A buffer of `n` `f32` whose contents are unspecified (the kernel overwrites every element).
+pub(crate) fn take(n: usize) -> Vec<f32> {
+    if n * 4 >= MIN_BYTES
+        && let Ok(mut cache) = CACHE.lock()
+        && let Some(i) = cache.iter().position(|b| b.len() == n)
+    {
+        return cache.swap_remove(i);
+    }
+    super::kernel::grad_buffer(n)
+}
+
+/// Wraps a buffer from [`take`] as tensor bytes that return to the cache when dropped. Small
+/// buffers are moved in as ordinary bytes.
+pub(crate) fn into_bytes(buf: Vec<f32>) -> burn::tensor::Bytes {
+    if buf.len() * 4 < MIN_BYTES {
+        return burn::tensor::Bytes::from_elems(buf);
+    }
+    burn::tensor::Bytes::from_shared(
+        bytes::Bytes::from_owner(Pooled(buf)),
+        burn::tensor::AllocationProperty::Native,
+    )
+}
+
+/// Frees the gradient buffers the fused CPU kernel keeps for reuse between training steps (at
+/// most two, each the size of one logits tensor). Call it after training to return the memory.
+pub fn clear_buffer_cache() {
+    if let Ok(mut cache) = CACHE.lock() {
+        cache.clear();
+    }
+}
