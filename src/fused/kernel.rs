@@ -816,7 +816,9 @@ mod timing {
     #[test]
     #[ignore]
     fn kernel_timing() {
-        let (r, v) = (4096usize, 32000usize);
+        let shape = std::env::var("KD_TIMING_SHAPE").unwrap_or_else(|_| "4096x32000".into());
+        let (r, v) = shape.split_once('x').expect("RxV");
+        let (r, v): (usize, usize) = (r.parse().expect("rows"), v.parse().expect("vocabulary"));
         let s: Vec<f32> = (0..r * v)
             .map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0)
             .collect();
