@@ -88,7 +88,7 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
     teacher: &Tensor<F>,      // [R, V]
     labels: &Tensor<I>,       // [R]
     weights: &Tensor<F>,      // [R]
-    rows_out: &mut Tensor<F>, // [R, 2]: w · soft_r, w · hard_r
+    rows_out: &mut Tensor<F>, // [2R]: w · soft_r at r, w · hard_r at R + r
     grad: &mut Tensor<F>,     // [R, V] (or [1] when no gradient is written)
     inv_t: f32,
     soft_scale: f32,
@@ -100,7 +100,12 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
     #[comptime] reverse: bool,
     #[define(F, I)] _dtypes: [ElemType; 2],
 ) {
-    let r = CUBE_POS_X as usize;
+    // Linear cube index: the grid may be 2D for more than 65 535 rows.
+    let r = CUBE_POS;
+    let rows = weights.shape(0);
+    if r >= rows {
+        terminate!();
+    }
     let u = UNIT_POS_X as usize;
     let step = CUBE_DIM_X as usize;
     let v = student.shape(1);
@@ -118,8 +123,8 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
             }
         }
         if u == 0 {
-            rows_out[2 * r] = zero;
-            rows_out[2 * r + 1] = zero;
+            rows_out[r] = zero;
+            rows_out[rows + r] = zero;
         }
         terminate!();
     }
@@ -241,7 +246,7 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
     }
 
     if u == 0 {
-        rows_out[2 * r] = w * F::cast_from(soft_scale) * div;
+        rows_out[r] = w * F::cast_from(soft_scale) * div;
         let mut ce = zero;
         if has_hard {
             let lse1 = ln_or_zero::<F>(s1);
@@ -250,7 +255,7 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
                 ce += eps * (lse1 + ms - sum_s / F::cast_from(v as u32));
             }
         }
-        rows_out[2 * r + 1] = w * ce;
+        rows_out[rows + r] = w * ce;
     }
 }
 
@@ -272,7 +277,7 @@ fn run(
     let client = student.client.clone();
     let device = student.device.clone();
     let dtype = student.dtype;
-    let rows_out = empty_device_dtype(client.clone(), device.clone(), Shape::new([r, 2]), dtype);
+    let rows_out = empty_device_dtype(client.clone(), device.clone(), Shape::new([2 * r]), dtype);
     let grad_shape = if want_grad { [r, v] } else { [1, 1] };
     let grad = empty_device_dtype(
         client.clone(),
@@ -283,7 +288,9 @@ fn run(
     if r > 0 {
         kd_rows_kernel::launch(
             &client,
-            CubeCount::Static(r as u32, 1, 1),
+            // One cube per row, spread over the grid's dimensions when the rows exceed the
+            // per-dimension limit of a dispatch (65 535 on wgpu); extra cubes exit at once.
+            cubecl::server::CubeCountSelection::new(&client, r as u32).cube_count(),
             CubeDim::new_1d(CUBE),
             student.into_tensor_arg(),
             teacher.into_tensor_arg(),
@@ -305,13 +312,20 @@ fn run(
             ],
         );
     }
-    // [R, 2] → [1, 2] sums → [total, soft, hard] = sums · [[α, 1, 0], [β, 0, 1]].
-    let sums = CubeBackend::float_sum_dim(rows_out, 0);
-    let mix = CubeBackend::float_from_data(
-        TensorData::new(vec![p.alpha, 1.0, 0.0, p.beta, 0.0, 1.0], [2, 3]).convert_dtype(dtype),
-        &device,
+    // Whole-tensor sums of each half: Burn 0.22's `sum_dim` on wgpu returns 65 532 for 65 535 or
+    // more rows of ones (seen on lavapipe), `sum` is right.
+    let half = |k: usize| {
+        CubeBackend::float_sum(CubeBackend::float_slice(
+            rows_out.clone(),
+            &[burn::tensor::Slice::from(k * r..(k + 1) * r)],
+        ))
+    };
+    let (soft, hard) = (half(0), half(1));
+    let total = CubeBackend::float_add(
+        CubeBackend::float_mul_scalar(soft.clone(), p.alpha.into()),
+        CubeBackend::float_mul_scalar(hard.clone(), p.beta.into()),
     );
-    let values = CubeBackend::float_reshape(CubeBackend::float_matmul(sums, mix), Shape::new([3]));
+    let values = CubeBackend::float_cat(vec![total, soft, hard], 0);
     (values, want_grad.then_some(grad))
 }
 
