@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Groups are `family/shape`, functions `backend-path` (`flex-fused`, `flex-composed`,
-//! `ndarray-composed`, `wgpu-composed`; the fused kernel runs on flex). wgpu without a GPU runs on
+//! `ndarray-composed`, `wgpu-fused`, `wgpu-composed`). wgpu without a GPU runs on
 //! Mesa's software renderer: it is timed on the small shapes only unless `KD_BENCH_LARGE=1`.
 //! `examples/compare_peers.rs` times the same steps against PyTorch and JAX.
 
@@ -43,7 +43,8 @@ fn bench(c: &mut Criterion) {
         group.sample_size(if is_large { 10 } else { 30 });
         let logits = !name.starts_with("hidden") && !name.starts_with("attn");
         for backend in &backends {
-            let paths: &[&str] = if logits && *backend == "flex" {
+            // The fused kernels run on flex (CPU) and wgpu (CubeCL); ndarray has the composed path.
+            let paths: &[&str] = if logits && *backend != "ndarray" {
                 &["fused", "composed"]
             } else {
                 &["composed"]

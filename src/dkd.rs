@@ -98,12 +98,7 @@ pub fn dkd<const D: usize, const DL: usize>(
 ) -> DkdRows {
     let dims = student_logits.dims();
     assert_same_shape(&dims, &teacher_logits.dims());
-    assert!(
-        DL + 1 == D && labels.dims()[..] == dims[..D - 1],
-        "labels: shape {:?} does not match logits shape {:?} without its last dimension",
-        labels.dims(),
-        dims
-    );
+    crate::logits::hard::assert_label_shape(&labels, &dims);
     for (name, v) in [("alpha", alpha), ("beta", beta)] {
         if let Err(e) = check_nonneg(name, v) {
             panic!("{e}");

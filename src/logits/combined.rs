@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor};
 use crate::combine::LossTerms;
 use crate::error::{KdError, check_range};
 use crate::fused::kernel::SoftKind;
-use crate::logits::hard::{CrossEntropyOptions, check_labels, cross_entropy};
+use crate::logits::hard::{CrossEntropyOptions, assert_label_shape, check_labels, cross_entropy};
 use crate::logits::soft::{T2Scaling, assert_same_shape, soft_kl};
 use crate::reduction::{Reduction, RowMask};
 use crate::temperature::Temperature;
@@ -159,12 +159,7 @@ pub fn distillation_loss<const D: usize, const DL: usize>(
     if crate::fused::fused_available(&student_logits) {
         let dims = student_logits.dims();
         assert_same_shape(&dims, &teacher_logits.dims());
-        assert!(
-            DL + 1 == D && labels.dims()[..] == dims[..D - 1],
-            "labels: shape {:?} does not match logits shape {:?} without its last dimension",
-            labels.dims(),
-            dims
-        );
+        assert_label_shape(&labels, &dims);
         if let Err(e) = check_labels(&labels, dims[D - 1], Some(loss.ignore_index)) {
             panic!("labels: {e}");
         }

@@ -64,6 +64,18 @@ pub fn check_labels<const D: usize>(
     Ok(())
 }
 
+/// Panics unless `labels` has the logits' leading shape (`[N]` for `[N, C]`, `[B, S]` for
+/// `[B, S, C]`), naming both shapes.
+pub(crate) fn assert_label_shape<const DL: usize>(labels: &Tensor<DL, Int>, logits_dims: &[usize]) {
+    let d = logits_dims.len();
+    assert!(
+        DL + 1 == d && labels.dims()[..] == logits_dims[..d - 1],
+        "labels: shape {:?} does not match logits shape {:?} without its last dimension",
+        labels.dims(),
+        logits_dims
+    );
+}
+
 /// Cross-entropy with integer labels per row, PyTorch `F.cross_entropy` semantics.
 ///
 /// ```text
@@ -104,12 +116,7 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
     options: &CrossEntropyOptions,
 ) -> RowLoss {
     let dims = logits.dims();
-    assert!(
-        DL + 1 == D && labels.dims()[..] == dims[..D - 1],
-        "labels: shape {:?} does not match logits shape {:?} without its last dimension",
-        labels.dims(),
-        dims
-    );
+    assert_label_shape(&labels, &dims);
     let eps = options.label_smoothing;
     if let Err(e) = check_range("label_smoothing", eps, 0.0, 1.0) {
         panic!("{e}");
