@@ -177,7 +177,8 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
     let inv_st = recip_or_one::<F>(st);
     let inv_ss = recip_or_one::<F>(ss);
     let inv_s1 = recip_or_one::<F>(s1);
-    let c0 = (ms - mt) * inv_t + (ln_or_zero::<F>(ss) - ln_or_zero::<F>(st));
+    // log p − log q = ((t − mt) − (s − ms))/T + ln Ss − ln St, shifted as in the sums.
+    let dln = ln_or_zero::<F>(ss) - ln_or_zero::<F>(st);
     let cs = F::cast_from(coef_soft) * w * F::cast_from(soft_scale) * inv_t;
     let ch = F::cast_from(coef_hard) * w;
     let eps = F::cast_from(smoothing);
@@ -193,7 +194,7 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
     while i < v {
         let sv = student[base + i];
         let tv = teacher[base + i];
-        let d = (tv - sv) * inv_t + c0;
+        let d = ((tv - mt) - (sv - ms)) * inv_t + dln;
         let pt = F::exp((tv - mt) * inv_t) * inv_st;
         let qs = F::exp((sv - ms) * inv_t) * inv_ss;
         if reverse {
@@ -227,7 +228,7 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
         while i < v {
             let sv = student[base + i];
             let tv = teacher[base + i];
-            let d = (tv - sv) * inv_t + c0;
+            let d = ((tv - mt) - (sv - ms)) * inv_t + dln;
             let qs = F::exp((sv - ms) * inv_t) * inv_ss;
             let mut g = cs * qs * (zero - d - div);
             if qs == zero {

@@ -152,13 +152,14 @@ fn pass_b_block<const FMA: bool, const E1: bool, const SUM_S: bool>(
     es: &mut Block,
     e1: &mut Block,
     acc: &mut [Block; 4],
-    k: (f32, f32, f32, f32),
+    k: (f32, f32, f32),
     int_pow: u32,
 ) {
-    let (inv_t, mtt, mst, ms) = k;
+    let (inv_t, mt, ms) = k;
     for i in 0..LANES {
-        let a = exp_nonpos::<FMA>(fmadd::<FMA>(t[i], inv_t, -mtt));
-        let c = exp_nonpos::<FMA>(fmadd::<FMA>(s[i], inv_t, -mst));
+        // Shift, then scale (as the composed path does): the maximum maps to exactly 0.
+        let a = exp_nonpos::<FMA>((t[i] - mt) * inv_t);
+        let c = exp_nonpos::<FMA>((s[i] - ms) * inv_t);
         et[i] = a;
         es[i] = c;
         acc[0][i] += a;
@@ -194,7 +195,9 @@ fn pass_c_fwd_block<const FMA: bool, const G: bool, const HARD: bool>(
     // Σ p (log p − log q) = (1/S_t) Σ e_t · d, scaled after the row. Kept as simple loops: LLVM's
     // SLP vectoriser packs each into AVX lanes, which it does not do for one fused body.
     for i in 0..LANES {
-        let d = fmadd::<FMA>(t[i] - s[i], k.inv_t, k.c0);
+        // Not fused: with an unrounded product, (t − s)/T and c0 = (ms − mt)/T + … would not
+        // cancel exactly where they should (a one-class row gives exactly 0, as composed).
+        let d = (t[i] - s[i]) * k.inv_t + k.c0;
         let m = et[i] * d;
         acc[i] += if et[i] != 0.0 { m } else { 0.0 };
     }
@@ -204,7 +207,9 @@ fn pass_c_fwd_block<const FMA: bool, const G: bool, const HARD: bool>(
         let (c, d) = (k.coef_h * k.inv_s1, -k.coef_h * k.smooth_c);
         if HARD {
             for i in 0..LANES {
-                g[i] = fmadd::<FMA>(es[i], a, fmadd::<FMA>(et[i], b, fmadd::<FMA>(e1[i], c, d)));
+                // Soft and hard parts apart, as in the composed path: each is exactly 0 where its
+                // two distributions agree (q = p; q₁ = onehot), with no cross-term rounding.
+                g[i] = fmadd::<FMA>(es[i], a, et[i] * b) + fmadd::<FMA>(e1[i], c, d);
             }
         } else {
             for i in 0..LANES {
@@ -326,7 +331,7 @@ fn row<const FMA: bool>(
         &mut scratch.e1[..],
     );
     let mut acc = [[0.0f32; LANES]; 4];
-    let k = (inv_t, mt * inv_t, ms * inv_t, ms);
+    let k = (inv_t, mt, ms);
     let (s_tail, t_tail) = (pad(&s[tail..]), pad(&t[tail..]));
     let nb = vp / LANES;
     let mut nms8 = [f32::NEG_INFINITY; LANES];
@@ -386,7 +391,7 @@ fn row<const FMA: bool>(
     let (ln_st, ln_ss) = (ln_or_zero(st), ln_or_zero(ss));
     let kc = PassC {
         inv_t,
-        // log p − log q = (t − s)/T − (mt − ms)/T − ln St + ln Ss
+        // log p − log q = (t − s)/T + c0, c0 = (ms − mt)/T + ln Ss − ln St
         c0: (ms - mt) * inv_t + (ln_ss - ln_st),
         inv_st: recip_or_one(st),
         inv_ss: recip_or_one(ss),
