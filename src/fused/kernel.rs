@@ -268,6 +268,31 @@ struct PassC {
     smooth_c: f32,
 }
 
+/// Block `b` of a row of logits, or the padded tail block past the last whole block.
+#[inline(always)]
+fn logit_block<'a>(x: &'a [f32], padded_tail: &'a Block, b: usize, tail: usize) -> &'a Block {
+    if b * LANES < tail {
+        blk(&x[b * LANES..b * LANES + LANES])
+    } else {
+        padded_tail
+    }
+}
+
+/// Block `b` of a gradient row, or the tail buffer (copied back after the passes).
+#[inline(always)]
+fn grad_block<'a>(
+    g: &'a mut [f32],
+    tail_buf: &'a mut Block,
+    b: usize,
+    tail: usize,
+) -> &'a mut Block {
+    if b * LANES < tail {
+        blk_mut(&mut g[b * LANES..b * LANES + LANES])
+    } else {
+        tail_buf
+    }
+}
+
 /// Pads a tail of fewer than [`LANES`] elements into blocks: student and teacher with `-inf`
 /// (probability 0, no contribution), so the tail runs through the same block code.
 fn pad(x: &[f32]) -> Block {
@@ -347,14 +372,10 @@ fn row<const FMA: bool>(
                 &nt[b * LANES..b * LANES + LANES],
             );
         }
-        let (sb, tb) = if b * LANES < tail {
-            (
-                blk(&s[b * LANES..b * LANES + LANES]),
-                blk(&t[b * LANES..b * LANES + LANES]),
-            )
-        } else {
-            (&s_tail, &t_tail)
-        };
+        let (sb, tb) = (
+            logit_block(s, &s_tail, b, tail),
+            logit_block(t, &t_tail, b, tail),
+        );
         let etb = blk_mut(&mut et[b * LANES..b * LANES + LANES]);
         let esb = blk_mut(&mut es[b * LANES..b * LANES + LANES]);
         let e1b = if need_e1 {
@@ -407,26 +428,17 @@ fn row<const FMA: bool>(
     let mut gtail = [0.0f32; LANES];
     let mut grad = grad;
     for b in 0..nb {
-        let full = b * LANES < tail;
-        let (sb, tb) = if full {
-            (
-                blk(&s[b * LANES..b * LANES + LANES]),
-                blk(&t[b * LANES..b * LANES + LANES]),
-            )
-        } else {
-            (&s_tail, &t_tail)
-        };
+        let (sb, tb) = (
+            logit_block(s, &s_tail, b, tail),
+            logit_block(t, &t_tail, b, tail),
+        );
         let etb = blk(&et[b * LANES..b * LANES + LANES]);
         let esb = blk(&es[b * LANES..b * LANES + LANES]);
         let e1b = blk(&e1[b * LANES..b * LANES + LANES]);
         match p.kind {
             SoftKind::ForwardKl => match grad.as_deref_mut() {
                 Some(g) => {
-                    let gb = if full {
-                        blk_mut(&mut g[b * LANES..b * LANES + LANES])
-                    } else {
-                        &mut gtail
-                    };
+                    let gb = grad_block(g, &mut gtail, b, tail);
                     if hard {
                         pass_c_fwd_block::<FMA, true, true>(
                             sb, tb, etb, esb, e1b, gb, &mut dacc, &kc,
@@ -453,22 +465,13 @@ fn row<const FMA: bool>(
     // Pass D (reverse KL only): ∂/∂s_j = q_j (log q_j − log p_j − D) / T.
     if let (Some(g), SoftKind::ReverseKl) = (grad.as_deref_mut(), p.kind) {
         for b in 0..nb {
-            let full = b * LANES < tail;
-            let (sb, tb) = if full {
-                (
-                    blk(&s[b * LANES..b * LANES + LANES]),
-                    blk(&t[b * LANES..b * LANES + LANES]),
-                )
-            } else {
-                (&s_tail, &t_tail)
-            };
+            let (sb, tb) = (
+                logit_block(s, &s_tail, b, tail),
+                logit_block(t, &t_tail, b, tail),
+            );
             let esb = blk(&es[b * LANES..b * LANES + LANES]);
             let e1b = blk(&e1[b * LANES..b * LANES + LANES]);
-            let gb = if full {
-                blk_mut(&mut g[b * LANES..b * LANES + LANES])
-            } else {
-                &mut gtail
-            };
+            let gb = grad_block(g, &mut gtail, b, tail);
             if hard {
                 pass_d_block::<true>(sb, tb, esb, e1b, gb, div, &kc);
             } else {
