@@ -19,6 +19,14 @@ pub fn device_for(imp: &str) -> Device {
     }
 }
 
+/// A `*-fused` implementation must really run the fused kernel on its device.
+fn assert_fused_runs(composed: bool, imp: &str, logits: &Tensor<2>) {
+    assert!(
+        composed || kd_losses::fused::fused_available(logits),
+        "{imp}: the fused kernel does not run on this device"
+    );
+}
+
 /// One timed step: forward + backward + device sync.
 pub type Step = Box<dyn FnMut()>;
 
@@ -39,12 +47,7 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
             .with_temperature(2.0)
             .with_alpha(0.5)
             .init();
-        if !composed {
-            assert!(
-                kd_losses::fused::fused_available(&s),
-                "{imp}: the fused kernel does not run on this device"
-            );
-        }
+        assert_fused_runs(composed, imp, &s);
         let dev = dev.clone();
         return Box::new(move || {
             let s = s.clone().require_grad();
@@ -75,12 +78,7 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
             Divergence::ReverseKl
         };
         let temp = Temperature::new(2.0).expect("valid temperature");
-        if !composed {
-            assert!(
-                kd_losses::fused::fused_available(&s),
-                "{imp}: the fused kernel does not run on this device"
-            );
-        }
+        assert_fused_runs(composed, imp, &s);
         let dev = dev.clone();
         return Box::new(move || {
             let s = s.clone().require_grad();

@@ -870,16 +870,7 @@ impl DivergenceLoss {
         student_logits: Tensor<D>,
         teacher_logits: Tensor<D>,
     ) -> RowLoss {
-        let c = &self.config;
-        let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
-        let d = c.divergence().unwrap_or_else(|e| panic!("{e}"));
-        let (s, te) =
-            align_vocab(student_logits, teacher_logits, c.vocab).unwrap_or_else(|e| panic!("{e}"));
-        let scaling = if c.t2_scaling {
-            T2Scaling::On
-        } else {
-            T2Scaling::Off
-        };
+        let (s, te, d, t, scaling) = self.prepare(student_logits, teacher_logits);
         divergence(s, te, d, t, scaling)
     }
 
@@ -911,6 +902,21 @@ impl DivergenceLoss {
         self.reduced(student_logits, teacher_logits, Some(mask), reduction)
     }
 
+    /// Validated configuration and vocabulary-aligned logits.
+    #[allow(clippy::type_complexity)]
+    fn prepare<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>, Divergence, Temperature, T2Scaling) {
+        let c = &self.config;
+        let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
+        let d = c.divergence().unwrap_or_else(|e| panic!("{e}"));
+        let (s, te) =
+            align_vocab(student_logits, teacher_logits, c.vocab).unwrap_or_else(|e| panic!("{e}"));
+        (s, te, d, t, T2Scaling::from_flag(c.t2_scaling))
+    }
+
     /// Forward and reverse KL go through the fused kernel where it runs ([`crate::fused`]);
     /// the other divergences through the composed path.
     fn reduced<const D: usize>(
@@ -920,16 +926,7 @@ impl DivergenceLoss {
         mask: Option<&RowMask>,
         reduction: Reduction,
     ) -> Tensor<1> {
-        let c = &self.config;
-        let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
-        let d = c.divergence().unwrap_or_else(|e| panic!("{e}"));
-        let (s, te) =
-            align_vocab(student_logits, teacher_logits, c.vocab).unwrap_or_else(|e| panic!("{e}"));
-        let scaling = if c.t2_scaling {
-            T2Scaling::On
-        } else {
-            T2Scaling::Off
-        };
+        let (s, te, d, t, scaling) = self.prepare(student_logits, teacher_logits);
         crate::fused::soft_loss(s, te, d, t, scaling, mask, reduction)
     }
 }

@@ -237,11 +237,7 @@ impl DkdLoss {
     ) -> DkdRows {
         let c = &self.config;
         let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
-        let scaling = if c.t2_scaling {
-            T2Scaling::On
-        } else {
-            T2Scaling::Off
-        };
+        let scaling = T2Scaling::from_flag(c.t2_scaling);
         dkd(
             student_logits,
             teacher_logits,

@@ -500,11 +500,7 @@ impl SparseKdLoss {
     ) -> RowLoss {
         let c = &self.config;
         let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
-        let scaling = if c.t2_scaling {
-            T2Scaling::On
-        } else {
-            T2Scaling::Off
-        };
+        let scaling = T2Scaling::from_flag(c.t2_scaling);
         let options = SparseOptions {
             missing_mass: c.missing_mass,
             student_norm: c.student_norm,

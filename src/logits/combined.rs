@@ -150,12 +150,7 @@ pub fn distillation_loss<const D: usize, const DL: usize>(
     loss: &DistillationLoss,
     reduction: Reduction,
 ) -> DistillationOutput {
-    let t = Temperature::new(loss.temperature).unwrap_or_else(|e| panic!("{e}"));
-    let scaling = if loss.t2_scaling {
-        T2Scaling::On
-    } else {
-        T2Scaling::Off
-    };
+    let (t, scaling) = loss.parts();
     if crate::fused::fused_available(&student_logits) {
         let dims = student_logits.dims();
         assert_same_shape(&dims, &teacher_logits.dims());
@@ -214,12 +209,7 @@ pub fn distillation_loss_composed<const D: usize, const DL: usize>(
     loss: &DistillationLoss,
     reduction: Reduction,
 ) -> DistillationOutput {
-    let t = Temperature::new(loss.temperature).unwrap_or_else(|e| panic!("{e}"));
-    let scaling = if loss.t2_scaling {
-        T2Scaling::On
-    } else {
-        T2Scaling::Off
-    };
+    let (t, scaling) = loss.parts();
     let options = CrossEntropyOptions {
         ignore_index: Some(loss.ignore_index),
         label_smoothing: loss.label_smoothing,
@@ -243,6 +233,12 @@ pub fn distillation_loss_composed<const D: usize, const DL: usize>(
 }
 
 impl DistillationLoss {
+    /// The validated temperature and the `T²` choice.
+    fn parts(&self) -> (Temperature, T2Scaling) {
+        let t = Temperature::new(self.temperature).unwrap_or_else(|e| panic!("{e}"));
+        (t, T2Scaling::from_flag(self.t2_scaling))
+    }
+
     /// See [`distillation_loss`].
     ///
     /// # Panics

@@ -23,6 +23,11 @@ pub enum T2Scaling {
 }
 
 impl T2Scaling {
+    /// `On` for `true` (the configs' `t2_scaling` field).
+    pub(crate) fn from_flag(on: bool) -> Self {
+        if on { T2Scaling::On } else { T2Scaling::Off }
+    }
+
     pub(crate) fn factor(self, t: Temperature) -> f64 {
         match self {
             T2Scaling::On => t.squared(),
@@ -161,11 +166,7 @@ pub struct SoftKlLoss {
 impl SoftKlLoss {
     fn parts(&self) -> (Temperature, T2Scaling) {
         let t = Temperature::new(self.temperature).unwrap_or_else(|e| panic!("{e}"));
-        let s = if self.t2_scaling {
-            T2Scaling::On
-        } else {
-            T2Scaling::Off
-        };
+        let s = T2Scaling::from_flag(self.t2_scaling);
         (t, s)
     }
 
