@@ -54,6 +54,7 @@ mod ext;
 pub(crate) mod kernel;
 #[cfg(feature = "flex")]
 mod pool;
+mod simd;
 
 #[cfg(feature = "flex")]
 pub use pool::clear_buffer_cache;

@@ -7,13 +7,16 @@
 //! its pages are already mapped. This is what PyTorch's CUDA caching allocator and XLA's BFC
 //! allocator do for device memory.
 //!
-//! At most [`MAX_CACHED`] buffers of at least [`MIN_BYTES`] are kept (one logits tensor each);
-//! [`clear_buffer_cache`] frees them.
+//! At most [`MAX_CACHED`] buffers of at least [`MIN_BYTES`] are kept (one logits tensor each;
+//! a new size replaces the least recently returned one); [`clear_buffer_cache`] frees them.
+//! Small buffers count too: a fresh 1 MB gradient (`[256, 1000]`) costs more in page faults
+//! than the kernel computing it.
 
 use std::sync::Mutex;
 
-/// Buffers below this size are not worth caching (the allocator serves them from its arenas).
-const MIN_BYTES: usize = 1 << 20;
+/// Buffers below this size are not worth caching (the allocator serves them from its arenas
+/// without page faults).
+const MIN_BYTES: usize = 64 << 10;
 /// At most this many idle buffers are kept.
 const MAX_CACHED: usize = 2;
 
@@ -31,9 +34,10 @@ impl AsRef<[u8]> for Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.0);
-        if let Ok(mut cache) = CACHE.lock()
-            && cache.len() < MAX_CACHED
-        {
+        if let Ok(mut cache) = CACHE.lock() {
+            if cache.len() == MAX_CACHED {
+                cache.remove(0);
+            }
             cache.push(buf);
         }
     }
@@ -45,7 +49,7 @@ pub(crate) fn take(n: usize) -> Vec<f32> {
         && let Ok(mut cache) = CACHE.lock()
         && let Some(i) = cache.iter().position(|b| b.len() == n)
     {
-        return cache.swap_remove(i);
+        return cache.remove(i);
     }
     super::kernel::grad_buffer(n)
 }
