@@ -541,10 +541,11 @@ fn rows_block_best(
     rows_block(Portable, s, t, labels, weights, v, p, grad)
 }
 
-/// Number of worker threads for `elements` logits: 1 below ~64 Ki elements (thread start-up
-/// costs more than it saves), else the machine's parallelism (`KD_NUM_THREADS` overrides).
+/// Number of row blocks run in parallel for `elements` logits: 1 below 32 Ki elements (waking a
+/// pool thread costs more than it saves), else the machine's parallelism (`KD_NUM_THREADS`
+/// overrides; the blocks run on rayon's global pool, sized by `RAYON_NUM_THREADS`).
 fn threads_for(elements: usize, rows: usize) -> usize {
-    if elements < (1 << 16) || rows < 2 {
+    if elements < (1 << 15) || rows < 2 {
         return 1;
     }
     let n = std::env::var("KD_NUM_THREADS")
@@ -658,43 +659,59 @@ pub(crate) fn run_rows(
             &[]
         }
     };
-    std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(n);
-        match grad {
-            Some(g) => {
-                for (i, gb) in g.chunks_mut(per * v).enumerate() {
-                    let (a, b) = (i * per, ((i + 1) * per).min(r));
-                    let (sb, tb, wb, lb) = (
-                        &s[a * v..b * v],
-                        &t[a * v..b * v],
-                        &weights[a..b],
-                        label_block(i),
-                    );
-                    handles
-                        .push(scope.spawn(move || rows_block_best(sb, tb, lb, wb, v, p, Some(gb))));
-                }
-            }
-            None => {
-                for i in 0..r.div_ceil(per) {
-                    let (a, b) = (i * per, ((i + 1) * per).min(r));
-                    let (sb, tb, wb, lb) = (
-                        &s[a * v..b * v],
-                        &t[a * v..b * v],
-                        &weights[a..b],
-                        label_block(i),
-                    );
-                    handles.push(scope.spawn(move || rows_block_best(sb, tb, lb, wb, v, p, None)));
-                }
-            }
+    let blocks = r.div_ceil(per);
+    let mut grads: Vec<Option<&mut [f32]>> = match grad {
+        Some(g) => g.chunks_mut(per * v).map(Some).collect(),
+        None => (0..blocks).map(|_| None).collect(),
+    };
+    let mut results = vec![RowValues::default(); blocks];
+    let run_block = |i: usize, g: Option<&mut [f32]>| {
+        let (a, b) = (i * per, ((i + 1) * per).min(r));
+        rows_block_best(
+            &s[a * v..b * v],
+            &t[a * v..b * v],
+            label_block(i),
+            &weights[a..b],
+            v,
+            p,
+            g,
+        )
+    };
+    in_parallel(&mut results, &mut grads, &run_block);
+    results
+        .iter()
+        .fold(RowValues::default(), |acc, rv| RowValues {
+            soft: acc.soft + rv.soft,
+            hard: acc.hard + rv.hard,
+        })
+}
+
+/// Runs `f(i, grads[i])` for every block `i` into `results[i]`: block 0 on the calling thread,
+/// the others on rayon's global pool (threads that outlive the call).
+#[cfg(feature = "flex")]
+fn in_parallel<'g, F>(results: &mut [RowValues], grads: &mut [Option<&'g mut [f32]>], f: &F)
+where
+    F: Fn(usize, Option<&'g mut [f32]>) -> RowValues + Sync,
+{
+    let (first, rest) = results.split_first_mut().expect("at least one block");
+    rayon_core::scope(|scope| {
+        for (i, (res, g)) in rest.iter_mut().zip(grads[1..].iter_mut()).enumerate() {
+            let g = g.take();
+            scope.spawn(move |_| *res = f(i + 1, g));
         }
-        let mut acc = RowValues::default();
-        for h in handles {
-            let rv = h.join().expect("kd-losses fused kernel worker panicked");
-            acc.soft += rv.soft;
-            acc.hard += rv.hard;
-        }
-        acc
-    })
+        *first = f(0, grads[0].take());
+    });
+}
+
+/// Without the `flex` feature (no CPU backend to serve) the blocks run one after the other.
+#[cfg(not(feature = "flex"))]
+fn in_parallel<'g, F>(results: &mut [RowValues], grads: &mut [Option<&'g mut [f32]>], f: &F)
+where
+    F: Fn(usize, Option<&'g mut [f32]>) -> RowValues + Sync,
+{
+    for (i, (res, g)) in results.iter_mut().zip(grads.iter_mut()).enumerate() {
+        *res = f(i, g.take());
+    }
 }
 
 #[cfg(test)]
