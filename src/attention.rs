@@ -173,6 +173,18 @@ fn mse_core(
         check_mask(m, sd[0], sd[2]);
     }
     let (mut s, mut t) = reduce_heads(names.0, student, names.1, teacher.detach(), heads);
+    if threshold.is_none() && padding_mask.is_none() {
+        // Kept lazily: a reduction runs the fused squared-error kernel where it exists.
+        let [b, h, q, k] = s.dims();
+        return RowLoss::squares(
+            s.reshape([b * h * q, k]),
+            t.reshape([b * h * q, k]),
+            &[b, h, q, k],
+            1,
+            zero_inf,
+            true,
+        );
+    }
     if let Some(th) = threshold {
         s = s.clone().mask_fill(s.lower_equal_elem(th), 0.0);
         t = t.clone().mask_fill(t.lower_equal_elem(th), 0.0);

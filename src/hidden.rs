@@ -267,9 +267,7 @@ pub fn hidden_mse<const D: usize>(student_hidden: Tensor<D>, teacher_hidden: Ten
     assert_same_hidden(&student_hidden.dims(), &teacher_hidden.dims());
     let (s, rows, d) = flatten_rows(student_hidden);
     let (t, _, _) = flatten_rows(teacher_hidden.detach());
-    let n = s.dims()[0];
-    let v = s.sub(t).square().sum_dim(1).reshape([n]);
-    RowLoss::new(v, &rows, d)
+    RowLoss::squares(s, t, &rows, d, false, false)
 }
 
 /// Cosine distance per token (DistilBERT): `r = 1 − cos(h_s, h_t)`.

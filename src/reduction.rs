@@ -157,9 +157,14 @@ pub(crate) fn assert_same_dims(name: &str, got: &[usize], expected: &[usize]) {
 /// One loss value per row, with what its reductions need to know.
 ///
 /// Rows are flattened in row-major order of the leading dimensions.
+///
+/// The squared-error losses (hidden-state and attention-map MSE) keep their inputs instead of
+/// computing the rows up front where the fused CPU kernel runs ([`crate::fused`]): a
+/// [`reduce`](Self::reduce) then computes the reduced loss and its gradient in one pass, and
+/// [`values`](Self::values) computes the rows on demand. Results are the same either way.
 #[derive(Debug, Clone)]
 pub struct RowLoss {
-    values: Tensor<1>,
+    values: Values,
     row_dims: Vec<usize>,
     row_size: usize,
     weights: Option<Tensor<1>>,
@@ -178,10 +183,58 @@ impl RowLoss {
             values.dims()
         );
         RowLoss {
-            values,
+            values: Values::Ready(values),
             row_dims: row_dims.to_vec(),
             row_size,
             weights: None,
+        }
+    }
+
+    /// Rows of squared differences of `student` and `teacher` (`[M, K]`, the teacher detached),
+    /// evaluated lazily: `per_element` makes every entry a row (`R = M·K`, `row_size = 1`,
+    /// attention maps), otherwise each of the `M` rows sums its `K` squares (hidden states).
+    /// With `zero_inf`, entries that are `±inf` in either input count as 0 in both.
+    pub(crate) fn squares(
+        student: Tensor<2>,
+        teacher: Tensor<2>,
+        row_dims: &[usize],
+        row_size: usize,
+        zero_inf: bool,
+        per_element: bool,
+    ) -> Self {
+        let sq = SquaredRows {
+            student,
+            teacher: teacher.detach(),
+            zero_inf,
+            per_element,
+            keep: None,
+        };
+        if !crate::fused::sq_available(&sq.student) {
+            return RowLoss::new(sq.values(), row_dims, row_size);
+        }
+        RowLoss {
+            values: Values::Squares(sq),
+            row_dims: row_dims.to_vec(),
+            row_size,
+            weights: None,
+        }
+    }
+
+    /// The rows as a tensor, computing them if they were kept lazily.
+    fn materialized(self) -> Self {
+        match self.values {
+            Values::Squares(sq) => RowLoss {
+                values: Values::Ready(sq.values()),
+                ..self
+            },
+            Values::Ready(_) => self,
+        }
+    }
+
+    fn ready(&self) -> Tensor<1> {
+        match &self.values {
+            Values::Ready(v) => v.clone(),
+            Values::Squares(sq) => sq.values(),
         }
     }
 
@@ -202,15 +255,35 @@ impl RowLoss {
         assert_same_dims("mask", &mask.dims, &self.row_dims);
         let keep = mask.mask.clone();
         let drop = keep.clone().bool_not();
-        let values = self.values.mask_fill(drop.clone(), 0.0);
-        let weights = match self.weights {
+        let this = match self.values {
+            // Row-aligned squares stay lazy: the kernel takes the mask as row weights.
+            Values::Squares(sq) if !sq.per_element => {
+                let keep = match &sq.keep {
+                    Some(k) => k.clone().bool_and(keep.clone()),
+                    None => keep.clone(),
+                };
+                RowLoss {
+                    values: Values::Squares(SquaredRows {
+                        keep: Some(keep),
+                        ..sq
+                    }),
+                    ..self
+                }
+            }
+            values => RowLoss { values, ..self }.materialized(),
+        };
+        let values = match this.values {
+            Values::Ready(v) => Values::Ready(v.mask_fill(drop.clone(), 0.0)),
+            lazy => lazy,
+        };
+        let weights = match this.weights {
             Some(w) => w.mask_fill(drop, 0.0),
             None => keep.float(),
         };
         RowLoss {
             values,
-            row_dims: self.row_dims,
-            row_size: self.row_size,
+            row_dims: this.row_dims,
+            row_size: this.row_size,
             weights: Some(weights),
         }
     }
@@ -225,7 +298,7 @@ impl RowLoss {
 
     /// The per-row values, `[R]` (`0` at masked rows): PyTorch's `reduction="none"`.
     pub fn values(&self) -> Tensor<1> {
-        self.values.clone()
+        self.ready()
     }
 
     /// The per-row values reshaped to the rows' shape (`[B, S]` for `[B, S, V]` logits).
@@ -239,7 +312,7 @@ impl RowLoss {
             self.row_dims
         );
         let dims: [usize; D] = core::array::from_fn(|i| self.row_dims[i]);
-        self.values.reshape(dims)
+        self.ready().reshape(dims)
     }
 
     /// The rows' shape.
@@ -268,7 +341,10 @@ impl RowLoss {
                 total.mask_fill(zero, 1.0)
             }
             None => {
-                let device = self.values.device();
+                let device = match &self.values {
+                    Values::Ready(v) => v.device(),
+                    Values::Squares(sq) => sq.student.device(),
+                };
                 Tensor::<1>::from_floats([self.num_rows().max(1) as f32], &device)
             }
         }
@@ -276,24 +352,98 @@ impl RowLoss {
 
     /// Reduces the rows to a scalar `[1]`; see [`Reduction`] for each denominator.
     pub fn reduce(self, reduction: Reduction) -> Tensor<1> {
+        #[cfg(feature = "flex")]
+        if let Values::Squares(sq) = &self.values {
+            return sq.reduce_fused(&self.row_dims, self.row_size, reduction);
+        }
+        let this = self.materialized();
+        let values = this.ready();
         match reduction {
-            Reduction::Sum => self.values.sum(),
+            Reduction::Sum => values.sum(),
             Reduction::Mean => {
-                let den = self.mean_denominator();
-                self.values.sum().div(den)
+                let den = this.mean_denominator();
+                values.sum().div(den)
             }
             Reduction::BatchMean => {
-                let b = self.row_dims.first().copied().unwrap_or(1).max(1);
-                self.values.sum().div_scalar(b as f64)
+                let b = this.row_dims.first().copied().unwrap_or(1).max(1);
+                values.sum().div_scalar(b as f64)
             }
             Reduction::ElementMean => {
-                let den = self
+                let den = this
                     .mean_denominator()
-                    .mul_scalar(self.row_size.max(1) as f64);
-                self.values.sum().div(den)
+                    .mul_scalar(this.row_size.max(1) as f64);
+                values.sum().div(den)
             }
-            Reduction::Normalizer(n) => self.values.sum().div_scalar(n.get()),
+            Reduction::Normalizer(n) => values.sum().div_scalar(n.get()),
         }
+    }
+}
+
+/// The rows of a [`RowLoss`]: computed, or squared differences kept for the fused kernel.
+#[derive(Debug, Clone)]
+enum Values {
+    Ready(Tensor<1>),
+    Squares(SquaredRows),
+}
+
+/// Squared differences of `[M, K]` maps, not yet computed (see [`RowLoss::squares`]).
+#[derive(Debug, Clone)]
+struct SquaredRows {
+    student: Tensor<2>,
+    teacher: Tensor<2>,
+    zero_inf: bool,
+    per_element: bool,
+    /// Kept rows (only for row-aligned squares).
+    keep: Option<Tensor<1, Bool>>,
+}
+
+impl SquaredRows {
+    /// The rows, composed: `[M·K]` per element or `[M]` row sums, `0` at dropped rows.
+    fn values(&self) -> Tensor<1> {
+        let (mut s, mut t) = (self.student.clone(), self.teacher.clone());
+        if self.zero_inf {
+            let inf = s.clone().is_inf().bool_or(t.clone().is_inf());
+            s = s.mask_fill(inf.clone(), 0.0);
+            t = t.mask_fill(inf, 0.0);
+        }
+        let sq = s.sub(t).square();
+        let [m, k] = sq.dims();
+        let v = if self.per_element {
+            sq.reshape([m * k])
+        } else {
+            sq.sum_dim(1).reshape([m])
+        };
+        match &self.keep {
+            Some(keep) => v.mask_fill(keep.clone().bool_not(), 0.0),
+            None => v,
+        }
+    }
+
+    /// The reduced loss through the fused kernel: per-row weights from the reduction (and the
+    /// mask), exactly as [`RowLoss::reduce`] divides.
+    #[cfg(feature = "flex")]
+    fn reduce_fused(&self, row_dims: &[usize], row_size: usize, reduction: Reduction) -> Tensor<1> {
+        let device = self.student.device();
+        let m = self.student.dims()[0];
+        let weights = if self.per_element {
+            let r = row_dims.iter().product::<usize>().max(1) as f64;
+            let c = match reduction {
+                Reduction::Sum => 1.0,
+                Reduction::Mean => 1.0 / r,
+                Reduction::BatchMean => 1.0 / row_dims.first().copied().unwrap_or(1).max(1) as f64,
+                Reduction::ElementMean => 1.0 / (r * row_size.max(1) as f64),
+                Reduction::Normalizer(n) => 1.0 / n.get(),
+            };
+            Tensor::<1>::full([m], c, &device)
+        } else {
+            crate::fused::row_weights(self.keep.clone(), row_dims, row_size, reduction, &device)
+        };
+        crate::fused::sq_reduced(
+            self.student.clone(),
+            self.teacher.clone(),
+            weights,
+            self.zero_inf,
+        )
     }
 }
 

@@ -38,6 +38,28 @@ pub(crate) trait KdFusedBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
+/// Fused squared-error operation over `[R, K]` student and teacher maps (hidden states,
+/// attention maps): output `[1]` = `Σ_r w_r Σ_k (s − t)²` (`±inf` entries count as 0 with
+/// `zero_inf`). CPU only: the CubeCL backends run the composed path.
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff: cfg(feature = "autodiff"))]
+pub(crate) trait KdSqBackend: Backend {
+    /// The value only.
+    fn kd_sq_value(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        zero_inf: bool,
+    ) -> FloatTensor<Self>;
+
+    /// The value and its gradient w.r.t. the student, `[R, K]`.
+    fn kd_sq_value_grad(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        zero_inf: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
 #[cfg(feature = "flex")]
 mod flex {
     use super::*;
@@ -112,6 +134,52 @@ mod flex {
             ))
         });
         (values, grad)
+    }
+
+    fn run_sq(
+        student: FlexFloat,
+        teacher: FlexFloat,
+        weights: FlexFloat,
+        zero_inf: bool,
+        want_grad: bool,
+    ) -> (FlexFloat, Option<FlexFloat>) {
+        let dims = student.shape().dims::<2>();
+        let (r, k) = (dims[0], dims[1]);
+        let s = contiguous_f32(&student);
+        let t = contiguous_f32(&teacher);
+        let w = contiguous_f32(&weights);
+        let mut grad = want_grad.then(|| crate::fused::pool::take(r * k));
+        let total = crate::fused::sq::run_sq_rows(&s, &t, &w, k, zero_inf, grad.as_deref_mut());
+        let value = FlexFloat::from_data(TensorData::new(vec![total as f32], [1]));
+        let grad = grad.map(|g| {
+            FlexFloat::from_data(TensorData::from_bytes(
+                crate::fused::pool::into_bytes(g),
+                [r, k],
+                DType::F32,
+            ))
+        });
+        (value, grad)
+    }
+
+    impl KdSqBackend for Flex {
+        fn kd_sq_value(
+            student: FloatTensor<Self>,
+            teacher: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            zero_inf: bool,
+        ) -> FloatTensor<Self> {
+            run_sq(student, teacher, weights, zero_inf, false).0
+        }
+
+        fn kd_sq_value_grad(
+            student: FloatTensor<Self>,
+            teacher: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            zero_inf: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let (value, grad) = run_sq(student, teacher, weights, zero_inf, true);
+            (value, grad.expect("gradient requested"))
+        }
     }
 
     impl KdFusedBackend for Flex {
@@ -252,6 +320,82 @@ mod autodiff {
             );
             (
                 <FloatTensor<Self>>::new(values),
+                <FloatTensor<Self>>::new(grad),
+            )
+        }
+    }
+
+    /// The squared-error backward: the gradient computed in the forward pass, scaled by the
+    /// upstream scalar.
+    #[derive(Debug)]
+    struct KdSqBackward;
+
+    impl<B: KdSqBackend> Backward<B, 1> for KdSqBackward {
+        type State = FloatTensor<B>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node] = ops.parents;
+            let upstream = grads.consume::<B>(&ops.node);
+            let Some(node) = node else { return };
+            let g = burn::tensor::try_read_sync(B::float_into_data(upstream))
+                .expect("fused kernel: synchronous read of the upstream gradient")
+                .expect("fused kernel: reading the upstream gradient");
+            let c = g
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 upstream gradient")[0];
+            let stash = ops.state;
+            let grad = if c == 1.0 {
+                stash
+            } else {
+                B::float_mul_scalar(stash, c.into())
+            };
+            grads.register::<B>(node.id, grad);
+        }
+    }
+
+    impl<B: KdSqBackend, C: CheckpointStrategy> KdSqBackend for Autodiff<B, C> {
+        fn kd_sq_value(
+            student: FloatTensor<Self>,
+            teacher: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            zero_inf: bool,
+        ) -> FloatTensor<Self> {
+            let teacher = teacher.into_primitive();
+            let weights = weights.into_primitive();
+            match KdSqBackward
+                .prepare::<C>([student.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (value, stash) =
+                        B::kd_sq_value_grad(student.into_primitive(), teacher, weights, zero_inf);
+                    prep.finish(stash, value)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::kd_sq_value(
+                    student.into_primitive(),
+                    teacher,
+                    weights,
+                    zero_inf,
+                )),
+            }
+        }
+
+        fn kd_sq_value_grad(
+            student: FloatTensor<Self>,
+            teacher: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            zero_inf: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let (value, grad) = B::kd_sq_value_grad(
+                student.into_primitive(),
+                teacher.into_primitive(),
+                weights.into_primitive(),
+                zero_inf,
+            );
+            (
+                <FloatTensor<Self>>::new(value),
                 <FloatTensor<Self>>::new(grad),
             )
         }

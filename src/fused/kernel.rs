@@ -647,38 +647,24 @@ pub(crate) fn run_rows(
         }
         return RowValues::default();
     }
-    let n = threads_for(r * v, r);
-    if n == 1 {
-        return rows_block_best(s, t, labels, weights, v, p, grad);
-    }
-    let per = r.div_ceil(n);
-    let label_block = |i: usize| -> &[i64] {
-        if p.has_hard {
-            &labels[i * per..((i + 1) * per).min(r)]
+    let blocks = par_row_blocks(r, v, grad, |rows, g| {
+        let labels = if p.has_hard {
+            &labels[rows.clone()]
         } else {
             &[]
-        }
-    };
-    let blocks = r.div_ceil(per);
-    let mut grads: Vec<Option<&mut [f32]>> = match grad {
-        Some(g) => g.chunks_mut(per * v).map(Some).collect(),
-        None => (0..blocks).map(|_| None).collect(),
-    };
-    let mut results = vec![RowValues::default(); blocks];
-    let run_block = |i: usize, g: Option<&mut [f32]>| {
-        let (a, b) = (i * per, ((i + 1) * per).min(r));
+        };
+        let (a, b) = (rows.start, rows.end);
         rows_block_best(
             &s[a * v..b * v],
             &t[a * v..b * v],
-            label_block(i),
+            labels,
             &weights[a..b],
             v,
             p,
             g,
         )
-    };
-    in_parallel(&mut results, &mut grads, &run_block);
-    results
+    });
+    blocks
         .iter()
         .fold(RowValues::default(), |acc, rv| RowValues {
             soft: acc.soft + rv.soft,
@@ -686,13 +672,40 @@ pub(crate) fn run_rows(
         })
 }
 
-/// Runs `f(i, grads[i])` for every block `i` into `results[i]`: block 0 on the calling thread,
-/// the others on rayon's global pool (threads that outlive the call).
-#[cfg(feature = "flex")]
-fn in_parallel<'g, F>(results: &mut [RowValues], grads: &mut [Option<&'g mut [f32]>], f: &F)
+/// Splits `r` rows of `v` elements into [`threads_for`] blocks of consecutive rows and returns
+/// `f(rows, grad rows)` of each block, in block order: block 0 on the calling thread's turn,
+/// the others on rayon's global pool (threads that outlive the call). `grad`, when given, has
+/// `r · v` entries; each block gets its rows.
+pub(crate) fn par_row_blocks<T, F>(r: usize, v: usize, grad: Option<&mut [f32]>, f: F) -> Vec<T>
 where
-    F: Fn(usize, Option<&'g mut [f32]>) -> RowValues + Sync,
+    T: Send + Default,
+    F: Fn(std::ops::Range<usize>, Option<&mut [f32]>) -> T + Sync,
 {
+    let n = threads_for(r * v, r);
+    let per = r.div_ceil(n).max(1);
+    let blocks = r.div_ceil(per);
+    let mut grads: Vec<Option<&mut [f32]>> = match grad {
+        Some(g) => g.chunks_mut(per * v.max(1)).map(Some).collect(),
+        None => (0..blocks).map(|_| None).collect(),
+    };
+    grads.resize_with(blocks, || None);
+    let mut results: Vec<T> = (0..blocks).map(|_| T::default()).collect();
+    let run = |i: usize, g: Option<&mut [f32]>| f(i * per..((i + 1) * per).min(r), g);
+    in_parallel(&mut results, &mut grads, &run);
+    results
+}
+
+/// Runs `f(i, grads[i])` for every block `i` into `results[i]`, on rayon's global pool.
+#[cfg(feature = "flex")]
+fn in_parallel<'g, T, F>(results: &mut [T], grads: &mut [Option<&'g mut [f32]>], f: &F)
+where
+    T: Send,
+    F: Fn(usize, Option<&'g mut [f32]>) -> T + Sync,
+{
+    if results.len() == 1 {
+        results[0] = f(0, grads[0].take());
+        return;
+    }
     let (first, rest) = results.split_first_mut().expect("at least one block");
     rayon_core::scope(|scope| {
         for (i, (res, g)) in rest.iter_mut().zip(grads[1..].iter_mut()).enumerate() {
@@ -705,9 +718,9 @@ where
 
 /// Without the `flex` feature (no CPU backend to serve) the blocks run one after the other.
 #[cfg(not(feature = "flex"))]
-fn in_parallel<'g, F>(results: &mut [RowValues], grads: &mut [Option<&'g mut [f32]>], f: &F)
+fn in_parallel<'g, T, F>(results: &mut [T], grads: &mut [Option<&'g mut [f32]>], f: &F)
 where
-    F: Fn(usize, Option<&'g mut [f32]>) -> RowValues + Sync,
+    F: Fn(usize, Option<&'g mut [f32]>) -> T,
 {
     for (i, (res, g)) in results.iter_mut().zip(grads.iter_mut()).enumerate() {
         *res = f(i, g.take());

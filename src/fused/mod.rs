@@ -55,6 +55,8 @@ pub(crate) mod kernel;
 #[cfg(feature = "flex")]
 mod pool;
 mod simd;
+#[cfg(feature = "flex")]
+mod sq;
 
 #[cfg(feature = "flex")]
 pub use pool::clear_buffer_cache;
@@ -112,7 +114,7 @@ fn device_supported(_device: &burn::tensor::Device) -> bool {
 /// Per-row weights `w_r` such that the reduced loss is `Σ_r w_r · loss_r`, matching
 /// [`RowLoss::reduce`](crate::reduction::RowLoss::reduce) (and [`RowLoss::masked`](crate::reduction::RowLoss::masked)).
 #[allow(dead_code)]
-fn row_weights(
+pub(crate) fn row_weights(
     keep: Option<Tensor<1, Bool>>,
     rows: &[usize],
     v: usize,
@@ -290,4 +292,46 @@ pub fn soft_loss<const D: usize>(
     )
     .masked_opt(mask)
     .reduce(reduction)
+}
+
+/// Whether the fused squared-error kernel (hidden-state and attention-map MSE) runs for `x`:
+/// Flex (with or without autodiff), `f32`, and `KD_FUSED` not `0`. Elsewhere (CubeCL included)
+/// the composed path runs.
+pub(crate) fn sq_available<const D: usize>(x: &Tensor<D>) -> bool {
+    if std::env::var("KD_FUSED").is_ok_and(|v| v == "0") || x.dtype() != burn::tensor::DType::F32 {
+        return false;
+    }
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::DispatchDevice;
+        let device = x.device();
+        let inner = device.clone().inner();
+        if inner != device && !cfg!(feature = "autodiff") {
+            return false;
+        }
+        matches!(inner.as_dispatch(), DispatchDevice::Flex(_))
+    }
+    #[cfg(not(feature = "flex"))]
+    false
+}
+
+/// `Σ_r w_r Σ_k (s_rk − t_rk)²` through the fused kernel, `[1]`, with its gradient w.r.t.
+/// `student` written in the forward pass. `±inf` entries count as 0 in both with `zero_inf`.
+/// Only call where [`sq_available`] holds.
+#[cfg(feature = "flex")]
+pub(crate) fn sq_reduced(
+    student: Tensor<2>,
+    teacher: Tensor<2>,
+    weights: Tensor<1>,
+    zero_inf: bool,
+) -> Tensor<1> {
+    use burn::backend::Dispatch;
+    use ext::KdSqBackend;
+    let out = <Dispatch as KdSqBackend>::kd_sq_value(
+        student.into_dispatch(),
+        teacher.detach().into_dispatch(),
+        weights.detach().into_dispatch(),
+        zero_inf,
+    );
+    Tensor::<1>::from_dispatch(out)
 }

@@ -38,6 +38,8 @@ pub(crate) trait Lanes: Copy {
     -> Self::V;
     /// `c ≠ 0 ? a : 0` (true for NaN `c`).
     fn where_nonzero(self, c: Self::V, a: Self::V) -> Self::V;
+    /// `|c| ≠ ∞ ? a : 0` (true for NaN `c`).
+    fn where_not_inf(self, c: Self::V, a: Self::V) -> Self::V;
     /// `2^(n)` for `kn = n + 1.5 · 2^23` holding an integer `n ∈ [−126, 0]` in its low mantissa
     /// bits (see [`Lanes::exp_nonpos`]).
     fn pow2_from_rounded(self, kn: Self::V) -> Self::V;
@@ -149,6 +151,10 @@ impl Lanes for Portable {
         map2(c, a, |c, a| if c != 0.0 { a } else { 0.0 })
     }
     #[inline(always)]
+    fn where_not_inf(self, c: Block, a: Block) -> Block {
+        map2(c, a, |c, a| if c.abs() != f32::INFINITY { a } else { 0.0 })
+    }
+    #[inline(always)]
     fn pow2_from_rounded(self, kn: Block) -> Block {
         kn.map(|k| f32::from_bits(k.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23))
     }
@@ -236,6 +242,14 @@ mod avx2 {
             unsafe {
                 // Unordered not-equal: NaN counts as nonzero.
                 let m = _mm256_cmp_ps::<_CMP_NEQ_UQ>(c, _mm256_setzero_ps());
+                _mm256_and_ps(a, m)
+            }
+        }
+        #[inline(always)]
+        fn where_not_inf(self, c: __m256, a: __m256) -> __m256 {
+            unsafe {
+                let abs = _mm256_andnot_ps(_mm256_set1_ps(-0.0), c);
+                let m = _mm256_cmp_ps::<_CMP_NEQ_UQ>(abs, _mm256_set1_ps(f32::INFINITY));
                 _mm256_and_ps(a, m)
             }
         }
@@ -339,6 +353,18 @@ mod tests {
         assert!(w[1].is_nan(), "a NaN value is kept");
         assert_eq!(w[2], -2.0, "a NaN condition keeps the value");
         assert_eq!(w[5].to_bits(), 0.0f32.to_bits());
+        let c: Block = [
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            nan,
+            0.0,
+            -1e38,
+            1.0,
+            -0.0,
+            3.0,
+        ];
+        let w = l.to_block(l.where_not_inf(l.load(&c), l.splat(2.0)));
+        assert_eq!(w, [0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]);
     }
 
     #[test]
