@@ -43,8 +43,10 @@ fn bench(c: &mut Criterion) {
         group.sample_size(if is_large { 10 } else { 30 });
         let logits = !name.starts_with("hidden") && !name.starts_with("attn");
         for backend in &backends {
-            // The fused kernels run on flex (CPU) and wgpu (CubeCL); ndarray has the composed path.
-            let paths: &[&str] = if logits && *backend != "ndarray" {
+            // The logit kernels run on flex (CPU) and wgpu (CubeCL), the squared-error kernel on
+            // flex; ndarray has the composed path.
+            let fused = *backend == "flex" || (logits && *backend == "wgpu");
+            let paths: &[&str] = if fused {
                 &["fused", "composed"]
             } else {
                 &["composed"]

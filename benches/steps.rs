@@ -27,6 +27,16 @@ fn assert_fused_runs(composed: bool, imp: &str, logits: &Tensor<2>) {
     );
 }
 
+/// The squared-error rows as the fused kernel reduces them, or (`composed`) computed first with
+/// Burn operations and reduced by them.
+fn path(rows: RowLoss, composed: bool) -> RowLoss {
+    if composed {
+        RowLoss::new(rows.values(), rows.row_dims(), rows.row_size())
+    } else {
+        rows
+    }
+}
+
 /// One timed step: forward + backward + device sync.
 pub type Step = Box<dyn FnMut()>;
 
@@ -102,6 +112,12 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
             drop(g);
         });
     }
+    if !case.starts_with("kd_ce") && !composed {
+        assert!(
+            imp.starts_with("flex"),
+            "{imp}: the fused squared-error kernel runs on flex only"
+        );
+    }
     if case.starts_with("hidden") {
         let (b, sq, ds, dt) = (shape[0], shape[1], shape[2], shape[3]);
         let hs = Tensor::<2>::random([b * sq, ds], normal, dev);
@@ -116,7 +132,7 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
                 bias.clone().require_grad(),
             );
             let proj = hs.clone().matmul(w.clone()) + bias.clone().unsqueeze::<2>();
-            let loss = hidden_mse(proj, ht.clone()).reduce(Reduction::ElementMean);
+            let loss = path(hidden_mse(proj, ht.clone()), composed).reduce(Reduction::ElementMean);
             let grads = loss.backward();
             let gs = (hs.grad(&grads), w.grad(&grads), bias.grad(&grads));
             dev.sync().expect("device sync");
@@ -129,8 +145,8 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
     let dev = dev.clone();
     Box::new(move || {
         let a = a_s.clone().require_grad();
-        let loss = attention_mse_scores(a.clone(), a_t.clone(), None, HeadReduce::Match)
-            .reduce(Reduction::ElementMean);
+        let rows = attention_mse_scores(a.clone(), a_t.clone(), None, HeadReduce::Match);
+        let loss = path(rows, composed).reduce(Reduction::ElementMean);
         let grads = loss.backward();
         let g = a.grad(&grads);
         dev.sync().expect("device sync");

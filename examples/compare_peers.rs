@@ -15,7 +15,8 @@
 //!
 //! Implementations (`--impls`, comma-separated): `flex-fused` (the fused kernel), `flex-composed`,
 //! `ndarray-composed`, `wgpu-composed` (Mesa's software renderer without a GPU: slow; not in the
-//! default list). The fused kernel covers the logit losses; the feature losses have one path.
+//! default list). `flex-fused` runs the logit kernel for `kd_ce_*` and the squared-error kernel
+//! for `hidden_mse_*` / `attn_mse_*`; `*-composed` computes the rows with Burn operations.
 //!
 //! Each (case, impl) runs in a fresh worker process (this binary re-run with `--worker`), so the
 //! peak RSS (`VmHWM`) reflects that case only. One JSON line per pair, with the keys of
@@ -187,8 +188,8 @@ fn main() {
     let mut lines = Vec::new();
     for case in &cases {
         for imp in &impls {
-            // The fused kernel covers the logit losses only.
-            if imp.ends_with("-fused") && !case.starts_with("kd_ce") {
+            // The squared-error kernel of the feature losses runs on flex only.
+            if imp.ends_with("-fused") && !imp.starts_with("flex") && !case.starts_with("kd_ce") {
                 continue;
             }
             let mut cmd = Command::new(&exe);
