@@ -15,34 +15,6 @@ use kd_losses::fused::{fused_available, soft_loss};
 use kd_losses::prelude::*;
 use proptest::prelude::*;
 
-/// Deterministic pseudo-random logits in `[-scale, scale]`.
-fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn reductions() -> Vec<(&'static str, Reduction)> {
-    vec![
-        ("sum", Reduction::Sum),
-        ("mean", Reduction::Mean),
-        ("batchmean", Reduction::BatchMean),
-        ("elementmean", Reduction::ElementMean),
-        (
-            "normalizer",
-            Reduction::Normalizer(Normalizer::new(7.0).unwrap()),
-        ),
-    ]
-}
-
 /// `|a − b| ≤ rtol · max(1, |b|)` for values; non-finite values must match exactly.
 fn close_values(what: &str, a: f32, b: f32, rtol: f32, floor: f32) {
     if !b.is_finite() || !a.is_finite() {

@@ -16,33 +16,6 @@ use kd_losses::hidden::hidden_mse;
 use kd_losses::prelude::*;
 use proptest::prelude::*;
 
-fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn reductions() -> Vec<(&'static str, Reduction)> {
-    vec![
-        ("sum", Reduction::Sum),
-        ("mean", Reduction::Mean),
-        ("batchmean", Reduction::BatchMean),
-        ("elementmean", Reduction::ElementMean),
-        (
-            "normalizer",
-            Reduction::Normalizer(Normalizer::new(7.0).unwrap()),
-        ),
-    ]
-}
-
 fn close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let scale = want.iter().fold(0.0f32, |a, b| a.max(b.abs()));

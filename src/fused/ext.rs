@@ -230,6 +230,17 @@ mod autodiff {
         KernelParams,
     );
 
+    /// The (few-element) upstream gradient of a fused loss, read to the host: the backward
+    /// passes choose between the kept gradient, a scaled copy and a recomputation from it.
+    fn upstream_on_host<B: Backend>(upstream: FloatTensor<B>) -> Vec<f32> {
+        burn::tensor::try_read_sync(B::float_into_data(upstream))
+            .expect("fused kernel: synchronous read of the upstream gradient")
+            .expect("fused kernel: reading the upstream gradient")
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 upstream gradient")
+    }
+
     impl<B: KdFusedBackend> Backward<B, 1> for KdFusedBackward {
         type State = State<B>;
 
@@ -238,13 +249,7 @@ mod autodiff {
             let upstream = grads.consume::<B>(&ops.node);
             let Some(node) = node else { return };
             let (stash, student, teacher, labels, weights, params) = ops.state;
-            let g = burn::tensor::try_read_sync(B::float_into_data(upstream))
-                .expect("fused kernel: synchronous read of the upstream gradient")
-                .expect("fused kernel: reading the upstream gradient");
-            let g: Vec<f32> = g
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("f32 upstream gradient");
+            let g = upstream_on_host::<B>(upstream);
             let grad = match (stash, g[1] == 0.0 && g[2] == 0.0) {
                 // d total: the gradient was computed in the forward pass.
                 (Some(stash), true) if g[0] == 1.0 => stash,
@@ -337,13 +342,7 @@ mod autodiff {
             let [node] = ops.parents;
             let upstream = grads.consume::<B>(&ops.node);
             let Some(node) = node else { return };
-            let g = burn::tensor::try_read_sync(B::float_into_data(upstream))
-                .expect("fused kernel: synchronous read of the upstream gradient")
-                .expect("fused kernel: reading the upstream gradient");
-            let c = g
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("f32 upstream gradient")[0];
+            let c = upstream_on_host::<B>(upstream)[0];
             let stash = ops.state;
             let grad = if c == 1.0 {
                 stash

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use kd_losses::reduction::{Reduction, RowLoss, RowMask};
+use kd_losses::reduction::{Normalizer, Reduction, RowLoss, RowMask};
 use serde::Deserialize;
 
 // ---------------------------------------------------------------------------------------------
@@ -353,4 +353,37 @@ pub mod strategies {
             )
         })
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parity tests (fused vs composed)
+// ---------------------------------------------------------------------------------------------
+
+/// Deterministic pseudo-random values in `[-scale, scale]`.
+pub fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Every reduction, named (the normalizer is 7).
+pub fn reductions() -> Vec<(&'static str, Reduction)> {
+    vec![
+        ("sum", Reduction::Sum),
+        ("mean", Reduction::Mean),
+        ("batchmean", Reduction::BatchMean),
+        ("elementmean", Reduction::ElementMean),
+        (
+            "normalizer",
+            Reduction::Normalizer(Normalizer::new(7.0).unwrap()),
+        ),
+    ]
 }
