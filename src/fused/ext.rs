@@ -104,6 +104,15 @@ mod flex {
         v
     }
 
+    /// A `[r, k]` gradient tensor over a (recycled) kernel buffer.
+    fn grad_tensor(g: Vec<f32>, r: usize, k: usize) -> FlexFloat {
+        FlexFloat::from_data(TensorData::from_bytes(
+            crate::fused::pool::into_bytes(g),
+            [r, k],
+            DType::F32,
+        ))
+    }
+
     fn run(
         student: FlexFloat,
         teacher: FlexFloat,
@@ -126,14 +135,7 @@ mod flex {
             vec![total as f32, out.soft as f32, out.hard as f32],
             [3],
         ));
-        let grad = grad.map(|g| {
-            FlexFloat::from_data(TensorData::from_bytes(
-                crate::fused::pool::into_bytes(g),
-                [r, v],
-                DType::F32,
-            ))
-        });
-        (values, grad)
+        (values, grad.map(|g| grad_tensor(g, r, v)))
     }
 
     fn run_sq(
@@ -151,14 +153,7 @@ mod flex {
         let mut grad = want_grad.then(|| crate::fused::pool::take(r * k));
         let total = crate::fused::sq::run_sq_rows(&s, &t, &w, k, zero_inf, grad.as_deref_mut());
         let value = FlexFloat::from_data(TensorData::new(vec![total as f32], [1]));
-        let grad = grad.map(|g| {
-            FlexFloat::from_data(TensorData::from_bytes(
-                crate::fused::pool::into_bytes(g),
-                [r, k],
-                DType::F32,
-            ))
-        });
-        (value, grad)
+        (value, grad.map(|g| grad_tensor(g, r, k)))
     }
 
     impl KdSqBackend for Flex {
@@ -241,6 +236,16 @@ mod autodiff {
             .expect("f32 upstream gradient")
     }
 
+    /// The gradient kept from the forward pass times the upstream scalar `c` (as is for `c = 1`,
+    /// the common `loss.backward()`: no copy).
+    fn scaled<B: Backend>(stash: FloatTensor<B>, c: f32) -> FloatTensor<B> {
+        if c == 1.0 {
+            stash
+        } else {
+            B::float_mul_scalar(stash, c.into())
+        }
+    }
+
     impl<B: KdFusedBackend> Backward<B, 1> for KdFusedBackward {
         type State = State<B>;
 
@@ -252,8 +257,7 @@ mod autodiff {
             let g = upstream_on_host::<B>(upstream);
             let grad = match (stash, g[1] == 0.0 && g[2] == 0.0) {
                 // d total: the gradient was computed in the forward pass.
-                (Some(stash), true) if g[0] == 1.0 => stash,
-                (Some(stash), true) => B::float_mul_scalar(stash, g[0].into()),
+                (Some(stash), true) => scaled::<B>(stash, g[0]),
                 // Any other upstream (the terms were used separately): recompute once.
                 _ => {
                     let p = KernelParams {
@@ -344,12 +348,7 @@ mod autodiff {
             let Some(node) = node else { return };
             let c = upstream_on_host::<B>(upstream)[0];
             let stash = ops.state;
-            let grad = if c == 1.0 {
-                stash
-            } else {
-                B::float_mul_scalar(stash, c.into())
-            };
-            grads.register::<B>(node.id, grad);
+            grads.register::<B>(node.id, scaled::<B>(stash, c));
         }
     }
 
