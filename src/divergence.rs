@@ -359,7 +359,7 @@ impl RowTemperature {
     }
 
     /// The rows `first..first+len` of a per-row temperature (a `[1]` one is kept whole).
-    #[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+    #[cfg_attr(not(feature = "chunked"), allow(dead_code))]
     pub(crate) fn narrow(&self, first: usize, len: usize) -> RowTemperature {
         match self {
             RowTemperature::PerRow(t) if t.dims()[0] != 1 => {

@@ -72,7 +72,7 @@
 #![deny(unsafe_code)]
 
 pub mod attention;
-#[cfg(feature = "autodiff")]
+#[cfg(feature = "chunked")]
 pub mod chunked;
 pub mod combine;
 pub mod divergence;
@@ -96,7 +96,7 @@ pub use attention::{
     attention_kl_probs, attention_kl_scores, attention_layers_mse, attention_mse_probs,
     attention_mse_scores, attention_mse_textbrewer, minilm_loss, minilm_v2_loss, self_relation_kl,
 };
-#[cfg(feature = "autodiff")]
+#[cfg(feature = "chunked")]
 pub use chunked::{chunk_rows_for_budget, chunked_divergence, chunked_sparse_divergence};
 pub use combine::{LossTerm, LossTerms};
 pub use divergence::{

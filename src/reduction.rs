@@ -352,7 +352,7 @@ impl RowLoss {
 
     /// Reduces the rows to a scalar `[1]`; see [`Reduction`] for each denominator.
     pub fn reduce(self, reduction: Reduction) -> Tensor<1> {
-        #[cfg(feature = "flex")]
+        #[cfg(feature = "cpu-kernel")]
         if let Values::Squares(sq) = &self.values {
             return sq.reduce_fused(&self.row_dims, self.row_size, reduction);
         }
@@ -421,7 +421,7 @@ impl SquaredRows {
 
     /// The reduced loss through the fused kernel: per-row weights from the reduction (and the
     /// mask), exactly as [`RowLoss::reduce`] divides.
-    #[cfg(feature = "flex")]
+    #[cfg(feature = "cpu-kernel")]
     fn reduce_fused(&self, row_dims: &[usize], row_size: usize, reduction: Reduction) -> Tensor<1> {
         let device = self.student.device();
         let m = self.student.dims()[0];

@@ -182,8 +182,8 @@ fn fused_matches_composed_grid() {
     for (name, dev) in devices() {
         let probe = Tensor::<2>::zeros([1, 1], &dev);
         let expected = match name {
-            "flex" => cfg!(feature = "flex"),
-            "wgpu" => cfg!(feature = "cube"),
+            "flex" => true,
+            "wgpu" => false, // interim: the CubeCL kernel is re-routed (Fusion)
             _ => false,
         };
         assert_eq!(

@@ -14,9 +14,9 @@ use super::kernel::KernelParams;
 /// `params.has_hard`), `weights` `[R]` (per-row reduction weights, `0` = dropped row).
 /// Output `[3]`: `[α·S + β·H, S, H]` with `S = Σ_r w_r · soft_r`, `H = Σ_r w_r · hard_r`.
 #[backend_extension(
-    Flex: cfg(feature = "flex"),
-    Cube: cfg(feature = "cube"),
-    Autodiff: cfg(feature = "autodiff")
+    Flex: cfg(feature = "cpu-kernel"),
+    Cube: cfg(any()),
+    Autodiff: cfg(feature = "chunked")
 )]
 pub(crate) trait KdFusedBackend: Backend {
     /// Values only.
@@ -41,7 +41,7 @@ pub(crate) trait KdFusedBackend: Backend {
 /// Fused squared-error operation over `[R, K]` student and teacher maps (hidden states,
 /// attention maps): output `[1]` = `Σ_r w_r Σ_k (s − t)²` (`±inf` entries count as 0 with
 /// `zero_inf`). CPU only: the CubeCL backends run the composed path.
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff: cfg(feature = "autodiff"))]
+#[backend_extension(Flex: cfg(feature = "cpu-kernel"), Autodiff: cfg(feature = "chunked"))]
 pub(crate) trait KdSqBackend: Backend {
     /// The value only.
     fn kd_sq_value(
@@ -60,7 +60,7 @@ pub(crate) trait KdSqBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-#[cfg(feature = "flex")]
+#[cfg(feature = "cpu-kernel")]
 mod flex {
     use super::*;
     use crate::fused::kernel::run_rows;
@@ -201,7 +201,7 @@ mod flex {
     }
 }
 
-#[cfg(feature = "autodiff")]
+#[cfg(feature = "chunked")]
 mod autodiff {
     use super::*;
     use burn::backend::autodiff::{

@@ -696,7 +696,7 @@ where
 }
 
 /// Runs `f(i, grads[i])` for every block `i` into `results[i]`, on rayon's global pool.
-#[cfg(feature = "flex")]
+#[cfg(feature = "cpu-kernel")]
 fn in_parallel<'g, T, F>(results: &mut [T], grads: &mut [Option<&'g mut [f32]>], f: &F)
 where
     T: Send,
@@ -717,7 +717,7 @@ where
 }
 
 /// Without the `flex` feature (no CPU backend to serve) the blocks run one after the other.
-#[cfg(not(feature = "flex"))]
+#[cfg(not(feature = "cpu-kernel"))]
 fn in_parallel<'g, T, F>(results: &mut [T], grads: &mut [Option<&'g mut [f32]>], f: &F)
 where
     F: Fn(usize, Option<&'g mut [f32]>) -> T,

@@ -47,18 +47,18 @@
 //! value and gradient against the composed path on every reduction, masks, `-inf`, ±1e4 and
 //! several temperatures.
 
-#[cfg(feature = "cube")]
+#[cfg(feature = "gpu-kernel")]
 mod cube;
-#[cfg(any(feature = "flex", feature = "cube"))]
+#[cfg(any(feature = "cpu-kernel", feature = "gpu-kernel"))]
 mod ext;
 pub(crate) mod kernel;
-#[cfg(feature = "flex")]
+#[cfg(feature = "cpu-kernel")]
 mod pool;
 mod simd;
-#[cfg(feature = "flex")]
+#[cfg(feature = "cpu-kernel")]
 mod sq;
 
-#[cfg(feature = "flex")]
+#[cfg(feature = "cpu-kernel")]
 pub use pool::clear_buffer_cache;
 
 use burn::tensor::{Bool, Int, Tensor};
@@ -89,24 +89,22 @@ pub fn fused_available<const D: usize>(logits: &Tensor<D>) -> bool {
     device_supported(&logits.device())
 }
 
-#[cfg(any(feature = "flex", feature = "cube"))]
+#[cfg(any(feature = "cpu-kernel", feature = "gpu-kernel"))]
 fn device_supported(device: &burn::tensor::Device) -> bool {
     use burn::backend::DispatchDevice;
     let inner = device.clone().inner();
     let autodiff = inner != *device;
-    if autodiff && !cfg!(feature = "autodiff") {
+    if autodiff && !cfg!(feature = "chunked") {
         return false;
     }
     match inner.as_dispatch() {
-        #[cfg(feature = "flex")]
+        #[cfg(feature = "cpu-kernel")]
         DispatchDevice::Flex(_) => true,
-        #[cfg(feature = "cube")]
-        DispatchDevice::Cube(_) => true,
         _ => false,
     }
 }
 
-#[cfg(not(any(feature = "flex", feature = "cube")))]
+#[cfg(not(any(feature = "cpu-kernel", feature = "gpu-kernel")))]
 fn device_supported(_device: &burn::tensor::Device) -> bool {
     false
 }
@@ -169,7 +167,7 @@ pub(crate) fn fused_terms<const D: usize>(
     if !fused_available(student_logits) || teacher_logits.dtype() != student_logits.dtype() {
         return None;
     }
-    #[cfg(any(feature = "flex", feature = "cube"))]
+    #[cfg(any(feature = "cpu-kernel", feature = "gpu-kernel"))]
     {
         use burn::backend::Dispatch;
         use ext::KdFusedBackend;
@@ -206,7 +204,7 @@ pub(crate) fn fused_terms<const D: usize>(
             out.slice(2..3),
         ))
     }
-    #[cfg(not(any(feature = "flex", feature = "cube")))]
+    #[cfg(not(any(feature = "cpu-kernel", feature = "gpu-kernel")))]
     None
 }
 
@@ -301,24 +299,24 @@ pub(crate) fn sq_available<const D: usize>(x: &Tensor<D>) -> bool {
     if std::env::var("KD_FUSED").is_ok_and(|v| v == "0") || x.dtype() != burn::tensor::DType::F32 {
         return false;
     }
-    #[cfg(feature = "flex")]
+    #[cfg(feature = "cpu-kernel")]
     {
         use burn::backend::DispatchDevice;
         let device = x.device();
         let inner = device.clone().inner();
-        if inner != device && !cfg!(feature = "autodiff") {
+        if inner != device && !cfg!(feature = "chunked") {
             return false;
         }
         matches!(inner.as_dispatch(), DispatchDevice::Flex(_))
     }
-    #[cfg(not(feature = "flex"))]
+    #[cfg(not(feature = "cpu-kernel"))]
     false
 }
 
 /// `Σ_r w_r Σ_k (s_rk − t_rk)²` through the fused kernel, `[1]`, with its gradient w.r.t.
 /// `student` written in the forward pass. `±inf` entries count as 0 in both with `zero_inf`.
 /// Only call where [`sq_available`] holds.
-#[cfg(feature = "flex")]
+#[cfg(feature = "cpu-kernel")]
 pub(crate) fn sq_reduced(
     student: Tensor<2>,
     teacher: Tensor<2>,
