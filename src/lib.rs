@@ -56,23 +56,29 @@
 //!   message naming the argument and both shapes.
 //!
 //! ## Cargo features
-//! The library depends on `burn` with `default-features = false` and forces no backend. The
-//! optional features forward to Burn, for convenience in binaries:
-//! * `flex` — Burn's CPU backend, and the CPU kernel of [`fused`] (without it, Flex devices run
-//!   the composed path);
-//! * `ndarray` — the ndarray backend;
-//! * `wgpu` — the wgpu backend (Vulkan, Metal, DX12, or Mesa's software renderer);
-//! * `cube` — the CubeCL kernel of [`fused`] (wgpu, CUDA, ROCm, Metal); implies `wgpu`. Keep
-//!   Burn's `fusion` feature off with it (the kernel is not implemented for Burn's `Fusion`
-//!   wrapper). Without it, CubeCL devices run the composed path.
-//! * `autodiff` — Burn's `Device::autodiff()`, and the [`chunked`] module (row-chunked
-//!   evaluation for large vocabularies runs one backward pass per chunk, so it needs Burn's
-//!   autodiff at compile time). Every other loss works with or without it.
+//! The library depends on `burn` with `default-features = false` and turns no Burn backend,
+//! `autodiff` or `fusion` on: the application's own `burn` dependency decides them. The fused
+//! kernels are found at run time from the tensors (see [`fused`]): with the default features, a
+//! Flex tensor runs the CPU kernel and a wgpu / Vulkan / Metal / CUDA / ROCm tensor the CubeCL
+//! kernel, with or without Burn's `autodiff` and `fusion`, and every other backend the composed
+//! path. [`fused::fused_available`] says which path a tensor takes.
+//! * `cpu-kernel` (default) — compiles the fused CPU kernel (depends on `burn-flex` directly;
+//!   it is used only if the application's Burn has `flex`);
+//! * `gpu-kernel` (default) — compiles the fused CubeCL kernel (depends on `burn-cubecl`,
+//!   `cubecl` and `burn-fusion` directly, and turns no runtime on; it is used only if the
+//!   application's Burn has a CubeCL backend). Turn the defaults off to save compile time where
+//!   a backend is never used: `default-features = false, features = ["cpu-kernel"]`;
+//! * `chunked` — the [`chunked`] module (row-chunked evaluation for large vocabularies runs one
+//!   backward pass per chunk, so it needs Burn's `autodiff` at compile time and turns it on);
+//!   `autodiff` is its deprecated 0.1 name.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod attention;
 #[cfg(feature = "chunked")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chunked")))]
 pub mod chunked;
 pub mod combine;
 pub mod divergence;
