@@ -58,16 +58,17 @@
 //! ## Cargo features
 //! The library depends on `burn` with `default-features = false` and turns no Burn backend,
 //! `autodiff` or `fusion` on: the application's own `burn` dependency decides them. The fused
-//! kernels are found at run time from the tensors (see [`fused`]): with the default features, a
-//! Flex tensor runs the CPU kernel and a wgpu / Vulkan / Metal / CUDA / ROCm tensor the CubeCL
-//! kernel, with or without Burn's `autodiff` and `fusion`, and every other backend the composed
-//! path. [`fused::fused_available`] says which path a tensor takes.
+//! kernels are found at run time from the tensors (see [`fused`]): a Flex tensor runs the CPU
+//! kernel and a wgpu / Vulkan / Metal / CUDA / ROCm tensor the CubeCL kernel, with or without
+//! Burn's `autodiff` and `fusion`, and every other backend the composed path.
+//! [`fused::fused_available`] says which path a tensor takes.
 //! * `cpu-kernel` (default) — compiles the fused CPU kernel (depends on `burn-flex` directly;
-//!   it is used only if the application's Burn has `flex`);
-//! * `gpu-kernel` (default) — compiles the fused CubeCL kernel (depends on `burn-cubecl`,
-//!   `cubecl` and `burn-fusion` directly, and turns no runtime on; it is used only if the
-//!   application's Burn has a CubeCL backend). Turn the defaults off to save compile time where
-//!   a backend is never used: `default-features = false, features = ["cpu-kernel"]`;
+//!   it serves Flex tensors whenever the application's Burn has `flex`);
+//! * `gpu-kernel` — compiles the fused CubeCL kernel (depends on `burn-cubecl`, `cubecl` and
+//!   `burn-fusion` directly and turns no runtime on). CubeCL compiles only when some crate gives
+//!   it a runtime, so this one is not a default: enable it next to a GPU backend of Burn
+//!   (`wgpu`, `vulkan`, `metal`, `cuda`, `rocm`). Without it, the first CubeCL tensor that takes
+//!   the composed path says so once on stderr;
 //! * `chunked` — the [`chunked`] module (row-chunked evaluation for large vocabularies runs one
 //!   backward pass per chunk, so it needs Burn's `autodiff` at compile time and turns it on);
 //!   `autodiff` is its deprecated 0.1 name.

@@ -98,8 +98,31 @@ pub fn fused_available<const D: usize>(logits: &Tensor<D>) -> bool {
     let probe = Tensor::<2>::zeros([1, 1], &logits.device());
     let mut found = false;
     for_each_probe!(|p| found = found || p.holds(&probe));
+    if !found {
+        notice_missing_gpu_kernel(&logits.device());
+    }
     found
 }
+
+/// Says once, on stderr, that a CubeCL tensor takes the composed path because this build lacks
+/// the `gpu-kernel` feature (CubeCL compiles only with a runtime, so it cannot be a default).
+#[cfg(not(feature = "gpu-kernel"))]
+fn notice_missing_gpu_kernel(device: &burn::tensor::Device) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let inner = format!("{:?}", device.clone().inner().as_dispatch());
+    if inner.starts_with("Cube") {
+        ONCE.call_once(|| {
+            eprintln!(
+                "kd-losses: the fused GPU kernel is not compiled in (enable the `gpu-kernel` \
+                 feature of kd-losses); {inner} runs the composed path, with the same results \
+                 and several times slower"
+            );
+        });
+    }
+}
+
+#[cfg(feature = "gpu-kernel")]
+fn notice_missing_gpu_kernel(_device: &burn::tensor::Device) {}
 
 /// Per-row weights `w_r` such that the reduced loss is `Σ_r w_r · loss_r`, matching
 /// [`RowLoss::reduce`](crate::reduction::RowLoss::reduce) (and [`RowLoss::masked`](crate::reduction::RowLoss::masked)).
@@ -164,7 +187,10 @@ pub(crate) fn fused_terms<const D: usize>(
     let r: usize = rows.iter().product();
     let has_hard = labels.is_some();
     let labels = labels.unwrap_or_else(|| Tensor::<1, Int>::zeros([r], &device));
-    let weights = row_weights(keep, &rows, v, reduction, &device).detach();
+    // The kernels read f32 weights whatever the device's default float dtype is.
+    let weights = row_weights(keep, &rows, v, reduction, &device)
+        .detach()
+        .cast(burn::tensor::DType::F32);
     let params = KernelParams {
         kind,
         temperature: temperature.get() as f32,
@@ -298,7 +324,7 @@ pub(crate) fn sq_reduced(
     let inputs = SqInputs {
         student,
         teacher: teacher.detach(),
-        weights: weights.detach(),
+        weights: weights.detach().cast(burn::tensor::DType::F32),
         zero_inf,
     };
     let mut out = None;
