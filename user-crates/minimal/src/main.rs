@@ -5,5 +5,5 @@ mod check;
 use burn::tensor::Device;
 
 fn main() {
-    check::check("flex (no autodiff in Burn)", &Device::flex(), true, false);
+    check::check("flex (no autodiff in Burn)", &Device::flex(), true);
 }

@@ -2,14 +2,18 @@
 //! (the plain CubeCL backend: the GPU kernel), with autodiff.
 #[path = "../../check.rs"]
 mod check;
+#[path = "../../check_grad.rs"]
+mod check_grad;
 
 use burn::tensor::Device;
 
 fn main() {
     let nd = Device::ndarray();
-    check::check("ndarray", &nd, false, false);
-    check::check("ndarray+autodiff", &nd.autodiff(), false, true);
+    check::check("ndarray", &nd, false);
+    check::check("ndarray+autodiff", &nd.clone().autodiff(), false);
+    check_grad::check_grad("ndarray+autodiff", &nd.autodiff());
     let wgpu = Device::wgpu(Default::default());
-    check::check("wgpu(no fusion)", &wgpu, true, false);
-    check::check("wgpu(no fusion)+autodiff", &wgpu.autodiff(), true, true);
+    check::check("wgpu(no fusion)", &wgpu, true);
+    check::check("wgpu(no fusion)+autodiff", &wgpu.clone().autodiff(), true);
+    check_grad::check_grad("wgpu(no fusion)+autodiff", &wgpu.autodiff());
 }
