@@ -88,6 +88,8 @@ pub mod relation;
 pub mod schedule;
 pub mod sparse;
 pub mod temperature;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod vocab;
 
 pub use attention::{
