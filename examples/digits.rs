@@ -496,12 +496,18 @@ mod plot {
             }
             let teacher = self.teacher_acc;
             chart
-                .draw_series(LineSeries::new(
+                .draw_series(DashedLineSeries::new(
                     [(0, teacher), (last, teacher)],
+                    8,
+                    5,
                     TEACHER.stroke_width(1),
                 ))?
                 .label(format!("teacher ({teacher:.3})"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], TEACHER));
+                .legend(|(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (8, 0)], TEACHER)
+                        + PathElement::new(vec![(13, 0), (20, 0)], TEACHER)
+                });
             chart
                 .configure_series_labels()
                 .position(SeriesLabelPosition::LowerRight)
@@ -570,11 +576,29 @@ mod plot {
                     let x = center(g, k);
                     Rectangle::new([(x - 42, floor), (x + 42, s[k].0)], color.filled())
                 }))?;
-                chart.draw_series(self.stats.iter().enumerate().map(|(g, s)| {
-                    let x = center(g, k);
-                    let (m, sd) = s[k];
-                    ErrorBar::new_vertical(x, (m - sd).max(floor), m, (m + sd).min(1.0), BLACK, 10)
-                }))?;
+                // ±1 sd: a vertical stroke with caps.
+                chart.draw_series(
+                    self.stats
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s[k].1 > 0.0)
+                        .flat_map(|(g, s)| {
+                            let x = center(g, k);
+                            let (lo, hi) =
+                                ((s[k].0 - s[k].1).max(floor), (s[k].0 + s[k].1).min(1.0));
+                            [
+                                PathElement::new(vec![(x, lo), (x, hi)], BLACK.stroke_width(1)),
+                                PathElement::new(
+                                    vec![(x - 12, lo), (x + 12, lo)],
+                                    BLACK.stroke_width(1),
+                                ),
+                                PathElement::new(
+                                    vec![(x - 12, hi), (x + 12, hi)],
+                                    BLACK.stroke_width(1),
+                                ),
+                            ]
+                        }),
+                )?;
                 chart.draw_series(self.stats.iter().enumerate().map(|(g, s)| {
                     let x = center(g, k);
                     let (m, sd) = s[k];

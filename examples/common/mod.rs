@@ -67,7 +67,7 @@ pub fn batch_y(y: &[i64], idx: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(data, [idx.len()]), device)
 }
 
-/// Reads `data/digits.csv.gz` (5 620 images).
+/// Reads `data/digits.csv.gz` (1 797 images).
 pub fn load_digits() -> Vec<Digit> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz");
     let file = std::fs::File::open(path).expect("data/digits.csv.gz");
