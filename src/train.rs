@@ -149,6 +149,31 @@ impl Adaptor<TopKAccuracyInput> for KdClassificationOutput {
 }
 
 /// The input of [`LossTermMetric`]: the terms of one step and its batch size.
+///
+/// [`KdClassificationOutput`] adapts to it; build one yourself for another step output.
+///
+/// # Example
+/// ```
+/// use burn::data::dataloader::Progress;
+/// use burn::tensor::{Device, Tensor};
+/// use burn::train::metric::{Metric, MetricMetadata, Numeric};
+/// use kd_losses::combine::LossTerms;
+/// use kd_losses::train::{LossTermInput, LossTermMetric};
+///
+/// let device = Device::flex();
+/// let step = |soft: f32, hard: f32| {
+///     LossTerms::new()
+///         .with("soft", 0.9, Tensor::<1>::from_floats([soft], &device)).unwrap()
+///         .with("hard", 0.1, Tensor::<1>::from_floats([hard], &device)).unwrap()
+/// };
+/// let meta = MetricMetadata { progress: Progress::new(1, 2, None), iteration: Some(0), lr: None };
+/// let mut soft = LossTermMetric::new("soft");
+/// soft.update(&LossTermInput::new(step(1.0, 5.0), 30), &meta).unwrap();
+/// soft.update(&LossTermInput::new(step(2.0, 5.0), 10), &meta).unwrap();
+/// soft.compute().unwrap();
+/// // Unweighted, averaged over items: (30·1 + 10·2) / 40.
+/// assert!((soft.final_value().current() - 1.25).abs() < 1e-9);
+/// ```
 #[derive(Debug, Clone)]
 pub struct LossTermInput {
     terms: LossTerms,
