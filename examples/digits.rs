@@ -618,10 +618,10 @@ mod plot {
             ))?;
             chart.draw_series(std::iter::once(Text::new(
                 format!("teacher {teacher:.3}"),
-                (10, teacher + 0.003),
+                (width - 10, teacher + 0.003),
                 TextStyle::from(("sans-serif", 13).into_font())
                     .color(&TEACHER)
-                    .pos(Pos::new(HPos::Left, VPos::Bottom)),
+                    .pos(Pos::new(HPos::Right, VPos::Bottom)),
             )))?;
             Ok(())
         }
