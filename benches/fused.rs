@@ -12,13 +12,14 @@
 //! Mesa's software renderer: it is timed on the small shapes only unless `KD_BENCH_LARGE=1`.
 //! `examples/compare_peers.rs` times the same steps against PyTorch and JAX.
 
-#[path = "steps.rs"]
+#[path = "support/steps.rs"]
 mod steps;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use steps::{device_for, make_step};
 
 fn bench(c: &mut Criterion) {
+    eprintln!("kd-losses benches built with {}", steps::BURN_FEATURES);
     let large = std::env::var("KD_BENCH_LARGE").is_ok_and(|v| v == "1");
     let backends =
         std::env::var("KD_BENCH_BACKENDS").unwrap_or_else(|_| "flex,ndarray,wgpu".into());

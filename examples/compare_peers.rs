@@ -30,7 +30,7 @@ use std::io::BufRead;
 use std::process::Command;
 use std::time::Instant;
 
-#[path = "../benches/steps.rs"]
+#[path = "../benches/support/steps.rs"]
 mod steps;
 use steps::{device_for, make_step};
 
@@ -120,11 +120,13 @@ fn worker(case: &str, imp: &str, quick: bool) {
     println!(
         "{{\"case\": \"{case}\", \"impl\": \"{imp}\", \"shape\": {shape:?}, \"runs\": {n}, \
          \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \"max_ms\": {:.4}, \"first_call_s\": {first_s:.4}, \
-         \"peak_rss_extra_mb\": {:.1}, \"steady_extra_mb\": {:.1}, \"threads\": {threads}}}",
+         \"peak_rss_extra_mb\": {:.1}, \"steady_extra_mb\": {:.1}, \"threads\": {threads}, \
+         \"burn\": {:?}}}",
         times[0],
         times[n - 1],
         ((peak_kb - base_kb) * 1024.0 / 1e6).max(0.0),
         ((steady_kb - base_kb) * 1024.0 / 1e6).max(0.0),
+        steps::BURN_FEATURES,
     );
 }
 
@@ -185,6 +187,7 @@ fn main() {
         .map(str::to_string)
         .collect();
     let exe = std::env::current_exe().expect("own path");
+    println!("# built with {}", steps::BURN_FEATURES);
     let mut lines = Vec::new();
     for case in &cases {
         for imp in &impls {

@@ -513,7 +513,7 @@ pub fn attention_kl_scores(
 /// let s = Tensor::<4>::from_floats([[[[0.5, 0.5], [1.0, 0.0]]]], &device);
 /// let t = Tensor::<4>::from_floats([[[[1.0, 0.0], [1.0, 0.0]]]], &device);
 /// let kl = attention_kl_probs(s, t, None, KlHeads::Match).values();
-/// let v = kl.into_data().to_vec::<f32>().unwrap();
+/// let v = kl.into_data().try_to_vec::<f32>().unwrap();
 /// assert!((v[0] - 2f32.ln()).abs() < 1e-6 && v[1] == 0.0);
 /// ```
 pub fn attention_kl_probs(

@@ -66,7 +66,7 @@ use crate::sparse::{SparseOptions, TopkTeacher, check_sparse_inputs, sparse_rows
 /// // r_i = Σ_v x_iv², two rows at a time.
 /// let r = chunked_rows(x.clone(), 2, |c, _, n| c.powi_scalar(2).sum_dim(1).reshape([n]));
 /// let grads = r.sum().backward();
-/// let g = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+/// let g = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
 /// assert_eq!(g, vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
 /// ```
 pub fn chunked_rows<F>(student_logits: Tensor<2>, chunk_rows: usize, f: F) -> Tensor<1>

@@ -295,7 +295,7 @@ pub fn hidden_mse<const D: usize>(student_hidden: Tensor<D>, teacher_hidden: Ten
 /// let device = Device::flex();
 /// let s = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 2.0]], &device);
 /// let t = Tensor::<2>::from_floats([[3.0, 0.0], [2.0, 0.0]], &device);
-/// let v = hidden_cosine(s, t).values().into_data().to_vec::<f32>().unwrap();
+/// let v = hidden_cosine(s, t).values().into_data().try_to_vec::<f32>().unwrap();
 /// assert!(v[0].abs() < 1e-6 && (v[1] - 1.0).abs() < 1e-6);
 /// ```
 ///

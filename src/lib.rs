@@ -56,23 +56,32 @@
 //!   message naming the argument and both shapes.
 //!
 //! ## Cargo features
-//! The library depends on `burn` with `default-features = false` and forces no backend. The
-//! optional features forward to Burn, for convenience in binaries:
-//! * `flex` — Burn's CPU backend, and the CPU kernel of [`fused`] (without it, Flex devices run
-//!   the composed path);
-//! * `ndarray` — the ndarray backend;
-//! * `wgpu` — the wgpu backend (Vulkan, Metal, DX12, or Mesa's software renderer);
-//! * `cube` — the CubeCL kernel of [`fused`] (wgpu, CUDA, ROCm, Metal); implies `wgpu`. Keep
-//!   Burn's `fusion` feature off with it (the kernel is not implemented for Burn's `Fusion`
-//!   wrapper). Without it, CubeCL devices run the composed path.
-//! * `autodiff` — Burn's `Device::autodiff()`, and the [`chunked`] module (row-chunked
-//!   evaluation for large vocabularies runs one backward pass per chunk, so it needs Burn's
-//!   autodiff at compile time). Every other loss works with or without it.
+//! The library depends on `burn` with `default-features = false` and turns no Burn backend,
+//! `autodiff` or `fusion` on: the application's own `burn` dependency decides them. The fused
+//! kernels are found at run time from the tensors (see [`fused`]): a Flex tensor runs the CPU
+//! kernel and a wgpu / Vulkan / Metal / CUDA / ROCm tensor the CubeCL kernel, with or without
+//! Burn's `autodiff` and `fusion`, and every other backend the composed path.
+//! [`fused::fused_available`] says which path a tensor takes.
+//! * `cpu-kernel` (default) — compiles the fused CPU kernel (depends on `burn-flex` directly;
+//!   it serves Flex tensors whenever the application's Burn has `flex`);
+//! * `gpu-kernel` — compiles the fused CubeCL kernel (depends on `burn-cubecl`, `cubecl` and
+//!   `burn-fusion` directly and turns no runtime on). CubeCL compiles only when some crate gives
+//!   it a runtime, so this one is not a default: enable it next to a GPU backend of Burn
+//!   (`wgpu`, `vulkan`, `metal`, `cuda`, `rocm`). Without it, the first CubeCL tensor that takes
+//!   the composed path says so once on stderr;
+//! * `chunked` — the [`chunked`] module (row-chunked evaluation for large vocabularies runs one
+//!   backward pass per chunk, so it needs Burn's `autodiff` at compile time and turns it on);
+//!   `autodiff` is its deprecated 0.1 name;
+//! * `train` — the [`train`] module: a step output and a metric that show each loss term inside
+//!   Burn's `Learner` (turns on Burn's `train`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod attention;
 #[cfg(feature = "chunked")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chunked")))]
 pub mod chunked;
 pub mod combine;
 pub mod divergence;
@@ -89,6 +98,7 @@ pub mod schedule;
 pub mod sparse;
 pub mod temperature;
 #[cfg(feature = "train")]
+#[cfg_attr(docsrs, doc(cfg(feature = "train")))]
 pub mod train;
 pub mod vocab;
 

@@ -78,6 +78,33 @@ pub enum Reduction {
     Normalizer(Normalizer),
 }
 
+/// Burn's reduction, with **Burn's meaning**: `burn::nn::loss::Reduction::Mean` (and `Auto`) is
+/// the mean over every element, which is [`Reduction::ElementMean`] here — not this crate's
+/// [`Reduction::Mean`], the mean over rows (a factor of `V` apart for logits `[R, V]`).
+///
+/// | Burn | kd-losses | denominator |
+/// |---|---|---|
+/// | `Mean`, `Auto` | [`Reduction::ElementMean`] | kept rows × `V` |
+/// | `Sum` | [`Reduction::Sum`] | 1 |
+/// | `BatchMean` | [`Reduction::BatchMean`] | `shape[0]` |
+///
+/// ```
+/// use kd_losses::Reduction;
+/// let r: Reduction = burn::nn::loss::Reduction::Mean.into();
+/// assert_eq!(r, Reduction::ElementMean);
+/// ```
+impl From<burn::nn::loss::Reduction> for Reduction {
+    fn from(r: burn::nn::loss::Reduction) -> Self {
+        match r {
+            burn::nn::loss::Reduction::Mean | burn::nn::loss::Reduction::Auto => {
+                Reduction::ElementMean
+            }
+            burn::nn::loss::Reduction::Sum => Reduction::Sum,
+            burn::nn::loss::Reduction::BatchMean => Reduction::BatchMean,
+        }
+    }
+}
+
 /// Which rows count: `true` keeps a row, `false` drops it.
 ///
 /// Build it from a padding/attention mask of the logits' leading shape (`[B, S]` for
@@ -352,9 +379,10 @@ impl RowLoss {
 
     /// Reduces the rows to a scalar `[1]`; see [`Reduction`] for each denominator.
     pub fn reduce(self, reduction: Reduction) -> Tensor<1> {
-        #[cfg(feature = "cpu-kernel")]
-        if let Values::Squares(sq) = &self.values {
-            return sq.reduce_fused(&self.row_dims, self.row_size, reduction);
+        if let Values::Squares(sq) = &self.values
+            && let Some(value) = sq.reduce_fused(&self.row_dims, self.row_size, reduction)
+        {
+            return value;
         }
         let this = self.materialized();
         let values = this.ready();
@@ -420,9 +448,13 @@ impl SquaredRows {
     }
 
     /// The reduced loss through the fused kernel: per-row weights from the reduction (and the
-    /// mask), exactly as [`RowLoss::reduce`] divides.
-    #[cfg(feature = "cpu-kernel")]
-    fn reduce_fused(&self, row_dims: &[usize], row_size: usize, reduction: Reduction) -> Tensor<1> {
+    /// mask), exactly as [`RowLoss::reduce`] divides; `None` where the kernel does not run.
+    fn reduce_fused(
+        &self,
+        row_dims: &[usize],
+        row_size: usize,
+        reduction: Reduction,
+    ) -> Option<Tensor<1>> {
         let device = self.student.device();
         let m = self.student.dims()[0];
         let weights = if self.per_element {

@@ -222,7 +222,7 @@ impl TemperatureSchedule {
 ///
 /// let device = Device::flex();
 /// let t = Tensor::<2>::from_floats([[0.0, 0.0], [100.0, -100.0]], &device);
-/// let temps = entropy_temperature(t, 1.0, 4.0).unwrap().into_data().to_vec::<f32>().unwrap();
+/// let temps = entropy_temperature(t, 1.0, 4.0).unwrap().into_data().try_to_vec::<f32>().unwrap();
 /// assert!((temps[0] - 4.0).abs() < 1e-5 && (temps[1] - 1.0).abs() < 1e-5);
 /// ```
 pub fn entropy_temperature<const D: usize>(

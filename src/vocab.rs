@@ -71,7 +71,7 @@ impl Default for VocabAlignment {
 /// assert!(err.to_string().contains("student has 2 entries, teacher has 3"));
 /// let (s, t) = align_vocab(s, t, VocabAlignment::PadNegInf).unwrap();
 /// assert_eq!(s.dims(), t.dims());
-/// assert_eq!(s.into_data().to_vec::<f32>().unwrap()[2], f32::NEG_INFINITY);
+/// assert_eq!(s.into_data().try_to_vec::<f32>().unwrap()[2], f32::NEG_INFINITY);
 /// ```
 pub fn align_vocab<const D: usize>(
     student_logits: Tensor<D>,

@@ -183,7 +183,7 @@ fn fused_matches_composed_grid() {
         let probe = Tensor::<2>::zeros([1, 1], &dev);
         let expected = match name {
             "flex" => true,
-            "wgpu" => false, // interim: the CubeCL kernel is re-routed (Fusion)
+            "wgpu" => true,
             _ => false,
         };
         assert_eq!(

@@ -49,11 +49,11 @@
 
 #[cfg(feature = "gpu-kernel")]
 mod cube;
-#[cfg(any(feature = "cpu-kernel", feature = "gpu-kernel"))]
 mod ext;
 pub(crate) mod kernel;
 #[cfg(feature = "cpu-kernel")]
 mod pool;
+mod route;
 mod simd;
 #[cfg(feature = "cpu-kernel")]
 mod sq;
@@ -68,50 +68,64 @@ use crate::logits::soft::T2Scaling;
 use crate::reduction::{Reduction, RowMask, flatten_rows};
 use crate::temperature::Temperature;
 
-#[allow(unused_imports)]
 use kernel::{KernelParams, SoftKind};
+use route::{KdInputs, SqInputs, for_each_probe};
 
-/// Whether the fused kernel runs for `logits` (its device, dtype, and this build's features);
+/// Whether the `KD_FUSED=0` environment variable turns the fused kernels off.
+fn forced_off() -> bool {
+    std::env::var("KD_FUSED").is_ok_and(|v| v == "0")
+}
+
+/// Whether the fused kernel runs for `logits` (its backend, dtype, and this build's kernels);
 /// `false` means the composed path runs, with the same results.
+///
+/// The answer comes from the tensor itself: a kernel runs wherever the application's Burn has
+/// the backend it is written for (Flex; the CubeCL backends wgpu, Vulkan, Metal, CUDA, ROCm, with
+/// or without Burn's `fusion`), with or without `autodiff`, whatever features this crate or the
+/// application enabled. When it says `true`, the fused path runs and does not panic.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// let x = Tensor::<2>::zeros([2, 3], &Device::ndarray());
 /// assert!(!kd_losses::fused::fused_available(&x)); // ndarray: composed path
+/// let y = Tensor::<2>::zeros([2, 3], &Device::flex().autodiff());
+/// assert!(kd_losses::fused::fused_available(&y)); // Flex: the CPU kernel
 /// ```
 pub fn fused_available<const D: usize>(logits: &Tensor<D>) -> bool {
-    if std::env::var("KD_FUSED").is_ok_and(|v| v == "0") {
+    if forced_off() || logits.dtype() != burn::tensor::DType::F32 {
         return false;
     }
-    if logits.dtype() != burn::tensor::DType::F32 {
-        return false;
+    let probe = Tensor::<2>::zeros([1, 1], &logits.device());
+    let mut found = false;
+    for_each_probe!(|p| found = found || p.holds(&probe));
+    if !found {
+        notice_missing_gpu_kernel(&logits.device());
     }
-    device_supported(&logits.device())
+    found
 }
 
-#[cfg(any(feature = "cpu-kernel", feature = "gpu-kernel"))]
-fn device_supported(device: &burn::tensor::Device) -> bool {
-    use burn::backend::DispatchDevice;
-    let inner = device.clone().inner();
-    let autodiff = inner != *device;
-    if autodiff && !cfg!(feature = "chunked") {
-        return false;
-    }
-    match inner.as_dispatch() {
-        #[cfg(feature = "cpu-kernel")]
-        DispatchDevice::Flex(_) => true,
-        _ => false,
+/// Says once, on stderr, that a CubeCL tensor takes the composed path because this build lacks
+/// the `gpu-kernel` feature (CubeCL compiles only with a runtime, so it cannot be a default).
+#[cfg(not(feature = "gpu-kernel"))]
+fn notice_missing_gpu_kernel(device: &burn::tensor::Device) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let inner = format!("{:?}", device.clone().inner().as_dispatch());
+    if inner.starts_with("Cube") {
+        ONCE.call_once(|| {
+            eprintln!(
+                "kd-losses: the fused GPU kernel is not compiled in (enable the `gpu-kernel` \
+                 feature of kd-losses); {inner} runs the composed path, with the same results \
+                 and several times slower"
+            );
+        });
     }
 }
 
-#[cfg(not(any(feature = "cpu-kernel", feature = "gpu-kernel")))]
-fn device_supported(_device: &burn::tensor::Device) -> bool {
-    false
-}
+#[cfg(feature = "gpu-kernel")]
+fn notice_missing_gpu_kernel(_device: &burn::tensor::Device) {}
 
 /// Per-row weights `w_r` such that the reduced loss is `Σ_r w_r · loss_r`, matching
 /// [`RowLoss::reduce`](crate::reduction::RowLoss::reduce) (and [`RowLoss::masked`](crate::reduction::RowLoss::masked)).
-#[allow(dead_code)]
 pub(crate) fn row_weights(
     keep: Option<Tensor<1, Bool>>,
     rows: &[usize],
@@ -151,7 +165,7 @@ pub(crate) fn row_weights(
 
 /// The three outputs `[total, soft, hard]` of the fused operation, or `None` when it does not
 /// run here.
-#[allow(clippy::too_many_arguments, unused_variables)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_terms<const D: usize>(
     student_logits: &Tensor<D>,
     teacher_logits: &Tensor<D>,
@@ -167,45 +181,38 @@ pub(crate) fn fused_terms<const D: usize>(
     if !fused_available(student_logits) || teacher_logits.dtype() != student_logits.dtype() {
         return None;
     }
-    #[cfg(any(feature = "cpu-kernel", feature = "gpu-kernel"))]
-    {
-        use burn::backend::Dispatch;
-        use ext::KdFusedBackend;
-
-        let device = student_logits.device();
-        let (s, rows, v) = flatten_rows(student_logits.clone());
-        let (t, _, _) = flatten_rows(teacher_logits.clone().detach());
-        let r: usize = rows.iter().product();
-        let has_hard = labels.is_some();
-        let labels = labels.unwrap_or_else(|| Tensor::<1, Int>::zeros([r], &device));
-        let w = row_weights(keep, &rows, v, reduction, &device).detach();
-        let params = KernelParams {
-            kind,
-            temperature: temperature.get() as f32,
-            soft_scale: scaling.factor(temperature) as f32,
-            has_hard,
-            smoothing: smoothing as f32,
-            alpha: alpha as f32,
-            beta: (1.0 - alpha) as f32,
-            grad_soft: 0.0,
-            grad_hard: 0.0,
-        };
-        let out = <Dispatch as KdFusedBackend>::kd_fused_values(
-            s.into_dispatch(),
-            t.into_dispatch(),
-            labels.into_dispatch(),
-            w.into_dispatch(),
-            params,
-        );
-        let out = Tensor::<1>::from_dispatch(out);
-        Some((
-            out.clone().slice(0..1),
-            out.clone().slice(1..2),
-            out.slice(2..3),
-        ))
-    }
-    #[cfg(not(any(feature = "cpu-kernel", feature = "gpu-kernel")))]
-    None
+    let device = student_logits.device();
+    let (s, rows, v) = flatten_rows(student_logits.clone());
+    let (t, _, _) = flatten_rows(teacher_logits.clone().detach());
+    let r: usize = rows.iter().product();
+    let has_hard = labels.is_some();
+    let labels = labels.unwrap_or_else(|| Tensor::<1, Int>::zeros([r], &device));
+    // The kernels read f32 weights whatever the device's default float dtype is.
+    let weights = row_weights(keep, &rows, v, reduction, &device)
+        .detach()
+        .cast(burn::tensor::DType::F32);
+    let params = KernelParams {
+        kind,
+        temperature: temperature.get() as f32,
+        soft_scale: scaling.factor(temperature) as f32,
+        has_hard,
+        smoothing: smoothing as f32,
+        alpha: alpha as f32,
+        beta: (1.0 - alpha) as f32,
+        grad_soft: 0.0,
+        grad_hard: 0.0,
+    };
+    let inputs = KdInputs {
+        student: s,
+        teacher: t,
+        labels,
+        weights,
+    };
+    let mut out = None;
+    for_each_probe!(|p| if out.is_none() {
+        out = p.kd(&inputs, params);
+    });
+    out.map(|t: route::Terms| (t.total, t.soft, t.hard))
 }
 
 /// The fused kernel's soft divergence for a [`Divergence`], if it has one.
@@ -296,40 +303,33 @@ pub fn soft_loss<const D: usize>(
 /// Flex (with or without autodiff), `f32`, and `KD_FUSED` not `0`. Elsewhere (CubeCL included)
 /// the composed path runs.
 pub(crate) fn sq_available<const D: usize>(x: &Tensor<D>) -> bool {
-    if std::env::var("KD_FUSED").is_ok_and(|v| v == "0") || x.dtype() != burn::tensor::DType::F32 {
+    if forced_off() || x.dtype() != burn::tensor::DType::F32 {
         return false;
     }
-    #[cfg(feature = "cpu-kernel")]
-    {
-        use burn::backend::DispatchDevice;
-        let device = x.device();
-        let inner = device.clone().inner();
-        if inner != device && !cfg!(feature = "chunked") {
-            return false;
-        }
-        matches!(inner.as_dispatch(), DispatchDevice::Flex(_))
-    }
-    #[cfg(not(feature = "cpu-kernel"))]
-    false
+    let probe = Tensor::<2>::zeros([1, 1], &x.device());
+    let mut found = false;
+    for_each_probe!(|p| found = found || p.holds_sq(&probe));
+    found
 }
 
 /// `Σ_r w_r Σ_k (s_rk − t_rk)²` through the fused kernel, `[1]`, with its gradient w.r.t.
 /// `student` written in the forward pass. `±inf` entries count as 0 in both with `zero_inf`.
-/// Only call where [`sq_available`] holds.
-#[cfg(feature = "cpu-kernel")]
+/// `None` where the kernel does not run ([`sq_available`] is `false`).
 pub(crate) fn sq_reduced(
     student: Tensor<2>,
     teacher: Tensor<2>,
     weights: Tensor<1>,
     zero_inf: bool,
-) -> Tensor<1> {
-    use burn::backend::Dispatch;
-    use ext::KdSqBackend;
-    let out = <Dispatch as KdSqBackend>::kd_sq_value(
-        student.into_dispatch(),
-        teacher.detach().into_dispatch(),
-        weights.detach().into_dispatch(),
+) -> Option<Tensor<1>> {
+    let inputs = SqInputs {
+        student,
+        teacher: teacher.detach(),
+        weights: weights.detach().cast(burn::tensor::DType::F32),
         zero_inf,
-    );
-    Tensor::<1>::from_dispatch(out)
+    };
+    let mut out = None;
+    for_each_probe!(|p| if out.is_none() {
+        out = p.sq(&inputs);
+    });
+    out
 }

@@ -8,6 +8,12 @@ use kd_losses::divergence::Divergence;
 use kd_losses::hidden::hidden_mse;
 use kd_losses::prelude::*;
 
+/// The Burn configuration these timings run in (the dev-dependency in `Cargo.toml`): what an
+/// application gets with `burn = { version = "0.22", features = ["flex", "ndarray", "wgpu",
+/// "autodiff", "train"] }`.
+pub const BURN_FEATURES: &str = "burn 0.22 default features + flex, ndarray, wgpu, autodiff \
+     (Flex with simd + rayon; wgpu with fusion + autotune)";
+
 /// The device of an implementation name such as `flex-fused` or `wgpu-composed`.
 pub fn device_for(imp: &str) -> Device {
     #[allow(deprecated)]

@@ -1,0 +1,203 @@
+//! Which kernel serves a tensor, decided from the tensor itself at run time.
+//!
+//! The application, not this crate, chooses Burn's backends (`flex`, `wgpu`, `cuda`, …), whether
+//! `autodiff` is compiled in and whether the CubeCL backend is wrapped in `fusion`. None of that
+//! is visible to this crate's `cfg`s, so the kernels are routed without naming Burn's `Dispatch`
+//! variants: for each backend type a kernel is compiled for (`burn_flex::Flex`,
+//! `burn_cubecl::Cube` — which *is* `Fusion<CubeBackend>` when the application's Burn has
+//! `fusion` — and their `Autodiff` wrappers), a [`Probe`] asks whether Burn's dispatch layer can
+//! hand over a primitive of that type (`DispatchTensor: DispatchKindConversion<B>`, implemented
+//! by Burn exactly for the backends the application enabled).
+//!
+//! The question is answered at compile time by method resolution ("autoref specialisation"):
+//! [`Kernel`] is implemented for `Probe<B>` only where that conversion exists, and the fallback
+//! [`NoKernel`], one reference further away, answers `None`. A backend the application did not
+//! enable therefore compiles to `None`, never to a compile error, and a tensor on an enabled
+//! backend is converted with `try_into_primitive`, which says `Err` (→ composed path) rather than
+//! panicking when the tensor lives elsewhere.
+
+use core::marker::PhantomData;
+
+use burn::backend::{DispatchKindConversion, DispatchTensor};
+use burn::tensor::{Int, Tensor};
+
+use super::ext::{KdFusedBackend, KdSqBackend};
+use super::kernel::KernelParams;
+
+/// A backend type `B` a kernel may be routed to.
+pub(crate) struct Probe<B>(pub(crate) PhantomData<B>);
+
+/// The inputs of the fused logit operation: `[R, V]` logits, `[R]` labels and weights.
+pub(crate) struct KdInputs {
+    pub(crate) student: Tensor<2>,
+    pub(crate) teacher: Tensor<2>,
+    pub(crate) labels: Tensor<1, Int>,
+    pub(crate) weights: Tensor<1>,
+}
+
+/// The outputs of the fused logit operation, each `[1]`: `α·S + β·H`, `S`, `H`; independent
+/// graph nodes under autodiff.
+pub(crate) struct Terms {
+    pub(crate) total: Tensor<1>,
+    pub(crate) soft: Tensor<1>,
+    pub(crate) hard: Tensor<1>,
+}
+
+/// The inputs of the fused squared-error operation: `[R, K]` maps, `[R]` weights.
+pub(crate) struct SqInputs {
+    pub(crate) student: Tensor<2>,
+    pub(crate) teacher: Tensor<2>,
+    pub(crate) weights: Tensor<1>,
+    pub(crate) zero_inf: bool,
+}
+
+/// A backend that Burn can convert to and that has the fused logit kernel: the specialised
+/// answer.
+pub(crate) trait Kernel {
+    /// Whether `x` lives on this backend.
+    fn holds(&self, x: &Tensor<2>) -> bool;
+    /// The fused logit operation on this backend, or `None` if an input lives elsewhere.
+    fn kd(&self, inputs: &KdInputs, params: KernelParams) -> Option<Terms>;
+}
+
+/// The fallback: no fused logit kernel for this backend in this build.
+///
+/// Which probes fall back depends on the application's Burn features (with every backend
+/// enabled, none does), hence the `allow`.
+#[allow(dead_code)]
+pub(crate) trait NoKernel {
+    /// `false`.
+    fn holds(&self, _x: &Tensor<2>) -> bool {
+        false
+    }
+    /// `None`.
+    fn kd(&self, _inputs: &KdInputs, _params: KernelParams) -> Option<Terms> {
+        None
+    }
+}
+
+impl<B> NoKernel for &Probe<B> {}
+
+/// A backend that Burn can convert to and that has the squared-error kernel.
+pub(crate) trait SqKernel {
+    /// Whether `x` lives on this backend.
+    fn holds_sq(&self, x: &Tensor<2>) -> bool;
+    /// The fused squared-error operation on this backend, or `None`.
+    fn sq(&self, inputs: &SqInputs) -> Option<Tensor<1>>;
+}
+
+/// The fallback: no squared-error kernel for this backend in this build (the CubeCL backend
+/// always; others depending on the application's Burn features, hence the `allow`).
+#[allow(dead_code)]
+pub(crate) trait NoSqKernel {
+    /// `false`.
+    fn holds_sq(&self, _x: &Tensor<2>) -> bool {
+        false
+    }
+    /// `None`.
+    fn sq(&self, _inputs: &SqInputs) -> Option<Tensor<1>> {
+        None
+    }
+}
+
+impl<B> NoSqKernel for &Probe<B> {}
+
+fn primitive<B, const D: usize, K>(x: &Tensor<D, K>) -> Option<K::Primitive>
+where
+    B: burn::backend::Backend,
+    K: burn::tensor::BackendPrimitive<B> + burn::tensor::kind::Basic,
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    x.clone().try_into_primitive::<B>().ok()
+}
+
+impl<B> Kernel for Probe<B>
+where
+    B: KdFusedBackend,
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    fn holds(&self, x: &Tensor<2>) -> bool {
+        primitive::<B, 2, _>(x).is_some()
+    }
+
+    fn kd(&self, inputs: &KdInputs, params: KernelParams) -> Option<Terms> {
+        let s = primitive::<B, 2, _>(&inputs.student)?;
+        let t = primitive::<B, 2, _>(&inputs.teacher)?;
+        let y = primitive::<B, 1, _>(&inputs.labels)?;
+        let w = primitive::<B, 1, _>(&inputs.weights)?;
+        let (total, soft, hard) = B::kd_fused_terms(s, t, y, w, params);
+        Some(Terms {
+            total: Tensor::<1>::from_primitive::<B>(total),
+            soft: Tensor::<1>::from_primitive::<B>(soft),
+            hard: Tensor::<1>::from_primitive::<B>(hard),
+        })
+    }
+}
+
+impl<B> SqKernel for Probe<B>
+where
+    B: KdSqBackend,
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    fn holds_sq(&self, x: &Tensor<2>) -> bool {
+        primitive::<B, 2, _>(x).is_some()
+    }
+
+    fn sq(&self, inputs: &SqInputs) -> Option<Tensor<1>> {
+        let s = primitive::<B, 2, _>(&inputs.student)?;
+        let t = primitive::<B, 2, _>(&inputs.teacher)?;
+        let w = primitive::<B, 1, _>(&inputs.weights)?;
+        let out = B::kd_sq_value(s, t, w, inputs.zero_inf);
+        Some(Tensor::<1>::from_primitive::<B>(out))
+    }
+}
+
+/// Runs `$body` once for each backend type a kernel is compiled for, with `$p` a reference to
+/// its [`Probe`]: `Flex`, `Cube` (plain or `Fusion`, whichever the application's Burn uses) and
+/// both `Autodiff` checkpointing strategies over each. The callers stop at the first answer.
+macro_rules! for_each_probe {
+    (|$p:ident| $body:expr) => {{
+        #[allow(unused_imports)]
+        use $crate::fused::route::{Kernel as _, NoKernel as _, NoSqKernel as _, SqKernel as _};
+        #[allow(unused_imports)]
+        use $crate::fused::route::Probe;
+        #[allow(unused_imports)]
+        use burn_autodiff::{
+            Autodiff,
+            checkpoint::strategy::{BalancedCheckpointing as Bal, NoCheckpointing as NoC},
+        };
+        #[allow(unused_imports)]
+        use core::marker::PhantomData;
+        #[cfg(feature = "cpu-kernel")]
+        {
+            {
+                let $p = &Probe::<burn_flex::Flex>(PhantomData);
+                $body;
+            }
+            {
+                let $p = &Probe::<Autodiff<burn_flex::Flex, NoC>>(PhantomData);
+                $body;
+            }
+            {
+                let $p = &Probe::<Autodiff<burn_flex::Flex, Bal>>(PhantomData);
+                $body;
+            }
+        }
+        #[cfg(feature = "gpu-kernel")]
+        {
+            {
+                let $p = &Probe::<burn_cubecl::Cube>(PhantomData);
+                $body;
+            }
+            {
+                let $p = &Probe::<Autodiff<burn_cubecl::Cube, NoC>>(PhantomData);
+                $body;
+            }
+            {
+                let $p = &Probe::<Autodiff<burn_cubecl::Cube, Bal>>(PhantomData);
+                $body;
+            }
+        }
+    }};
+}
+pub(crate) use for_each_probe;
