@@ -33,8 +33,9 @@
 //!
 //! let kd = DistillationLossConfig::new().with_temperature(4.0).with_alpha(0.8).init();
 //! let terms = kd.forward(student.clone(), teacher, labels.clone(), Reduction::Mean).into_terms();
-//! let out = KdClassificationOutput::new(terms, student, labels);
+//! let out = KdClassificationOutput::new(terms, student.clone(), labels);
 //! let grads = out.loss.backward(); // what `TrainStep::step` hands to `TrainOutput::new`
+//! assert!(student.grad(&grads).is_some());
 //!
 //! // In the Learner: `.metrics((LossMetric::new(), LossTermMetric::new("soft"), LossTermMetric::new("hard")))`.
 //! let _total: LossInput = out.adapt();
