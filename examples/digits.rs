@@ -9,147 +9,36 @@
 //! seeds); the last line is machine-readable:
 //! `teacher_acc=… student_acc=… kd_student_acc=…` (5%-label regime, means over seeds).
 //!
+//! It also draws a figure (PNG, path printed at the end): test accuracy during training for the
+//! first seed, and the final accuracies with their spread over seeds. Progress bars show on a
+//! terminal only; in a log (stderr not a terminal) the example prints its table and nothing else.
+//!
 //! ```text
 //! cargo run --release --example digits            # full run
 //! cargo run --release --example digits -- --quick # CI smoke run
 //! ```
 //!
+//! This example is also the `burn::train` `Learner`-free version of `examples/learner.rs`: a
+//! hand-written loop, which keeps the three recipes' step budgets exactly equal.
+//!
 //! Data: E. Alpaydin, C. Kaynak, UCI ML Repository, CC BY 4.0 (see data/README.md).
+//! Font of the figure: DejaVu Sans, embedded (see examples/assets/README.md).
 
-use std::io::Read;
+mod common;
+
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use common::{CLASSES, FEATURES, Mlp, Split, batch_y, load_digits, split};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kd_losses::hidden::{HiddenProjection, HiddenProjectionConfig, hidden_mse};
 use kd_losses::prelude::*;
-
-const CLASSES: usize = 10;
-const FEATURES: usize = 64;
-
-// ------------------------------------------------------------------------------------ data
-
-struct Split {
-    x: Vec<f32>,
-    y: Vec<i64>,
-}
-
-impl Split {
-    fn len(&self) -> usize {
-        self.y.len()
-    }
-}
-
-fn load_digits() -> Vec<(Vec<f32>, i64)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz");
-    let file = std::fs::File::open(path).expect("data/digits.csv.gz");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_string(&mut text)
-        .expect("gzip");
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Vec<f32> = l.split(',').map(|s| s.trim().parse().unwrap()).collect();
-            assert_eq!(v.len(), FEATURES + 1, "digits: 65 values per line");
-            (
-                v[..FEATURES].iter().map(|p| p / 16.0).collect(),
-                v[FEATURES] as i64,
-            )
-        })
-        .collect()
-}
-
-/// xorshift64*: a tiny deterministic RNG for shuffling.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
-fn split(mut all: Vec<(Vec<f32>, i64)>, test: usize) -> (Split, Split) {
-    Rng(0x5e_edd1_6175).shuffle(&mut all);
-    let to = |rows: &[(Vec<f32>, i64)]| Split {
-        x: rows.iter().flat_map(|r| r.0.clone()).collect(),
-        y: rows.iter().map(|r| r.1).collect(),
-    };
-    (to(&all[test..]), to(&all[..test]))
-}
-
-// ----------------------------------------------------------------------------------- model
-
-#[derive(Module, Debug)]
-struct Mlp {
-    layers: Vec<Linear>,
-}
-
-impl Mlp {
-    fn new(widths: &[usize], device: &Device) -> Self {
-        let layers = widths
-            .windows(2)
-            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
-            .collect();
-        Mlp { layers }
-    }
-
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.forward_with_hidden(x).0
-    }
-
-    /// Logits and the last hidden layer (after its ReLU).
-    fn forward_with_hidden(&self, mut x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-        let n = self.layers.len();
-        let mut hidden = x.clone();
-        for (i, l) in self.layers.iter().enumerate() {
-            x = l.forward(x);
-            if i + 1 < n {
-                x = relu(x);
-                hidden = x.clone();
-            }
-        }
-        (x, hidden)
-    }
-
-    fn params(&self) -> usize {
-        self.num_params()
-    }
-}
-
-fn batch_x(s: &Split, idx: &[usize], device: &Device) -> Tensor<2> {
-    let data: Vec<f32> = idx
-        .iter()
-        .flat_map(|&i| s.x[i * FEATURES..(i + 1) * FEATURES].iter().copied())
-        .collect();
-    Tensor::from_data(TensorData::new(data, [idx.len(), FEATURES]), device)
-}
-
-fn batch_y(y: &[i64], idx: &[usize], device: &Device) -> Tensor<1, Int> {
-    let data: Vec<i64> = idx.iter().map(|&i| y[i]).collect();
-    Tensor::from_data(TensorData::new(data, [idx.len()]), device)
-}
-
-fn accuracy(model: &Mlp, s: &Split, device: &Device) -> f64 {
-    let idx: Vec<usize> = (0..s.len()).collect();
-    let pred = model
-        .forward(batch_x(s, &idx, device))
-        .argmax(1)
-        .reshape([s.len()]);
-    let pred = pred.try_into_vec_as::<i64>().unwrap();
-    pred.iter().zip(&s.y).filter(|(a, b)| a == b).count() as f64 / s.len() as f64
-}
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 
 // -------------------------------------------------------------------------------- training
 
@@ -182,8 +71,25 @@ struct Student {
     projection: HiddenProjection,
 }
 
+/// A progress bar on stderr when it is a terminal, hidden otherwise (CI logs stay clean).
+fn progress_bar(total: usize) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total as u64), target);
+    bar.set_style(
+        ProgressStyle::with_template("  {msg:44} [{bar:30}] {pos}/{len} steps, {elapsed}")
+            .expect("a valid template")
+            .progress_chars("#>-"),
+    );
+    bar
+}
+
 /// Trains a student for a fixed number of optimizer steps (the same budget for every recipe).
-/// `labels[i] == -100` marks an unlabelled input.
+/// `labels[i] == -100` marks an unlabelled input. Returns the network and, when `eval` is
+/// given, its accuracy on `eval` about 30 times during training.
 #[allow(clippy::too_many_arguments)]
 fn train(
     mut model: Student,
@@ -193,13 +99,12 @@ fn train(
     cfg: &Train,
     seed: u64,
     device: &Device,
-    progress: &str,
+    bar: &ProgressBar,
     eval: Option<&Split>,
 ) -> (Mlp, Vec<(usize, f64)>) {
     let mut curve = Vec::new();
-    let mut bar = Progress::new(progress, cfg.steps);
     let mut optim = AdamConfig::new().init();
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = StdRng::seed_from_u64(seed);
     // Without a teacher only labelled inputs are useful.
     let pool: Vec<usize> = (0..data.len())
         .filter(|&i| !matches!(recipe, Recipe::LabelsOnly) || labels[i] != IGNORE_INDEX)
@@ -208,19 +113,18 @@ fn train(
     let mut cursor = order.len();
     for step in 0..cfg.steps {
         if let Some(eval) = eval.filter(|_| step % (cfg.steps / 30).max(1) == 0) {
-            curve.push((step, accuracy(&model.net, eval, device)));
+            curve.push((step, model.net.accuracy(eval, device)));
         }
-        bar.tick(step + 1);
         let mut idx = Vec::with_capacity(cfg.batch);
         while idx.len() < cfg.batch.min(pool.len()) {
             if cursor == order.len() {
-                rng.shuffle(&mut order);
+                order.shuffle(&mut rng);
                 cursor = 0;
             }
             idx.push(order[cursor]);
             cursor += 1;
         }
-        let x = batch_x(data, &idx, device);
+        let x = data.batch_x(&idx, device);
         let y = batch_y(labels, &idx, device);
         let (logits, hidden) = model.net.forward_with_hidden(x);
         let hard = cross_entropy(logits.clone(), y, &CrossEntropyOptions::default())
@@ -258,47 +162,12 @@ fn train(
         };
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(cfg.lr, model, grads);
+        bar.inc(1);
     }
     if let Some(eval) = eval {
-        curve.push((cfg.steps, accuracy(&model.net, eval, device)));
+        curve.push((cfg.steps, model.net.accuracy(eval, device)));
     }
     (model.net, curve)
-}
-
-/// A one-line progress bar on stderr.
-struct Progress {
-    name: String,
-    total: usize,
-    shown: usize,
-}
-
-impl Progress {
-    fn new(name: &str, total: usize) -> Self {
-        Progress {
-            name: name.to_string(),
-            total,
-            shown: usize::MAX,
-        }
-    }
-
-    fn tick(&mut self, done: usize) {
-        let width = 30;
-        let filled = done * width / self.total.max(1);
-        if filled == self.shown && done != self.total {
-            return;
-        }
-        self.shown = filled;
-        eprint!(
-            "\r  {:<44} [{}{}] {done}/{}",
-            self.name,
-            "#".repeat(filled),
-            "-".repeat(width - filled),
-            self.total
-        );
-        if done == self.total {
-            eprintln!();
-        }
-    }
 }
 
 /// Trains the teacher with cross-entropy on every training label.
@@ -307,7 +176,9 @@ fn train_teacher(model: Mlp, data: &Split, cfg: &Train, device: &Device) -> Mlp 
         net: model,
         projection: HiddenProjection::identity(),
     };
-    train(
+    let bar = progress_bar(cfg.steps);
+    bar.set_message("teacher");
+    let (teacher, _) = train(
         student,
         data,
         &data.y,
@@ -315,12 +186,14 @@ fn train_teacher(model: Mlp, data: &Split, cfg: &Train, device: &Device) -> Mlp 
         cfg,
         1000,
         device,
-        "teacher",
+        &bar,
         None,
-    )
-    .0
+    );
+    bar.finish_and_clear();
+    teacher
 }
 
+/// Mean and sample standard deviation (0 for one value).
 fn mean_spread(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;
     let s = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>()
@@ -331,7 +204,7 @@ fn mean_spread(v: &[f64]) -> (f64, f64) {
 
 fn time_forward(model: &Mlp, s: &Split, device: &Device) -> f64 {
     let idx: Vec<usize> = (0..s.len().min(256)).collect();
-    let x = batch_x(s, &idx, device);
+    let x = s.batch_x(&idx, device);
     let _ = model.forward(x.clone()).into_data();
     let reps = 20;
     let start = Instant::now();
@@ -380,16 +253,16 @@ fn main() {
         &teacher_cfg,
         &device,
     );
-    let teacher_acc = accuracy(&teacher, &test_set, &device);
+    let teacher_acc = teacher.accuracy(&test_set, &device);
     println!(
         "teacher {teacher_widths:?}: {} params, test accuracy {:.4} ({:.1}s)",
-        teacher.params(),
+        teacher.num_params(),
         teacher_acc,
         start.elapsed().as_secs_f64()
     );
     // The teacher runs once over the training set; its outputs are constants for the students.
     let all: Vec<usize> = (0..train_set.len()).collect();
-    let (t_logits, t_hidden) = teacher.forward_with_hidden(batch_x(&train_set, &all, &device));
+    let (t_logits, t_hidden) = teacher.forward_with_hidden(train_set.batch_x(&all, &device));
     let targets = TeacherTargets {
         logits: t_logits.detach(),
         hidden: t_hidden.detach(),
@@ -411,12 +284,12 @@ fn main() {
         seeds.len()
     );
     println!("|---|---|---|");
-    for (regime, frac) in regimes {
+    let bar = progress_bar(regimes.len() * seeds.len() * recipes.len() * student_cfg.steps);
+    for (g, (regime, frac)) in regimes.into_iter().enumerate() {
         let mut acc = vec![Vec::new(); recipes.len()];
         for &seed in &seeds {
-            let mut rng = Rng(seed * 7919 + 17);
             let mut ids: Vec<usize> = (0..train_set.len()).collect();
-            rng.shuffle(&mut ids);
+            ids.shuffle(&mut StdRng::seed_from_u64(seed * 7919 + 17));
             let keep = ((train_set.len() as f64) * frac).round() as usize;
             let mut labels = vec![IGNORE_INDEX; train_set.len()];
             for &i in &ids[..keep] {
@@ -434,7 +307,8 @@ fn main() {
                 Recipe::HintonHidden(&targets, &kd, hidden_weight),
             ];
             for (k, recipe) in plans.iter().enumerate() {
-                // Learning curves are recorded for the first seed, for the plot.
+                bar.set_message(format!("{regime}, seed {seed}: {}", short[k]));
+                // Learning curves are recorded for the first seed, for the figure.
                 let watch = (seed == seeds[0]).then_some(&test_set);
                 let (model, curve) = train(
                     init.clone(),
@@ -444,182 +318,312 @@ fn main() {
                     &student_cfg,
                     seed,
                     &device,
-                    &format!("{regime}, seed {seed}: {}", short[k]),
+                    &bar,
                     watch,
                 );
-                acc[k].push(accuracy(&model, &test_set, &device));
+                acc[k].push(model.accuracy(&test_set, &device));
                 if !curve.is_empty() {
-                    curves.push((regime, k, curve));
+                    curves.push(plot::Curve {
+                        regime: g,
+                        recipe: k,
+                        points: curve,
+                    });
                 }
             }
         }
-        let means: Vec<f64> = acc.iter().map(|a| mean_spread(a).0).collect();
-        for (k, name) in recipes.iter().enumerate() {
-            let (m, sd) = mean_spread(&acc[k]);
-            println!("| {regime} | {name} | {m:.4} ± {sd:.4} |");
-        }
-        summary.push((regime, means));
+        let stats: Vec<(f64, f64)> = acc.iter().map(|a| mean_spread(a)).collect();
+        bar.suspend(|| {
+            for (name, (m, sd)) in recipes.iter().zip(&stats) {
+                println!("| {regime} | {name} | {m:.4} ± {sd:.4} |");
+            }
+        });
+        summary.push((regime, stats));
     }
+    bar.finish_and_clear();
     println!();
-    let student_params = Mlp::new(&student_widths, &device).params();
+    let student = Mlp::new(&student_widths, &device);
     let t_ms = time_forward(&teacher, &test_set, &device);
-    let s_ms = time_forward(&Mlp::new(&student_widths, &device), &test_set, &device);
+    let s_ms = time_forward(&student, &test_set, &device);
     println!(
-        "parameters: teacher {}, student {student_params}; inference on a batch of 256 (flex CPU): teacher {t_ms:.3} ms, student {s_ms:.3} ms",
-        teacher.params()
+        "parameters: teacher {}, student {}; inference on a batch of 256 (flex CPU): teacher {t_ms:.3} ms, student {s_ms:.3} ms",
+        teacher.num_params(),
+        student.num_params()
     );
-    for (regime, m) in &summary {
+    for (regime, stats) in &summary {
         for (k, name) in recipes.iter().enumerate().skip(1) {
-            let verdict = if m[k] > m[0] {
+            let verdict = if stats[k].0 > stats[0].0 {
                 "beats"
             } else {
                 "does NOT beat"
             };
             println!(
                 "{regime}: {name} {verdict} the student trained alone ({:.4} vs {:.4})",
-                m[k], m[0]
+                stats[k].0, stats[0].0
             );
         }
     }
     let png = std::env::temp_dir().join("kd-losses-digits.png");
-    plot::write(&png, &curves, &summary).expect("write the plot");
-    println!(
-        "plot: {} (left: test accuracy during training, first seed — solid: all labels, thin: 5% labels; \
-         right: mean test accuracy, 0.8–1.0; blue = labels only, orange = Hinton KD, green = KD + hidden)",
-        png.display()
-    );
-    let (_, m) = &summary[summary.len() - 1];
+    let figure = plot::Figure {
+        title: format!(
+            "UCI digits: student {student_widths:?} ({} params) distilled from teacher {teacher_widths:?}",
+            student.num_params()
+        ),
+        regimes: summary.iter().map(|s| s.0.to_string()).collect(),
+        recipes: short.iter().map(|s| s.to_string()).collect(),
+        curves,
+        stats: summary.iter().map(|s| s.1.clone()).collect(),
+        seeds: seeds.len(),
+        seed: seeds[0],
+        teacher_acc,
+    };
+    figure.write(&png).expect("write the figure");
+    println!("figure: {}", png.display());
+    let (_, stats) = &summary[summary.len() - 1];
     println!(
         "teacher_acc={teacher_acc:.4} student_acc={:.4} kd_student_acc={:.4}",
-        m[0], m[1]
+        stats[0].0, stats[1].0
     );
     println!("total time {:.1}s", start.elapsed().as_secs_f64());
 }
 
-/// A dependency-free PNG plot (no text; the legend is printed by `main`).
+/// The figure: learning curves (left) and final accuracies with their spread (right), drawn
+/// with `plotters` and an embedded font.
 mod plot {
-    use std::io::Write;
+    use std::error::Error;
+    use std::path::Path;
 
-    const W: usize = 900;
-    const H: usize = 420;
-    const COLORS: [[u8; 3]; 3] = [[31, 119, 180], [255, 127, 14], [44, 160, 44]];
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    use plotters::style::{FontStyle, register_font};
 
-    struct Canvas(Vec<u8>);
+    /// DejaVu Sans, registered as plotters' `sans-serif`: nothing is read from the system.
+    static FONT: &[u8] = include_bytes!("assets/DejaVuSans.ttf");
+    /// One colour per recipe (matplotlib's first three).
+    const COLORS: [RGBColor; 3] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+    ];
+    const TEACHER: RGBColor = RGBColor(90, 90, 90);
 
-    impl Canvas {
-        fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
-            if x >= 0 && y >= 0 && (x as usize) < W && (y as usize) < H {
-                let i = (y as usize * W + x as usize) * 3;
-                self.0[i..i + 3].copy_from_slice(&c);
-            }
-        }
-        fn rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3]) {
-            for y in y0.min(y1)..=y0.max(y1) {
-                for x in x0.min(x1)..=x0.max(x1) {
-                    self.set(x, y, c);
-                }
-            }
-        }
-        fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3], thick: i64) {
-            let n = ((x1 - x0).abs().max((y1 - y0).abs()) as usize).max(1);
-            for k in 0..=n {
-                let t = k as f64 / n as f64;
-                let (x, y) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
-                self.rect(
-                    x as i64,
-                    y as i64,
-                    x as i64 + thick - 1,
-                    y as i64 + thick - 1,
-                    c,
-                );
-            }
-        }
+    /// Test accuracy at optimizer steps, for one regime and recipe.
+    pub struct Curve {
+        pub regime: usize,
+        pub recipe: usize,
+        pub points: Vec<(usize, f64)>,
     }
 
-    /// Panel frame `[x0, x1] × [y0, y1]` in pixels with horizontal grid lines every 0.05 of
-    /// accuracy between `lo` and 1.0.
-    fn frame(c: &mut Canvas, x0: i64, x1: i64, y0: i64, y1: i64, lo: f64) {
-        let grey = [220, 220, 220];
-        let steps = ((1.0 - lo) / 0.05).round() as i64;
-        for k in 0..=steps {
-            let y = y1 - (y1 - y0) * k / steps;
-            c.rect(x0, y, x1, y, grey);
-        }
-        c.rect(x0, y0, x0, y1, [0, 0, 0]);
-        c.rect(x0, y1, x1, y1, [0, 0, 0]);
+    pub struct Figure {
+        pub title: String,
+        pub regimes: Vec<String>,
+        pub recipes: Vec<String>,
+        pub curves: Vec<Curve>,
+        /// `stats[regime][recipe]`: mean and standard deviation of the test accuracy.
+        pub stats: Vec<Vec<(f64, f64)>>,
+        pub seeds: usize,
+        /// The seed of the curves.
+        pub seed: u64,
+        pub teacher_acc: f64,
     }
 
-    type Curve<'a> = (&'a str, usize, Vec<(usize, f64)>);
+    impl Figure {
+        pub fn write(&self, path: &Path) -> Result<(), Box<dyn Error>> {
+            register_font("sans-serif", FontStyle::Normal, FONT)
+                .map_err(|_| "the embedded font does not parse")?;
+            let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+            root.fill(&WHITE)?;
+            let root = root.titled(&self.title, ("sans-serif", 24))?;
+            let (left, right) = root.split_horizontally(780);
+            self.curves_panel(&left)?;
+            self.bars_panel(&right)?;
+            root.present()?;
+            Ok(())
+        }
 
-    /// Left: accuracy curves; right: grouped bars of the mean accuracies per regime.
-    pub fn write(
-        path: &std::path::Path,
-        curves: &[Curve],
-        summary: &[(&str, Vec<f64>)],
-    ) -> std::io::Result<()> {
-        let mut c = Canvas(vec![255; W * H * 3]);
-        let (lo, top, bottom) = (0.5, 20i64, H as i64 - 30);
-        let ymap = |acc: f64, lo: f64| {
-            bottom as f64 - (acc.clamp(lo, 1.0) - lo) / (1.0 - lo) * (bottom - top) as f64
-        };
-        // Left panel: curves.
-        let (lx0, lx1) = (40i64, 500i64);
-        frame(&mut c, lx0, lx1, top, bottom, lo);
-        let first_regime = curves.first().map(|c| c.0);
-        for (regime, k, curve) in curves {
-            let last = curve.last().map(|p| p.0).unwrap_or(1).max(1) as f64;
-            let thick = if Some(*regime) == first_regime { 3 } else { 1 };
-            for w in curve.windows(2) {
-                let p = |(s, a): (usize, f64)| {
-                    (
-                        lx0 as f64 + s as f64 / last * (lx1 - lx0) as f64,
-                        ymap(a, lo),
-                    )
+        /// Test accuracy against optimizer steps: colour = recipe, solid = all labels,
+        /// dashed = the second regime (5% labels).
+        fn curves_panel(
+            &self,
+            area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+        ) -> Result<(), Box<dyn Error>> {
+            let last = self
+                .curves
+                .iter()
+                .flat_map(|c| c.points.last().map(|p| p.0))
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let mut chart = ChartBuilder::on(area)
+                .caption(
+                    format!("Test accuracy during training (seed {})", self.seed),
+                    ("sans-serif", 20),
+                )
+                .margin(16)
+                .x_label_area_size(50)
+                .y_label_area_size(64)
+                .build_cartesian_2d(0usize..last, 0.0f64..1.0)?;
+            chart
+                .configure_mesh()
+                .x_desc("optimizer step")
+                .y_desc("test accuracy (500 held-out images)")
+                .axis_desc_style(("sans-serif", 17))
+                .label_style(("sans-serif", 15))
+                .y_labels(11)
+                .light_line_style(WHITE.mix(0.0))
+                .draw()?;
+            for c in &self.curves {
+                let color = COLORS[c.recipe % COLORS.len()];
+                let label = format!("{}, {}", self.recipes[c.recipe], self.regimes[c.regime]);
+                let points = c.points.iter().copied();
+                let anno = if c.regime == 0 {
+                    chart.draw_series(LineSeries::new(points, color.stroke_width(3)))?
+                } else {
+                    chart.draw_series(DashedLineSeries::new(
+                        points,
+                        10,
+                        6,
+                        color.stroke_width(2),
+                    ))?
                 };
-                c.line(p(w[0]), p(w[1]), COLORS[*k], thick);
+                // Legend marks: one solid stroke, or two dashes.
+                let (a, b) = if c.regime == 0 { (10, 10) } else { (7, 13) };
+                let width = if c.regime == 0 { 3 } else { 2 };
+                anno.label(label).legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (a, 0)], color.stroke_width(width))
+                        + PathElement::new(vec![(b, 0), (20, 0)], color.stroke_width(width))
+                });
             }
+            let teacher = self.teacher_acc;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(0, teacher), (last, teacher)],
+                    8,
+                    5,
+                    TEACHER.stroke_width(1),
+                ))?
+                .label(format!("teacher ({teacher:.3})"))
+                .legend(|(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (8, 0)], TEACHER)
+                        + PathElement::new(vec![(13, 0), (20, 0)], TEACHER)
+                });
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .label_font(("sans-serif", 15))
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK.mix(0.4))
+                .draw()?;
+            Ok(())
         }
-        // Right panel: bars, accuracy 0.8..1.0.
-        let (rx0, rx1, blo) = (560i64, 880i64, 0.8);
-        frame(&mut c, rx0, rx1, top, bottom, blo);
-        let group = (rx1 - rx0) / summary.len().max(1) as i64;
-        for (g, (_, means)) in summary.iter().enumerate() {
-            for (k, m) in means.iter().enumerate() {
-                let x = rx0 + g as i64 * group + 20 + k as i64 * (group - 40) / 3;
-                let w = (group - 40) / 3 - 6;
-                c.rect(x, ymap(*m, blo) as i64, x + w, bottom - 1, COLORS[k]);
+
+        /// Final test accuracy per regime and recipe: bars at the mean, error bars ±1 sd.
+        fn bars_panel(
+            &self,
+            area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+        ) -> Result<(), Box<dyn Error>> {
+            let n = self.recipes.len();
+            // x in hundredths of a bar: group g spans [g·slot, (g + 1)·slot) with
+            // slot = 100·(n + 1); bar k of group g is centred at g·slot + 100·(k + 1).
+            let slot = 100 * (n as i32 + 1);
+            let width = slot * self.regimes.len() as i32;
+            let center = |g: usize, k: usize| g as i32 * slot + 100 * (k as i32 + 1);
+            let centers: Vec<i32> = (0..self.regimes.len())
+                .map(|g| g as i32 * slot + slot / 2)
+                .collect();
+            let lowest = self
+                .stats
+                .iter()
+                .flatten()
+                .map(|(m, sd)| m - sd)
+                .fold(f64::INFINITY, f64::min)
+                .min(self.teacher_acc);
+            let floor = ((lowest - 0.05) * 10.0).floor() / 10.0;
+            let floor = floor.clamp(0.0, 0.9);
+            let regimes = self.regimes.clone();
+            let mut chart = ChartBuilder::on(area)
+                .caption(
+                    format!(
+                        "Final test accuracy, mean ± sd over {} seed{}",
+                        self.seeds,
+                        if self.seeds == 1 { "" } else { "s" }
+                    ),
+                    ("sans-serif", 20),
+                )
+                .margin(16)
+                .x_label_area_size(50)
+                .y_label_area_size(64)
+                .build_cartesian_2d((0..width).with_key_points(centers), floor..1.0f64)?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_desc("labels the student sees (bar colours as in the legend on the left)")
+                .y_desc(format!("test accuracy (axis from {floor:.1})"))
+                .axis_desc_style(("sans-serif", 17))
+                .label_style(("sans-serif", 15))
+                .x_label_formatter(&|x: &i32| {
+                    let g = (x / slot) as usize;
+                    regimes.get(g).cloned().unwrap_or_default()
+                })
+                .light_line_style(WHITE.mix(0.0))
+                .draw()?;
+            let above = TextStyle::from(("sans-serif", 13).into_font())
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
+            for k in 0..n {
+                let color = COLORS[k % COLORS.len()];
+                chart.draw_series(self.stats.iter().enumerate().map(|(g, s)| {
+                    let x = center(g, k);
+                    Rectangle::new([(x - 42, floor), (x + 42, s[k].0)], color.filled())
+                }))?;
+                // ±1 sd: a vertical stroke with caps.
+                chart.draw_series(
+                    self.stats
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s[k].1 > 0.0)
+                        .flat_map(|(g, s)| {
+                            let x = center(g, k);
+                            let (lo, hi) =
+                                ((s[k].0 - s[k].1).max(floor), (s[k].0 + s[k].1).min(1.0));
+                            [
+                                PathElement::new(vec![(x, lo), (x, hi)], BLACK.stroke_width(1)),
+                                PathElement::new(
+                                    vec![(x - 12, lo), (x + 12, lo)],
+                                    BLACK.stroke_width(1),
+                                ),
+                                PathElement::new(
+                                    vec![(x - 12, hi), (x + 12, hi)],
+                                    BLACK.stroke_width(1),
+                                ),
+                            ]
+                        }),
+                )?;
+                chart.draw_series(self.stats.iter().enumerate().map(|(g, s)| {
+                    let x = center(g, k);
+                    let (m, sd) = s[k];
+                    Text::new(
+                        format!("{m:.3}"),
+                        (x, (m + sd).min(1.0) + 0.003),
+                        above.clone(),
+                    )
+                }))?;
             }
+            let teacher = self.teacher_acc;
+            chart.draw_series(DashedLineSeries::new(
+                [(0, teacher), (width, teacher)],
+                8,
+                5,
+                TEACHER.stroke_width(1),
+            ))?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("teacher {teacher:.3}"),
+                (width - 10, teacher + 0.003),
+                TextStyle::from(("sans-serif", 13).into_font())
+                    .color(&TEACHER)
+                    .pos(Pos::new(HPos::Right, VPos::Bottom)),
+            )))?;
+            Ok(())
         }
-        encode(path, &c.0)
-    }
-
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut crc = flate2::Crc::new();
-        crc.update(kind);
-        crc.update(data);
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        out.extend_from_slice(&crc.sum().to_be_bytes());
-    }
-
-    fn encode(path: &std::path::Path, rgb: &[u8]) -> std::io::Result<()> {
-        let mut raw = Vec::with_capacity((W * 3 + 1) * H);
-        for row in rgb.chunks(W * 3) {
-            raw.push(0); // filter: none
-            raw.extend_from_slice(row);
-        }
-        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        z.write_all(&raw)?;
-        let idat = z.finish()?;
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&(W as u32).to_be_bytes());
-        ihdr.extend_from_slice(&(H as u32).to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        chunk(&mut png, b"IHDR", &ihdr);
-        chunk(&mut png, b"IDAT", &idat);
-        chunk(&mut png, b"IEND", &[]);
-        std::fs::write(path, png)
     }
 }

@@ -40,6 +40,8 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use kd_losses::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// Padding token (inputs only; padded labels are `IGNORE_INDEX`).
 const PAD: usize = 0;
@@ -80,20 +82,6 @@ impl Corpus {
     }
 }
 
-/// xorshift64*: a tiny deterministic RNG for batch sampling.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// A right-padded batch: inputs `[B, S]`, next-character labels `[B, S]` (`-100` on padding),
 /// and the padding mask `[B, S]` (`true` for a real position).
 struct Batch {
@@ -126,11 +114,17 @@ fn make_batch(ids: &[usize], windows: &[(usize, usize)], seq: usize, device: &De
 }
 
 /// Random training windows of random length in `[seq/2, seq]`, so most rows are padded.
-fn sample_batch(ids: &[usize], batch: usize, seq: usize, rng: &mut Rng, device: &Device) -> Batch {
+fn sample_batch(
+    ids: &[usize],
+    batch: usize,
+    seq: usize,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Batch {
     let windows: Vec<(usize, usize)> = (0..batch)
         .map(|_| {
-            let len = seq / 2 + rng.below(seq / 2 + 1);
-            (rng.below(ids.len() - len - 1), len)
+            let len = rng.random_range(seq / 2..=seq);
+            (rng.random_range(0..ids.len() - len - 1), len)
         })
         .collect();
     make_batch(ids, &windows, seq, device)
@@ -318,7 +312,7 @@ fn train_alone(
     device: &Device,
 ) -> CharLm {
     let mut optim = AdamConfig::new().init();
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = StdRng::seed_from_u64(seed);
     let start = Instant::now();
     for step in 0..cfg.steps {
         let batch = sample_batch(ids, cfg.batch, cfg.seq, &mut rng, device);
@@ -347,7 +341,7 @@ fn train_distilled(
     device: &Device,
 ) -> KdStudent {
     let mut optim = AdamConfig::new().init();
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = StdRng::seed_from_u64(seed);
     let start = Instant::now();
     let temperature = Temperature::new(w.temperature).unwrap();
     let (s_layers, t_layers) = (model.lm.blocks.len(), teacher.blocks.len());

@@ -71,7 +71,9 @@
 //!   the composed path says so once on stderr;
 //! * `chunked` — the [`chunked`] module (row-chunked evaluation for large vocabularies runs one
 //!   backward pass per chunk, so it needs Burn's `autodiff` at compile time and turns it on);
-//!   `autodiff` is its deprecated 0.1 name.
+//!   `autodiff` is its deprecated 0.1 name;
+//! * `train` — the [`train`] module: a step output and a metric that show each loss term inside
+//!   Burn's `Learner` (turns on Burn's `train`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 #![deny(missing_docs)]
@@ -95,6 +97,9 @@ pub mod relation;
 pub mod schedule;
 pub mod sparse;
 pub mod temperature;
+#[cfg(feature = "train")]
+#[cfg_attr(docsrs, doc(cfg(feature = "train")))]
+pub mod train;
 pub mod vocab;
 
 pub use attention::{

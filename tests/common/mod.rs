@@ -359,19 +359,13 @@ pub mod strategies {
 // Parity tests (fused vs composed)
 // ---------------------------------------------------------------------------------------------
 
-/// Deterministic pseudo-random values in `[-scale, scale]`.
+/// Deterministic pseudo-random values, uniform in `[-scale, scale]` (`rand`'s `StdRng` seeded
+/// with `seed`: the same values on every run and platform for a given `rand` version).
 pub fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-scale..=scale)).collect()
 }
 
 /// Every reduction, named (the normalizer is 7).
