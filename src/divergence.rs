@@ -67,7 +67,7 @@ use burn::tensor::Tensor;
 use crate::error::{KdError, check_range};
 use crate::logits::T2Scaling;
 use crate::logits::soft::{assert_same_shape, kl_rows_from_log_probs};
-use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows};
+use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows, same_dtype};
 use crate::temperature::{Temperature, temperature_log_softmax};
 use crate::vocab::{VocabAlignment, align_vocab};
 
@@ -374,8 +374,11 @@ impl RowTemperature {
         match self {
             RowTemperature::Scalar(t) => temperature_log_softmax(x, *t),
             RowTemperature::PerRow(t) => {
+                // Subtract the row maximum before dividing (no overflow for |x| up to f32::MAX).
                 let n = t.dims()[0];
-                temperature_log_softmax(x.div(t.clone().reshape([n, 1])), Temperature::ONE)
+                let m = x.clone().detach().max_dim(1);
+                let m = m.clone().mask_fill(m.is_inf(), 0.0);
+                temperature_log_softmax(x.sub(m).div(t.clone().reshape([n, 1])), Temperature::ONE)
             }
         }
     }
@@ -451,11 +454,14 @@ pub fn divergence<const D: usize>(
         panic!("{e}");
     }
     let temperature = temperature.into();
+    let (student_logits, teacher_logits) = same_dtype(student_logits, teacher_logits);
     let (s, rows, v) = flatten_rows(student_logits);
     let (t, _, _) = flatten_rows(teacher_logits.detach());
     temperature.check_rows(s.dims()[0]);
-    let values = dense_rows(s, t, divergence, &temperature, scaling);
-    RowLoss::new(values, &rows, v)
+    RowLoss::from_rows(vec![s, t], &rows, v, move |x| {
+        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        dense_rows(s, t, divergence, &temperature, scaling)
+    })
 }
 
 /// The per-row core of [`divergence`] on flattened `[R, V]` logits (checks done by the caller;
@@ -509,9 +515,17 @@ pub fn divergence_from_log_probs<const D: usize>(
         teacher_log_probs.dims(),
         student_log_probs.dims()
     );
+    crate::logits::soft::assert_classes("student_log_probs", &student_log_probs.dims());
+    if let Err(e) = divergence.validate() {
+        panic!("{e}");
+    }
+    let (student_log_probs, teacher_log_probs) = same_dtype(student_log_probs, teacher_log_probs);
     let (s, rows, v) = flatten_rows(student_log_probs);
-    let (t, _, _) = flatten_rows(teacher_log_probs);
-    RowLoss::new(divergence.rows_from_log_probs(s, t), &rows, v)
+    let (t, _, _) = flatten_rows(teacher_log_probs.detach());
+    RowLoss::from_rows(vec![s, t], &rows, v, move |x| {
+        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        divergence.rows_unchecked(s, t)
+    })
 }
 
 /// Reverse KL `KL(q_student ‖ p_teacher)`, the mode-seeking divergence of MiniLLM and of TRL's
