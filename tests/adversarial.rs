@@ -216,8 +216,8 @@ fn with_dtype<const D: usize>(
     device: &Device,
 ) -> Tensor<D> {
     Tensor::<D>::from_data(
-        TensorData::new(data, shape).convert_dtype(DType::from(dtype)),
-        device,
+        TensorData::new(data, shape),
+        (device, DType::from(dtype)),
     )
 }
 

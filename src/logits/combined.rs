@@ -208,6 +208,9 @@ pub fn distillation_loss_composed<const D: usize, const DL: usize>(
     reduction: Reduction,
 ) -> DistillationOutput {
     let (t, scaling) = loss.parts();
+    // Both terms in one dtype (the wider of the two inputs, at least f32).
+    let (student_logits, teacher_logits) =
+        crate::reduction::same_dtype(student_logits, teacher_logits);
     let options = CrossEntropyOptions {
         ignore_index: Some(loss.ignore_index),
         label_smoothing: loss.label_smoothing,
