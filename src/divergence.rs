@@ -66,7 +66,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{KdError, check_range};
 use crate::logits::T2Scaling;
-use crate::logits::soft::{assert_same_shape, kl_rows_from_log_probs};
+use crate::logits::soft::{assert_same_shape, kl_rows_from_log_probs, kl_rows_normalized};
 use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows, same_dtype};
 use crate::temperature::{Temperature, temperature_log_softmax};
 use crate::vocab::{VocabAlignment, align_vocab};
@@ -221,6 +221,24 @@ impl Divergence {
     /// The core without checks or detaching (the teacher side may carry a gradient for a
     /// learnable temperature).
     pub(crate) fn rows_unchecked(&self, log_q: Tensor<2>, log_p: Tensor<2>) -> Tensor<1> {
+        self.rows_impl(log_q, log_p, false)
+    }
+
+    /// [`rows_unchecked`](Self::rows_unchecked) for rows that are normalised distributions (a
+    /// temperature softmax of full rows): the KL terms are computed without cancellation (see
+    /// `kl_rows_normalized`).
+    pub(crate) fn rows_normalized(&self, log_q: Tensor<2>, log_p: Tensor<2>) -> Tensor<1> {
+        self.rows_impl(log_q, log_p, true)
+    }
+
+    fn rows_impl(&self, log_q: Tensor<2>, log_p: Tensor<2>, normalized: bool) -> Tensor<1> {
+        let kl_rows_from_log_probs = |a: Tensor<2>, b: Tensor<2>| {
+            if normalized {
+                kl_rows_normalized(a, b)
+            } else {
+                kl_rows_from_log_probs(a, b)
+            }
+        };
         match *self {
             Divergence::ForwardKl => kl_rows_from_log_probs(log_p, log_q),
             Divergence::ReverseKl => kl_rows_from_log_probs(log_q, log_p),
@@ -475,7 +493,7 @@ pub(crate) fn dense_rows(
 ) -> Tensor<1> {
     let log_q = temperature.log_softmax(s);
     let log_p = temperature.log_softmax(t);
-    let values = divergence.rows_unchecked(log_q, log_p);
+    let values = divergence.rows_normalized(log_q, log_p);
     temperature.scale(values, scaling)
 }
 

@@ -215,10 +215,7 @@ fn with_dtype<const D: usize>(
     dtype: FloatDType,
     device: &Device,
 ) -> Tensor<D> {
-    Tensor::<D>::from_data(
-        TensorData::new(data, shape),
-        (device, DType::from(dtype)),
-    )
+    Tensor::<D>::from_data(TensorData::new(data, shape), (device, DType::from(dtype)))
 }
 
 /// The float dtypes a backend stores (`f16`/`bf16` where it has them).

@@ -16,10 +16,7 @@ fn grad_of(loss: Tensor<1>, x: &Tensor<2>) -> Vec<f32> {
 }
 
 fn typed(data: Vec<f32>, shape: [usize; 2], dtype: FloatDType, device: &Device) -> Tensor<2> {
-    Tensor::<2>::from_data(
-        TensorData::new(data, shape),
-        (device, DType::from(dtype)),
-    )
+    Tensor::<2>::from_data(TensorData::new(data, shape), (device, DType::from(dtype)))
 }
 
 // 2 -------------------------------------------------------------------------------------------

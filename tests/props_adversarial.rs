@@ -13,10 +13,7 @@ use proptest::prelude::*;
 use kd_losses::prelude::*;
 
 fn typed(data: Vec<f32>, shape: [usize; 2], dtype: FloatDType, device: &Device) -> Tensor<2> {
-    Tensor::<2>::from_data(
-        TensorData::new(data, shape),
-        (device, DType::from(dtype)),
-    )
+    Tensor::<2>::from_data(TensorData::new(data, shape), (device, DType::from(dtype)))
 }
 
 /// Value and student gradient of the soft and combined losses, fused route or composed.

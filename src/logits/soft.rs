@@ -76,9 +76,22 @@ fn phi_over_d2(d: Tensor<2>) -> Tensor<2> {
 }
 
 /// Per-row forward KL `Σ_v p_v (log p_v − log q_v)` from log-probabilities `[R, V]`, with the
-/// convention `0 · log 0 = 0` (entries with `p_v = 0` contribute 0 and no gradient).
-///
-/// Computed without cancellation: with `d = log p − log q` (`f32`, carrying the rounding `δ`
+/// convention `0 · log 0 = 0` (entries with `p_v = 0` contribute 0 and no gradient). For inputs
+/// that need not be normalised (a top-k support, DKD's parts); normalised distributions go
+/// through [`kl_rows_normalized`].
+pub(crate) fn kl_rows_from_log_probs(log_p: Tensor<2>, log_q: Tensor<2>) -> Tensor<1> {
+    let r = log_p.dims()[0];
+    let p = log_p.clone().exp();
+    let zero = p.clone().equal_elem(0.0);
+    // Mask the log-ratio before multiplying: at p = 0 it may be NaN (-inf - -inf), and
+    // 0 · NaN in the backward pass would poison the gradient of `p` (reverse KL, where the
+    // student is the first argument).
+    let terms = p.mul(log_p.sub(log_q).mask_fill(zero, 0.0));
+    terms.sum_dim(1).reshape([r])
+}
+
+/// [`kl_rows_from_log_probs`] for rows that are both normalised distributions (each sums to 1,
+/// or is empty), computed without cancellation: with `d = log p − log q` (`f32`, carrying the rounding `δ`
 /// of the two log-normalisers),
 /// ```text
 /// D1 = Σ_{p>0} p·d,   D2 = Σ_{p>0} p·φ(d) + Σ_{p=0} q,   φ(d) = e^{−d} − 1 + d ≥ 0
@@ -86,8 +99,9 @@ fn phi_over_d2(d: Tensor<2>) -> Tensor<2> {
 /// ```
 /// is exact in exact arithmetic and cancels `δ` to first order: the naive `D1` alone is off by
 /// `δ ≈ 1e-7 · log V`, which at high temperatures (`KL ~ 1/T²`) is larger than the KL itself
-/// and can make it negative. `φ` uses its Taylor series for `|d| ≤ ½`.
-pub(crate) fn kl_rows_from_log_probs(log_p: Tensor<2>, log_q: Tensor<2>) -> Tensor<1> {
+/// and can make it negative. `φ` uses its Taylor series for `|d| ≤ ½`. (The identity needs
+/// `Σ q = 1`: a sub-normalised `q` would be renormalised.)
+pub(crate) fn kl_rows_normalized(log_p: Tensor<2>, log_q: Tensor<2>) -> Tensor<1> {
     let r = log_p.dims()[0];
     let p = log_p.clone().exp();
     let zero = p.clone().equal_elem(0.0);
@@ -185,7 +199,7 @@ pub fn soft_kl<const D: usize>(
         let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
         let log_q = temperature_log_softmax(s, temperature);
         let log_p = temperature_log_softmax(t, temperature);
-        let kl = kl_rows_from_log_probs(log_p, log_q);
+        let kl = kl_rows_normalized(log_p, log_q);
         if f == 1.0 { kl } else { kl.mul_scalar(f) }
     })
 }
