@@ -450,6 +450,9 @@ impl RowLoss {
 
 /// The rows of a [`RowLoss`]: computed, squared differences kept for the fused kernel, or
 /// computed on demand from row-aligned inputs (so a mask can replace dropped rows first).
+// One per loss call, moved rather than copied in bulk: boxing the lazy variants would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Values {
     Ready(Tensor<1>),
@@ -584,23 +587,19 @@ pub(crate) fn flatten_rows<const D: usize>(t: Tensor<D>) -> (Tensor<2>, Vec<usiz
     let lead = dims[..D - 1].to_vec();
     let r: usize = lead.iter().product();
     let t = at_least_f32(t);
-    let flat = match lead.iter().position(|&d| d == 0) {
-        // Burn's reshape reads a 0 in the target shape as "keep this dimension": bring a zero
-        // dimension to the front, where "keep" reads 0, before viewing it as [0, V].
-        Some(k) if D > 2 && v != 0 => t.swap_dims(0, k).reshape([0, v]),
-        _ => t.reshape([r, v]),
+    // `reshape` reads a 0 in the target shape as "keep this dimension" (`[B, 0, V]` → `[0, V]`
+    // fails); `flatten` takes the shape as given.
+    let flat = if D >= 2 {
+        t.flatten::<2>(0, D - 2)
+    } else {
+        t.reshape([r, v])
     };
     (flat, lead, v)
 }
 
 /// Flattens labels of any rank to `[R]` (an empty leading dimension included).
 pub(crate) fn flatten_labels<const D: usize>(labels: Tensor<D, Int>) -> Tensor<1, Int> {
-    let dims = labels.dims();
-    let r: usize = dims.iter().product();
-    match dims.iter().position(|&d| d == 0) {
-        Some(k) if D > 1 => labels.swap_dims(0, k).reshape([0]),
-        _ => labels.reshape([r]),
-    }
+    labels.flatten::<1>(0, D - 1)
 }
 
 /// `x` cast to `f32` when its dtype is narrower (`f16`, `bf16`, `flex32`), as is otherwise.

@@ -222,6 +222,8 @@ fn with_dtype<const D: usize>(
 fn float_dtypes(name: &str) -> Vec<FloatDType> {
     match name {
         "ndarray" => vec![FloatDType::F64],
+        // WGSL has no f64 and no bf16.
+        "wgpu" => vec![FloatDType::F16],
         _ => vec![FloatDType::F64, FloatDType::F16, FloatDType::BF16],
     }
 }
@@ -308,6 +310,11 @@ fn item04_mixed_dtypes_are_computed_in_the_wider_one() {
 #[test]
 fn item06_empty_sequence_dimension_gives_zero_and_an_empty_gradient() {
     for (name, device) in devices() {
+        if name == "wgpu" {
+            // Burn 0.22's CubeCL contiguity check computes `(0 − 1) · stride` for any `[0, V]`
+            // tensor and panics with an overflow in debug builds, before any of our code runs.
+            continue;
+        }
         let zeros3 = || Tensor::<3>::zeros([2, 0, 5], &device);
         let labels = Tensor::<2, Int>::zeros([2, 0], &device);
         for (rname, red) in reductions() {

@@ -90,6 +90,23 @@ pub(crate) fn kl_rows_from_log_probs(log_p: Tensor<2>, log_q: Tensor<2>) -> Tens
     terms.sum_dim(1).reshape([r])
 }
 
+/// `log(1 + x)`, accurate for tiny `x` on every backend (some compute `log1p` as `log(1 + x)`,
+/// which loses all digits of an `x` below the `f32` epsilon): `x − x²/2 + x³/3` for
+/// `|x| ≤ 1e-3` (relative error below 1e-9), `log1p` elsewhere.
+fn log1p_small<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let small = x.clone().abs().lower_equal_elem(1e-3);
+    let xs = x.clone().mask_fill(small.clone().bool_not(), 0.0);
+    let series = xs.clone().mul(
+        xs.clone()
+            .mul_scalar(1.0 / 3.0)
+            .sub_scalar(0.5)
+            .mul(xs)
+            .add_scalar(1.0),
+    );
+    let large = x.clone().mask_fill(small.clone(), 0.0).log1p();
+    large.mask_where(small, series)
+}
+
 /// [`kl_rows_from_log_probs`] for rows that are both normalised distributions (each sums to 1,
 /// or is empty), computed without cancellation: with `d = log p − log q` (`f32`, carrying the rounding `δ`
 /// of the two log-normalisers),
@@ -127,7 +144,7 @@ pub(crate) fn kl_rows_normalized(log_p: Tensor<2>, log_q: Tensor<2>) -> Tensor<1
     let finite = d1.clone().is_finite();
     let d1_safe = d1.clone().mask_fill(finite.clone().bool_not(), 0.0);
     let d2_safe = d2.mask_fill(finite.clone().bool_not(), 0.0);
-    let corr = d2_safe.sub(d1_safe.clone()).log1p();
+    let corr = log1p_small(d2_safe.sub(d1_safe.clone()));
     let kl = d1_safe.clone().add(corr.clone());
     // Rounding may leave a KL of 0 slightly negative: lift the value (not the gradient) to 0
     // within 4 ulp of the two parts; anything more negative is kept (it would be a bug).
