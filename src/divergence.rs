@@ -66,8 +66,8 @@ use burn::tensor::Tensor;
 
 use crate::error::{KdError, check_range};
 use crate::logits::T2Scaling;
-use crate::logits::soft::{assert_same_shape, kl_rows_from_log_probs};
-use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows};
+use crate::logits::soft::{assert_same_shape, kl_rows_from_log_probs, kl_rows_normalized};
+use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows, same_dtype};
 use crate::temperature::{Temperature, temperature_log_softmax};
 use crate::vocab::{VocabAlignment, align_vocab};
 
@@ -221,6 +221,24 @@ impl Divergence {
     /// The core without checks or detaching (the teacher side may carry a gradient for a
     /// learnable temperature).
     pub(crate) fn rows_unchecked(&self, log_q: Tensor<2>, log_p: Tensor<2>) -> Tensor<1> {
+        self.rows_impl(log_q, log_p, false)
+    }
+
+    /// [`rows_unchecked`](Self::rows_unchecked) for rows that are normalised distributions (a
+    /// temperature softmax of full rows): the KL terms are computed without cancellation (see
+    /// `kl_rows_normalized`).
+    pub(crate) fn rows_normalized(&self, log_q: Tensor<2>, log_p: Tensor<2>) -> Tensor<1> {
+        self.rows_impl(log_q, log_p, true)
+    }
+
+    fn rows_impl(&self, log_q: Tensor<2>, log_p: Tensor<2>, normalized: bool) -> Tensor<1> {
+        let kl_rows_from_log_probs = |a: Tensor<2>, b: Tensor<2>| {
+            if normalized {
+                kl_rows_normalized(a, b)
+            } else {
+                kl_rows_from_log_probs(a, b)
+            }
+        };
         match *self {
             Divergence::ForwardKl => kl_rows_from_log_probs(log_p, log_q),
             Divergence::ReverseKl => kl_rows_from_log_probs(log_q, log_p),
@@ -374,8 +392,11 @@ impl RowTemperature {
         match self {
             RowTemperature::Scalar(t) => temperature_log_softmax(x, *t),
             RowTemperature::PerRow(t) => {
+                // Subtract the row maximum before dividing (no overflow for |x| up to f32::MAX).
                 let n = t.dims()[0];
-                temperature_log_softmax(x.div(t.clone().reshape([n, 1])), Temperature::ONE)
+                let m = x.clone().detach().max_dim(1);
+                let m = m.clone().mask_fill(m.is_inf(), 0.0);
+                temperature_log_softmax(x.sub(m).div(t.clone().reshape([n, 1])), Temperature::ONE)
             }
         }
     }
@@ -451,11 +472,14 @@ pub fn divergence<const D: usize>(
         panic!("{e}");
     }
     let temperature = temperature.into();
+    let (student_logits, teacher_logits) = same_dtype(student_logits, teacher_logits);
     let (s, rows, v) = flatten_rows(student_logits);
     let (t, _, _) = flatten_rows(teacher_logits.detach());
     temperature.check_rows(s.dims()[0]);
-    let values = dense_rows(s, t, divergence, &temperature, scaling);
-    RowLoss::new(values, &rows, v)
+    RowLoss::from_rows(vec![s, t], &rows, v, move |x| {
+        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        dense_rows(s, t, divergence, &temperature, scaling)
+    })
 }
 
 /// The per-row core of [`divergence`] on flattened `[R, V]` logits (checks done by the caller;
@@ -469,7 +493,7 @@ pub(crate) fn dense_rows(
 ) -> Tensor<1> {
     let log_q = temperature.log_softmax(s);
     let log_p = temperature.log_softmax(t);
-    let values = divergence.rows_unchecked(log_q, log_p);
+    let values = divergence.rows_normalized(log_q, log_p);
     temperature.scale(values, scaling)
 }
 
@@ -509,9 +533,17 @@ pub fn divergence_from_log_probs<const D: usize>(
         teacher_log_probs.dims(),
         student_log_probs.dims()
     );
+    crate::logits::soft::assert_classes("student_log_probs", &student_log_probs.dims());
+    if let Err(e) = divergence.validate() {
+        panic!("{e}");
+    }
+    let (student_log_probs, teacher_log_probs) = same_dtype(student_log_probs, teacher_log_probs);
     let (s, rows, v) = flatten_rows(student_log_probs);
-    let (t, _, _) = flatten_rows(teacher_log_probs);
-    RowLoss::new(divergence.rows_from_log_probs(s, t), &rows, v)
+    let (t, _, _) = flatten_rows(teacher_log_probs.detach());
+    RowLoss::from_rows(vec![s, t], &rows, v, move |x| {
+        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        divergence.rows_unchecked(s, t)
+    })
 }
 
 /// Reverse KL `KL(q_student ‖ p_teacher)`, the mode-seeking divergence of MiniLLM and of TRL's

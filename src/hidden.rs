@@ -29,7 +29,7 @@ use burn::tensor::{Device, Tensor};
 use crate::combine::LossTerms;
 use crate::error::{KdError, check_positive};
 use crate::layer_map::LayerMap;
-use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows};
+use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows, same_dtype};
 
 /// ε inside the cosine's square root (PyTorch `cosine_embedding_loss`).
 pub const COSINE_EPS: f64 = 1e-12;
@@ -265,6 +265,7 @@ fn assert_same_hidden(student: &[usize], teacher: &[usize]) {
 /// Jiao et al., *TinyBERT*, 2020; Yang et al., *TextBrewer*, 2020.
 pub fn hidden_mse<const D: usize>(student_hidden: Tensor<D>, teacher_hidden: Tensor<D>) -> RowLoss {
     assert_same_hidden(&student_hidden.dims(), &teacher_hidden.dims());
+    let (student_hidden, teacher_hidden) = same_dtype(student_hidden, teacher_hidden);
     let (s, rows, d) = flatten_rows(student_hidden);
     let (t, _, _) = flatten_rows(teacher_hidden.detach());
     RowLoss::squares(s, t, &rows, d, false, false)
@@ -306,14 +307,18 @@ pub fn hidden_cosine<const D: usize>(
     teacher_hidden: Tensor<D>,
 ) -> RowLoss {
     assert_same_hidden(&student_hidden.dims(), &teacher_hidden.dims());
+    let (student_hidden, teacher_hidden) = same_dtype(student_hidden, teacher_hidden);
     let (s, rows, d) = flatten_rows(student_hidden);
     let (t, _, _) = flatten_rows(teacher_hidden.detach());
-    let n = s.dims()[0];
-    let dot = s.clone().mul(t.clone()).sum_dim(1);
-    let ss = s.square().sum_dim(1).add_scalar(COSINE_EPS);
-    let tt = t.square().sum_dim(1).add_scalar(COSINE_EPS);
-    let cos = dot.div(ss.mul(tt).sqrt());
-    RowLoss::new(cos.neg().add_scalar(1.0).reshape([n]), &rows, d)
+    RowLoss::from_rows(vec![s, t], &rows, d, |x| {
+        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        let n = s.dims()[0];
+        let dot = s.clone().mul(t.clone()).sum_dim(1);
+        let ss = s.square().sum_dim(1).add_scalar(COSINE_EPS);
+        let tt = t.square().sum_dim(1).add_scalar(COSINE_EPS);
+        let cos = dot.div(ss.mul(tt).sqrt());
+        cos.neg().add_scalar(1.0).reshape([n])
+    })
 }
 
 /// `x / max(|x|, ε)` over the last dimension of `[R, D]`, with a zero gradient through the norm
@@ -361,12 +366,16 @@ pub fn hidden_normalized_mse<const D: usize>(
     teacher_hidden: Tensor<D>,
 ) -> RowLoss {
     assert_same_hidden(&student_hidden.dims(), &teacher_hidden.dims());
+    let (student_hidden, teacher_hidden) = same_dtype(student_hidden, teacher_hidden);
     let (s, rows, d) = flatten_rows(student_hidden);
     let (t, _, _) = flatten_rows(teacher_hidden.detach());
-    let n = s.dims()[0];
-    let u = l2_normalize_rows(s, NORMALIZE_EPS);
-    let v = l2_normalize_rows(t, NORMALIZE_EPS);
-    RowLoss::new(u.sub(v).square().sum_dim(1).reshape([n]), &rows, d)
+    RowLoss::from_rows(vec![s, t], &rows, d, |x| {
+        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        let n = s.dims()[0];
+        let u = l2_normalize_rows(s, NORMALIZE_EPS);
+        let v = l2_normalize_rows(t, NORMALIZE_EPS);
+        u.sub(v).square().sum_dim(1).reshape([n])
+    })
 }
 
 /// Which per-token distance a [`HiddenLoss`] uses.

@@ -36,7 +36,9 @@
 //! assert_eq!(rows.masked(&mask).reduce(n).into_scalar::<f32>(), 0.75);
 //! ```
 
-use burn::tensor::{Bool, Int, Tensor};
+use std::sync::Arc;
+
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 
 use crate::error::{KdError, check_positive};
 
@@ -120,10 +122,16 @@ impl RowMask {
     pub fn new<const D: usize>(mask: Tensor<D, Bool>) -> Self {
         let dims = mask.dims().to_vec();
         let n: usize = dims.iter().product();
-        RowMask {
-            mask: mask.reshape([n]),
-            dims,
-        }
+        let mask = if n == 0 {
+            // Burn's reshape reads a 0 as "keep this dimension"; an empty mask is built anew.
+            Tensor::<1, Bool>::from_data(
+                burn::tensor::TensorData::new(Vec::<bool>::new(), [0]),
+                &mask.device(),
+            )
+        } else {
+            mask.reshape([n])
+        };
+        RowMask { mask, dims }
     }
 
     /// Keeps the rows whose label differs from `ignore_index` (PyTorch uses `-100`).
@@ -237,10 +245,53 @@ impl RowLoss {
             keep: None,
         };
         if !crate::fused::sq_available(&sq.student) {
-            return RowLoss::new(sq.values(), row_dims, row_size);
+            // Composed: computed on demand, so that a mask replaces dropped rows first. Per
+            // element, every entry is a row of one.
+            let SquaredRows {
+                student, teacher, ..
+            } = sq;
+            let (student, teacher) = if per_element {
+                let [m, k] = student.dims();
+                (student.reshape([m * k, 1]), teacher.reshape([m * k, 1]))
+            } else {
+                (student, teacher)
+            };
+            return RowLoss::from_rows(vec![student, teacher], row_dims, row_size, move |x| {
+                let [student, teacher] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+                SquaredRows {
+                    student,
+                    teacher,
+                    zero_inf,
+                    per_element: false,
+                    keep: None,
+                }
+                .values()
+            });
         }
         RowLoss {
             values: Values::Squares(sq),
+            row_dims: row_dims.to_vec(),
+            row_size,
+            weights: None,
+        }
+    }
+
+    /// Rows computed on demand by `rows` from row-aligned inputs (`[R, K_i]` each, `R` =
+    /// `Π row_dims`). [`masked`](Self::masked) then *replaces* the dropped rows of every input by
+    /// a finite constant before `rows` runs (select, not multiply): whatever a dropped row holds
+    /// (NaN, ±inf), its value is exactly 0 and its gradient exactly 0.
+    pub(crate) fn from_rows(
+        inputs: Vec<Tensor<2>>,
+        row_dims: &[usize],
+        row_size: usize,
+        rows: impl Fn(Vec<Tensor<2>>) -> Tensor<1> + Send + Sync + 'static,
+    ) -> Self {
+        RowLoss {
+            values: Values::Lazy(LazyRows {
+                inputs,
+                rows: Arc::new(rows),
+                keep: None,
+            }),
             row_dims: row_dims.to_vec(),
             row_size,
             weights: None,
@@ -254,6 +305,10 @@ impl RowLoss {
                 values: Values::Ready(sq.values()),
                 ..self
             },
+            Values::Lazy(lazy) => RowLoss {
+                values: Values::Ready(lazy.values()),
+                ..self
+            },
             Values::Ready(_) => self,
         }
     }
@@ -262,6 +317,7 @@ impl RowLoss {
         match &self.values {
             Values::Ready(v) => v.clone(),
             Values::Squares(sq) => sq.values(),
+            Values::Lazy(lazy) => lazy.values(),
         }
     }
 
@@ -297,6 +353,21 @@ impl RowLoss {
                     ..self
                 }
             }
+            // Rows computed on demand: the dropped rows' inputs are replaced before the rows
+            // are computed, so nothing in them (NaN, ±inf) reaches the gradient.
+            Values::Lazy(lazy) => {
+                let keep = match &lazy.keep {
+                    Some(k) => k.clone().bool_and(keep.clone()),
+                    None => keep.clone(),
+                };
+                RowLoss {
+                    values: Values::Lazy(LazyRows {
+                        keep: Some(keep),
+                        ..lazy
+                    }),
+                    ..self
+                }
+            }
             values => RowLoss { values, ..self }.materialized(),
         };
         let values = match this.values {
@@ -305,7 +376,7 @@ impl RowLoss {
         };
         let weights = match this.weights {
             Some(w) => w.mask_fill(drop, 0.0),
-            None => keep.float(),
+            None => keep.float().cast(FloatDType::F32),
         };
         RowLoss {
             values,
@@ -357,27 +428,33 @@ impl RowLoss {
         self.row_size
     }
 
-    /// The mean's denominator `max(W, 1)` as a device scalar.
-    fn mean_denominator(&self) -> Tensor<1> {
+    /// `Σ values / (max(W, 1) · extra)`, in the values' dtype (any float dtype: the weight sum
+    /// is cast to it, a row count is a host number).
+    fn mean(&self, values: Tensor<1>, extra: f64) -> Tensor<1> {
         match &self.weights {
             Some(w) => {
                 let total = w.clone().sum();
                 // Weight sums are counts or sums of positive class weights: 0 only when every
                 // row is dropped, and then the numerator is 0 too.
                 let zero = total.clone().equal_elem(0.0);
-                total.mask_fill(zero, 1.0)
+                let den = total.mask_fill(zero, 1.0).cast(values.dtype());
+                let sum = values.sum().div(den);
+                if extra == 1.0 {
+                    sum
+                } else {
+                    sum.div_scalar(extra)
+                }
             }
-            None => {
-                let device = match &self.values {
-                    Values::Ready(v) => v.device(),
-                    Values::Squares(sq) => sq.student.device(),
-                };
-                Tensor::<1>::from_floats([self.num_rows().max(1) as f32], &device)
-            }
+            None => values
+                .sum()
+                .div_scalar(self.num_rows().max(1) as f64 * extra),
         }
     }
 
     /// Reduces the rows to a scalar `[1]`; see [`Reduction`] for each denominator.
+    ///
+    /// Works in every float dtype: the result has the dtype of the rows (`f32` or `f64`: the
+    /// losses compute `f16`/`bf16` inputs in `f32`).
     pub fn reduce(self, reduction: Reduction) -> Tensor<1> {
         if let Values::Squares(sq) = &self.values
             && let Some(value) = sq.reduce_fused(&self.row_dims, self.row_size, reduction)
@@ -388,30 +465,76 @@ impl RowLoss {
         let values = this.ready();
         match reduction {
             Reduction::Sum => values.sum(),
-            Reduction::Mean => {
-                let den = this.mean_denominator();
-                values.sum().div(den)
-            }
+            Reduction::Mean => this.mean(values, 1.0),
             Reduction::BatchMean => {
                 let b = this.row_dims.first().copied().unwrap_or(1).max(1);
                 values.sum().div_scalar(b as f64)
             }
-            Reduction::ElementMean => {
-                let den = this
-                    .mean_denominator()
-                    .mul_scalar(this.row_size.max(1) as f64);
-                values.sum().div(den)
-            }
+            Reduction::ElementMean => this.mean(values, this.row_size.max(1) as f64),
             Reduction::Normalizer(n) => values.sum().div_scalar(n.get()),
         }
     }
 }
 
-/// The rows of a [`RowLoss`]: computed, or squared differences kept for the fused kernel.
+/// The rows of a [`RowLoss`]: computed, squared differences kept for the fused kernel, or
+/// computed on demand from row-aligned inputs (so a mask can replace dropped rows first).
+// One per loss call, moved rather than copied in bulk: boxing the lazy variants would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Values {
     Ready(Tensor<1>),
     Squares(SquaredRows),
+    Lazy(LazyRows),
+}
+
+/// What [`Values::Lazy`] computes rows with.
+type RowsFn = Arc<dyn Fn(Vec<Tensor<2>>) -> Tensor<1> + Send + Sync>;
+
+/// Rows computed on demand (see [`RowLoss::from_rows`]).
+#[derive(Clone)]
+struct LazyRows {
+    inputs: Vec<Tensor<2>>,
+    rows: RowsFn,
+    /// Kept rows; the others are replaced before `rows` runs and set to 0 after.
+    keep: Option<Tensor<1, Bool>>,
+}
+
+impl std::fmt::Debug for LazyRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyRows")
+            .field("inputs", &self.inputs)
+            .field("keep", &self.keep)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LazyRows {
+    fn values(&self) -> Tensor<1> {
+        match &self.keep {
+            None => (self.rows)(self.inputs.clone()),
+            Some(keep) => {
+                let drop = keep.clone().bool_not();
+                let inputs = self
+                    .inputs
+                    .iter()
+                    .map(|x| select_rows(x.clone(), &drop))
+                    .collect();
+                (self.rows)(inputs).mask_fill(drop, 0.0)
+            }
+        }
+    }
+}
+
+/// `x` (`[R, K]`) with the rows where `drop` (`[R]`) is `true` replaced by ones: a `mask_fill`,
+/// whose backward pass gives those rows an exact 0 whatever the rows computed from them hold.
+pub(crate) fn select_rows(x: Tensor<2>, drop: &Tensor<1, Bool>) -> Tensor<2> {
+    let [r, k] = x.dims();
+    if r == 0 || k == 0 {
+        return x;
+    }
+    let mask = drop.clone().reshape([r, 1]).expand([r, k]);
+    x.mask_fill(mask, 1.0)
 }
 
 /// Squared differences of `[M, K]` maps, not yet computed (see [`RowLoss::squares`]).
@@ -429,6 +552,12 @@ impl SquaredRows {
     /// The rows, composed: `[M·K]` per element or `[M]` row sums, `0` at dropped rows.
     fn values(&self) -> Tensor<1> {
         let (mut s, mut t) = (self.student.clone(), self.teacher.clone());
+        if let Some(keep) = &self.keep {
+            // Select, don't multiply: a NaN in a dropped row must not reach the gradient.
+            let drop = keep.clone().bool_not();
+            s = select_rows(s, &drop);
+            t = select_rows(t, &drop);
+        }
         if self.zero_inf {
             let inf = s.clone().is_inf().bool_or(t.clone().is_inf());
             s = s.mask_fill(inf.clone(), 0.0);
@@ -479,12 +608,46 @@ impl SquaredRows {
     }
 }
 
-/// Flattens `[..., V]` to `[R, V]` and returns the leading dims.
+/// Flattens `[..., V]` to `[R, V]` and returns the leading dims. `f16`, `bf16` and `flex32`
+/// inputs are cast to `f32` (the losses compute in at least `f32`).
+///
+/// An empty leading dimension (`[B, 0, V]`) gives `[0, V]` rows, still tracked by autodiff.
 pub(crate) fn flatten_rows<const D: usize>(t: Tensor<D>) -> (Tensor<2>, Vec<usize>, usize) {
     assert!(D >= 1, "logits must have at least one dimension");
     let dims = t.dims();
     let v = dims[D - 1];
     let lead = dims[..D - 1].to_vec();
-    let r = lead.iter().product();
-    (t.reshape([r, v]), lead, v)
+    let r: usize = lead.iter().product();
+    let t = at_least_f32(t);
+    // `reshape` reads a 0 in the target shape as "keep this dimension" (`[B, 0, V]` → `[0, V]`
+    // fails); `flatten` takes the shape as given.
+    let flat = if D >= 2 {
+        t.flatten::<2>(0, D - 2)
+    } else {
+        t.reshape([r, v])
+    };
+    (flat, lead, v)
+}
+
+/// Flattens labels of any rank to `[R]` (an empty leading dimension included).
+pub(crate) fn flatten_labels<const D: usize>(labels: Tensor<D, Int>) -> Tensor<1, Int> {
+    labels.flatten::<1>(0, D - 1)
+}
+
+/// `x` cast to `f32` when its dtype is narrower (`f16`, `bf16`, `flex32`), as is otherwise.
+pub(crate) fn at_least_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    match x.dtype() {
+        DType::F64 | DType::F32 => x,
+        _ => x.cast(FloatDType::F32),
+    }
+}
+
+/// Student and teacher in one dtype, the wider of the two (after [`at_least_f32`]).
+pub(crate) fn same_dtype<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+    let (a, b) = (at_least_f32(a), at_least_f32(b));
+    match (a.dtype(), b.dtype()) {
+        (x, y) if x == y => (a, b),
+        (DType::F64, _) => (a, b.cast(FloatDType::F64)),
+        _ => (a.cast(FloatDType::F64), b),
+    }
 }

@@ -15,7 +15,17 @@
 //! * A row whose entries are **all** `-inf` (a fully padded row) is not an error: its softmax is
 //!   all zeros, its log-softmax all `-inf`, and its gradient is zero. (PyTorch returns NaN here.)
 //!   Losses built on these functions treat such a row as empty.
-//! * `+inf` or NaN logits are outside the contract and propagate NaN.
+//! * The row maximum is subtracted **before** dividing by `T`, so logits up to `±f32::MAX` work
+//!   at any temperature (`(x − m)/T` never overflows to `inf − inf`).
+//! * A `+inf` logit is a point mass: a row with `+inf` entries is the uniform distribution over
+//!   its `+inf` entries (probability 1 for a single one, 0 elsewhere), as the limit of a logit
+//!   growing without bound. The `+inf` entries themselves get a zero gradient. NaN logits
+//!   propagate NaN.
+//!
+//! # Supported temperatures
+//! `T` must be finite and in `(0, 1e6]` ([`Temperature::MAX`]): above, `T²` and `1/T` leave the
+//! range where `f32` resolves the logit differences (`(x − m)/T` rounds to 0 for every ordinary
+//! logit at `T ≈ 1e7` and beyond). See `docs/conventions.md` for the precision per range.
 
 use burn::tensor::Tensor;
 
@@ -36,12 +46,16 @@ impl Temperature {
     /// `T = 1`: the plain softmax.
     pub const ONE: Temperature = Temperature(1.0);
 
+    /// The largest supported temperature, `1e6` (see the [module docs](self#supported-temperatures)).
+    pub const MAX: f64 = 1.0e6;
+
     /// Validates `t`.
     ///
     /// # Errors
-    /// [`KdError::InvalidTemperature`] when `t` is NaN, infinite, zero or negative.
+    /// [`KdError::InvalidTemperature`] when `t` is NaN, infinite, zero, negative or above
+    /// [`Temperature::MAX`].
     pub fn new(t: f64) -> Result<Self, KdError> {
-        if t.is_finite() && t > 0.0 {
+        if t.is_finite() && t > 0.0 && t <= Self::MAX {
             Ok(Temperature(t))
         } else {
             Err(KdError::InvalidTemperature { value: t })
@@ -66,20 +80,28 @@ impl Default for Temperature {
     }
 }
 
-/// Shared core: `(z - m, Σ exp(z - m) with empty rows set to 1)`, both keeping the last dim.
+/// Shared core: `((x - m)/T, Σ exp((x - m)/T) with empty rows set to 1)`, both keeping the
+/// last dim. The maximum is subtracted before dividing by `T` (no overflow for `|x|` up to
+/// `f32::MAX`).
 fn shifted_and_norm<const D: usize>(logits: Tensor<D>, t: Temperature) -> (Tensor<D>, Tensor<D>) {
     assert!(D >= 1, "logits must have at least one dimension");
     let dim = D - 1;
-    let z = if t.0 == 1.0 {
-        logits
-    } else {
-        logits.div_scalar(t.0)
-    };
+    let logits = crate::reduction::at_least_f32(logits);
     // The row maximum only shifts; the result does not depend on it, so it needs no gradient.
-    let m = z.clone().detach().max_dim(dim);
+    let m = logits.clone().detach().max_dim(dim);
     // An all -inf row has max -inf; shifting by 0 instead keeps it -inf rather than NaN.
-    let m = m.clone().mask_fill(m.is_inf(), 0.0);
-    let shifted = z.sub(m);
+    let neg_inf = m.clone().equal_elem(f32::NEG_INFINITY);
+    let m = m.mask_fill(neg_inf, 0.0);
+    // A +inf maximum: the row is the uniform distribution over its +inf entries. `x − m` is
+    // already -inf at the finite entries; the +inf entries (inf − inf) are selected to 0, which
+    // also gives them a zero gradient.
+    let is_pos_inf = logits.clone().equal_elem(f32::INFINITY);
+    let shifted = logits.sub(m).mask_fill(is_pos_inf, 0.0);
+    let shifted = if t.0 == 1.0 {
+        shifted
+    } else {
+        shifted.div_scalar(t.0)
+    };
     let s = shifted.clone().exp().sum_dim(dim);
     let empty = s.clone().equal_elem(0.0);
     (shifted, s.mask_fill(empty, 1.0))

@@ -179,7 +179,11 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
     let inv_s1 = recip_or_one::<F>(s1);
     // log p − log q = ((t − mt) − (s − ms))/T + ln Ss − ln St, shifted as in the sums.
     let dln = ln_or_zero::<F>(ss) - ln_or_zero::<F>(st);
-    let cs = F::cast_from(coef_soft) * w * F::cast_from(soft_scale) * inv_t;
+    let mut cs = F::cast_from(coef_soft) * w * F::cast_from(soft_scale) * inv_t;
+    // An empty teacher row (all -inf) has no forward-KL terms: a zero soft gradient, as composed.
+    if !reverse && st == zero {
+        cs = zero;
+    }
     let ch = F::cast_from(coef_hard) * w;
     let eps = F::cast_from(smoothing);
     let smooth_c = eps / F::cast_from(v as u32);

@@ -275,6 +275,33 @@ fn row<L: Lanes>(
         let next_max = next.map_or((0.0, 0.0), |(ns, nt)| row_maxima(l, ns, nt));
         return (RowValues::default(), next_max);
     }
+    // A +inf logit is a point mass (the composed path's convention): the row becomes 0 at its
+    // +inf entries and -inf elsewhere, and the student's +inf entries get a zero gradient.
+    let student_inf = maxima.0 == f32::INFINITY;
+    let s_orig = s;
+    let fixed;
+    let (s, t, maxima) = if student_inf || maxima.1 == f32::INFINITY {
+        let point = |x: &[f32], m: f32| -> Vec<f32> {
+            if m == f32::INFINITY {
+                x.iter()
+                    .map(|&v| {
+                        if v == f32::INFINITY {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                    .collect()
+            } else {
+                x.to_vec()
+            }
+        };
+        let fin = |m: f32| if m == f32::INFINITY { 0.0 } else { m };
+        fixed = (point(s, maxima.0), point(t, maxima.1));
+        (&fixed.0[..], &fixed.1[..], (fin(maxima.0), fin(maxima.1)))
+    } else {
+        (s, t, maxima)
+    };
     let inv_t = 1.0 / p.temperature;
     let hard = p.has_hard;
     let same_t = p.temperature == 1.0;
@@ -348,7 +375,17 @@ fn row<L: Lanes>(
 
     let (ln_st, ln_ss) = (ln_or_zero(st), ln_or_zero(ss));
     let (inv_st, inv_ss, inv_s1) = (recip_or_one(st), recip_or_one(ss), recip_or_one(s1));
-    let coef_s = w * p.grad_soft * p.soft_scale * inv_t;
+    // The first distribution of the divergence empty (an all -inf row): no terms, the row
+    // contributes 0 with a zero gradient (0 · log 0 = 0, as composed).
+    let first_empty = match p.kind {
+        SoftKind::ForwardKl => st == 0.0,
+        SoftKind::ReverseKl => ss == 0.0,
+    };
+    let coef_s = if first_empty {
+        0.0
+    } else {
+        w * p.grad_soft * p.soft_scale * inv_t
+    };
     let coef_h = w * p.grad_hard;
     let smooth_c = p.smoothing / v as f32;
     let kc = PassC::<L> {
@@ -404,6 +441,23 @@ fn row<L: Lanes>(
     } else {
         l.hsum(dacc)
     };
+    let c0 = (ms - mt) * inv_t + (ln_ss - ln_st);
+    let value = if first_empty {
+        0.0
+    } else {
+        refine_divergence(
+            p.kind,
+            s,
+            t,
+            &et[..v],
+            &es[..v],
+            (st, ss),
+            inv_t,
+            c0,
+            div,
+            REFINE_FACTOR * (ln_ss.abs() + ln_st.abs() + ((ms - mt) * inv_t).abs()),
+        )
+    };
 
     // Pass D (reverse KL only): ∂/∂s_j = q_j (log q_j − log p_j − D) / T.
     if let (Some(g), SoftKind::ReverseKl) = (grad.as_deref_mut(), p.kind) {
@@ -426,7 +480,7 @@ fn row<L: Lanes>(
     }
 
     let mut out = RowValues {
-        soft: f64::from(w) * f64::from(p.soft_scale) * f64::from(div),
+        soft: f64::from(w) * f64::from(p.soft_scale) * value,
         hard: 0.0,
     };
     if hard {
@@ -438,11 +492,99 @@ fn row<L: Lanes>(
             ce += p.smoothing * (lse1 + ms - sum_s / v as f32);
         }
         out.hard = f64::from(w) * f64::from(ce);
-        if let Some(g) = grad {
+        if let Some(g) = grad.as_deref_mut() {
             g[y] -= coef_h * (1.0 - p.smoothing);
         }
     }
+    if student_inf && let Some(g) = grad {
+        // The +inf entries are saturated: no gradient (as composed, where they are selected).
+        for (g, &x) in g.iter_mut().zip(s_orig) {
+            if x == f32::INFINITY {
+                *g = 0.0;
+            }
+        }
+    }
     (out, next_max)
+}
+
+/// `φ(d) / d² = (e^{−d} − 1 + d) / d²` by its Taylor series, for `|d| ≤ ½` (relative error
+/// below 3e-9).
+#[inline(always)]
+fn phi_over_d2(d: f64) -> f64 {
+    const C: [f64; 8] = [
+        1.0 / 2.0,
+        -1.0 / 6.0,
+        1.0 / 24.0,
+        -1.0 / 120.0,
+        1.0 / 720.0,
+        -1.0 / 5040.0,
+        1.0 / 40320.0,
+        -1.0 / 362_880.0,
+    ];
+    C.iter().rev().fold(0.0, |h, &c| h * d + c)
+}
+
+/// Rows whose divergence is below `REFINE_FACTOR · |c0 terms|` are refined by
+/// [`refine_divergence`]: above it, the rounding of the log-normalisers (~2 ulp of
+/// `|ln S_s| + |ln S_t| + |m_s − m_t|/T`) is below 5e-5 relative.
+const REFINE_FACTOR: f32 = 2.0e4 * 2.0 * f32::EPSILON;
+
+/// The row's divergence `D1 = Σ a (log a − log b)` (`a` the first distribution: the teacher for
+/// forward KL, the student for reverse KL) corrected for the rounding `δ` of its
+/// log-normalisers, which the plain sum carries in full (`δ ≈ 1e-7 · log V`: more than the whole
+/// KL at high temperatures, where `KL ~ 1/T²`, and enough to make it negative):
+///
+/// ```text
+/// KL = D1 + log1p(D2 − D1),   D2 = Σ_{a>0} a·φ(d) + Σ_{a=0} b,   φ(d) = e^{−d} − 1 + d ≥ 0
+/// ```
+/// exact in exact arithmetic and insensitive to `δ` to first order (the composed path computes
+/// the same). Only rows with a small, finite `D1` (below `refine_below`) pay this extra pass (from cache, in `f64`);
+/// a value left slightly negative by rounding (within 4 ulp of its parts) is lifted to 0.
+#[allow(clippy::too_many_arguments)]
+fn refine_divergence(
+    kind: SoftKind,
+    s: &[f32],
+    t: &[f32],
+    et: &[f32],
+    es: &[f32],
+    (st, ss): (f32, f32),
+    inv_t: f32,
+    c0: f32,
+    d1: f32,
+    refine_below: f32,
+) -> f64 {
+    if !(d1.is_finite() && d1 < refine_below) {
+        return f64::from(d1);
+    }
+    // log a − log b = sign · ((t − s)/T + c0), in the kernel's own f32 rounding.
+    let (ea, eb, sa, sb, sign) = match kind {
+        SoftKind::ForwardKl => (et, es, st, ss, 1.0f64),
+        SoftKind::ReverseKl => (es, et, ss, st, -1.0f64),
+    };
+    let (inv_sa, inv_sb) = (1.0 / f64::from(sa), 1.0 / f64::from(sb));
+    let (mut sum_d, mut sum_phi) = (0.0f64, 0.0f64);
+    for i in 0..s.len() {
+        let b = f64::from(eb[i]) * inv_sb;
+        if ea[i] == 0.0 {
+            sum_phi += b;
+            continue;
+        }
+        let a = f64::from(ea[i]) * inv_sa;
+        let d = sign * f64::from((t[i] - s[i]) * inv_t + c0);
+        sum_d += a * d;
+        sum_phi += if d.abs() <= 0.5 {
+            a * d * d * phi_over_d2(d)
+        } else {
+            b - a + a * d
+        };
+    }
+    if !sum_d.is_finite() {
+        return sum_d;
+    }
+    let corr = (sum_phi - sum_d).ln_1p();
+    let kl = sum_d + corr;
+    let tol = 4.0 * f64::from(f32::EPSILON) * (sum_d.abs() + corr.abs());
+    if kl < 0.0 && kl >= -tol { 0.0 } else { kl }
 }
 
 /// The integer power that turns `exp((s − m)/T)` into `exp(s − m)`, or 0 for "use exp".

@@ -78,16 +78,15 @@ impl DistillationLossConfig {
     /// [`KdError::InvalidTemperature`], or [`KdError::OutOfRange`] for `alpha` or
     /// `label_smoothing` outside `[0, 1]`.
     pub fn try_init(&self) -> Result<DistillationLoss, KdError> {
-        Temperature::new(self.temperature)?;
-        check_range("alpha", self.alpha, 0.0, 1.0)?;
-        check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)?;
-        Ok(DistillationLoss {
+        let loss = DistillationLoss {
             temperature: self.temperature,
             alpha: self.alpha,
             t2_scaling: self.t2_scaling,
             label_smoothing: self.label_smoothing,
             ignore_index: self.ignore_index,
-        })
+        };
+        loss.validate()?;
+        Ok(loss)
     }
 
     /// Builds the loss.
@@ -158,8 +157,7 @@ pub fn distillation_loss<const D: usize, const DL: usize>(
         if let Err(e) = check_labels(&labels, dims[D - 1], Some(loss.ignore_index)) {
             panic!("labels: {e}");
         }
-        let r: usize = dims[..D - 1].iter().product();
-        let flat = labels.clone().reshape([r]);
+        let flat = crate::reduction::flatten_labels(labels.clone());
         let keep = flat.clone().not_equal_elem(loss.ignore_index);
         let safe = flat.mask_fill(keep.clone().bool_not(), 0);
         if let Some((total, soft, hard)) = crate::fused::fused_terms(
@@ -210,6 +208,9 @@ pub fn distillation_loss_composed<const D: usize, const DL: usize>(
     reduction: Reduction,
 ) -> DistillationOutput {
     let (t, scaling) = loss.parts();
+    // Both terms in one dtype (the wider of the two inputs, at least f32).
+    let (student_logits, teacher_logits) =
+        crate::reduction::same_dtype(student_logits, teacher_logits);
     let options = CrossEntropyOptions {
         ignore_index: Some(loss.ignore_index),
         label_smoothing: loss.label_smoothing,
@@ -233,8 +234,25 @@ pub fn distillation_loss_composed<const D: usize, const DL: usize>(
 }
 
 impl DistillationLoss {
-    /// The validated temperature and the `T²` choice.
+    /// Checks every field as [`DistillationLossConfig::try_init`] does (the fields are public, so
+    /// a struct literal can hold anything).
+    ///
+    /// # Errors
+    /// [`KdError::InvalidTemperature`], or [`KdError::OutOfRange`] for `alpha` or
+    /// `label_smoothing` outside `[0, 1]` (or NaN).
+    pub fn validate(&self) -> Result<(), KdError> {
+        Temperature::new(self.temperature)?;
+        check_range("alpha", self.alpha, 0.0, 1.0)?;
+        check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)?;
+        Ok(())
+    }
+
+    /// The validated temperature and the `T²` choice; every path (fused and composed) starts
+    /// here, so an invalid field panics the same way on each.
     fn parts(&self) -> (Temperature, T2Scaling) {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
         let t = Temperature::new(self.temperature).unwrap_or_else(|e| panic!("{e}"));
         (t, T2Scaling::from_flag(self.t2_scaling))
     }

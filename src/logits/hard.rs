@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::error::{KdError, check_positive, check_range};
-use crate::reduction::{Reduction, RowLoss, flatten_rows};
+use crate::reduction::{Reduction, RowLoss, flatten_labels, flatten_rows};
 use crate::temperature::{Temperature, temperature_log_softmax};
 
 /// PyTorch's default ignore index.
@@ -121,18 +121,22 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
     if let Err(e) = check_range("label_smoothing", eps, 0.0, 1.0) {
         panic!("{e}");
     }
+    crate::logits::soft::assert_classes("logits", &dims);
     let (logits, rows, c) = flatten_rows(logits);
     if let Err(e) = check_labels(&labels, c, options.ignore_index) {
         panic!("labels: {e}");
     }
     let r = rows.iter().product::<usize>();
-    let labels = labels.reshape([r]);
+    let labels = flatten_labels(labels);
     let keep = match options.ignore_index {
         Some(ii) => labels.clone().not_equal_elem(ii),
         // Every label was checked to be in [0, C).
         None => labels.clone().greater_equal_elem(0),
     };
     let safe = labels.mask_fill(keep.clone().bool_not(), 0);
+    // Select, don't multiply: ignored rows are replaced before anything is computed from them,
+    // so a NaN or ±inf there cannot reach the gradient.
+    let logits = crate::reduction::select_rows(logits, &keep.clone().bool_not());
     let log_q = temperature_log_softmax(logits, Temperature::ONE);
     let nll = log_q
         .clone()
@@ -146,7 +150,7 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
                 "class_weights: shape {:?} does not match the number of classes [{c}]",
                 w.dims()
             );
-            let w = w.clone().detach();
+            let w = w.clone().detach().cast(log_q.dtype());
             let w_y = w.clone().select(0, safe);
             let smooth = log_q.mul(w.reshape([1, c])).sum_dim(1).reshape([r]).neg();
             (nll.mul(w_y.clone()), smooth, Some(w_y))
@@ -163,7 +167,7 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
     let row = row.mask_fill(drop.clone(), 0.0);
     let weights = match den_w {
         Some(w) => w.mask_fill(drop, 0.0),
-        None => keep.float(),
+        None => keep.float().cast(burn::tensor::FloatDType::F32),
     };
     RowLoss::new(row, &rows, c).with_denominator_weights(weights)
 }

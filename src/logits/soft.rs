@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use crate::error::KdError;
-use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows};
+use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows, same_dtype};
 use crate::temperature::{Temperature, temperature_log_softmax};
 
 /// Whether the soft loss is multiplied by `T²`.
@@ -36,16 +36,49 @@ impl T2Scaling {
     }
 }
 
-/// Checks that student and teacher logits have the same shape.
+/// Checks that student and teacher logits have the same shape, and that the last dimension (the
+/// classes of a distribution) is not empty.
 pub(crate) fn assert_same_shape(student: &[usize], teacher: &[usize]) {
     assert!(
         student == teacher,
         "teacher_logits: shape {teacher:?} does not match student_logits shape {student:?}"
     );
+    assert_classes("student_logits", student);
+}
+
+/// Panics unless the last dimension of `dims` (the classes) is at least 1.
+pub(crate) fn assert_classes(name: &str, dims: &[usize]) {
+    assert!(
+        dims.last().is_some_and(|&v| v > 0),
+        "{name}: shape {dims:?} has an empty last dimension; a distribution needs at least one class"
+    );
+}
+
+/// `φ(d)/d² = (e^{−d} − 1 + d)/d²` by its Taylor series, for `|d| ≤ ½` (relative error below
+/// 3e-9).
+fn phi_over_d2(d: Tensor<2>) -> Tensor<2> {
+    // c_k = (−1)^k / (k + 2)!, k = 0..=7
+    const C: [f64; 8] = [
+        1.0 / 2.0,
+        -1.0 / 6.0,
+        1.0 / 24.0,
+        -1.0 / 120.0,
+        1.0 / 720.0,
+        -1.0 / 5040.0,
+        1.0 / 40320.0,
+        -1.0 / 362_880.0,
+    ];
+    let mut h = d.zeros_like().add_scalar(C[7]);
+    for &c in C[..7].iter().rev() {
+        h = h.mul(d.clone()).add_scalar(c);
+    }
+    h
 }
 
 /// Per-row forward KL `Σ_v p_v (log p_v − log q_v)` from log-probabilities `[R, V]`, with the
-/// convention `0 · log 0 = 0` (entries with `p_v = 0` contribute 0 and no gradient).
+/// convention `0 · log 0 = 0` (entries with `p_v = 0` contribute 0 and no gradient). For inputs
+/// that need not be normalised (a top-k support, DKD's parts); normalised distributions go
+/// through [`kl_rows_normalized`].
 pub(crate) fn kl_rows_from_log_probs(log_p: Tensor<2>, log_q: Tensor<2>) -> Tensor<1> {
     let r = log_p.dims()[0];
     let p = log_p.clone().exp();
@@ -55,6 +88,82 @@ pub(crate) fn kl_rows_from_log_probs(log_p: Tensor<2>, log_q: Tensor<2>) -> Tens
     // student is the first argument).
     let terms = p.mul(log_p.sub(log_q).mask_fill(zero, 0.0));
     terms.sum_dim(1).reshape([r])
+}
+
+/// `log(1 + x)`, accurate for tiny `x` on every backend (some compute `log1p` as `log(1 + x)`,
+/// which loses all digits of an `x` below the `f32` epsilon): `x − x²/2 + x³/3` for
+/// `|x| ≤ 1e-3` (relative error below 1e-9), `log1p` elsewhere.
+fn log1p_small<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let small = x.clone().abs().lower_equal_elem(1e-3);
+    let xs = x.clone().mask_fill(small.clone().bool_not(), 0.0);
+    let series = xs.clone().mul(
+        xs.clone()
+            .mul_scalar(1.0 / 3.0)
+            .sub_scalar(0.5)
+            .mul(xs)
+            .add_scalar(1.0),
+    );
+    let large = x.clone().mask_fill(small.clone(), 0.0).log1p();
+    large.mask_where(small, series)
+}
+
+/// [`kl_rows_from_log_probs`] for rows that are both normalised distributions (each sums to 1,
+/// or is empty), computed without cancellation: with `d = log p − log q` (`f32`, carrying the rounding `δ`
+/// of the two log-normalisers),
+/// ```text
+/// D1 = Σ_{p>0} p·d,   D2 = Σ_{p>0} p·φ(d) + Σ_{p=0} q,   φ(d) = e^{−d} − 1 + d ≥ 0
+/// KL = D1 + log1p(D2 − D1)
+/// ```
+/// is exact in exact arithmetic and cancels `δ` to first order: the naive `D1` alone is off by
+/// `δ ≈ 1e-7 · log V`, which at high temperatures (`KL ~ 1/T²`) is larger than the KL itself
+/// and can make it negative. `φ` uses its Taylor series for `|d| ≤ ½`. (The identity needs
+/// `Σ q = 1`: a sub-normalised `q` would be renormalised.)
+pub(crate) fn kl_rows_normalized(log_p: Tensor<2>, log_q: Tensor<2>) -> Tensor<1> {
+    let r = log_p.dims()[0];
+    let p = log_p.clone().exp();
+    let zero = p.clone().equal_elem(0.0);
+    let p_sum = p.clone().detach().sum_dim(1);
+    // Mask the log-ratio before multiplying: at p = 0 it may be NaN (-inf - -inf), and
+    // 0 · NaN in the backward pass would poison the gradient of `p` (reverse KL, where the
+    // student is the first argument).
+    let d = log_p.sub(log_q.clone()).mask_fill(zero.clone(), 0.0);
+    let d1 = p.clone().mul(d.clone()).sum_dim(1);
+    // φ: series where |d| ≤ ½ (its input clamped elsewhere, so the unused branch stays finite in
+    // the backward pass), `q − p + p·d` elsewhere, `q` where p = 0.
+    let small = d.clone().abs().lower_equal_elem(0.5);
+    let d_small = d.clone().mask_fill(small.clone().bool_not(), 0.0);
+    let series = p
+        .clone()
+        .mul(d_small.clone().square().mul(phi_over_d2(d_small)));
+    let q = log_q.exp();
+    let direct = q.clone().sub(p.clone()).add(p.mul(d));
+    let terms = direct.mask_where(small, series).mask_where(zero, q);
+    let d2 = terms.sum_dim(1);
+    // Where D1 is not finite (a student -inf under teacher mass: +inf; NaN logits) it is the
+    // answer; the correction would turn inf − inf into NaN.
+    let finite = d1.clone().is_finite();
+    let d1_safe = d1.clone().mask_fill(finite.clone().bool_not(), 0.0);
+    let d2_safe = d2.mask_fill(finite.clone().bool_not(), 0.0);
+    let corr = log1p_small(d2_safe.sub(d1_safe.clone()));
+    let kl = d1_safe.clone().add(corr.clone());
+    // Rounding may leave a KL of 0 slightly negative: lift the value (not the gradient) to 0
+    // within 4 ulp of the two parts; anything more negative is kept (it would be a bug).
+    let tol = d1_safe
+        .abs()
+        .add(corr.abs())
+        .mul_scalar(4.0 * f64::from(f32::EPSILON));
+    let lift = kl
+        .clone()
+        .detach()
+        .neg()
+        .clamp_min(0.0)
+        .mask_fill(kl.clone().detach().add(tol).lower_elem(0.0), 0.0);
+    let kl = kl.add(lift.detach());
+    // An empty first distribution (an all -inf row) has no terms: 0 with a zero gradient.
+    let empty = p_sum.equal_elem(0.0);
+    kl.mask_where(finite.bool_not(), d1)
+        .mask_fill(empty, 0.0)
+        .reshape([r])
 }
 
 /// Soft distillation loss per row: `r = s · Σ_v p_v (log p_v − log q_v)`, the forward
@@ -99,14 +208,17 @@ pub fn soft_kl<const D: usize>(
     scaling: T2Scaling,
 ) -> RowLoss {
     assert_same_shape(&student_logits.dims(), &teacher_logits.dims());
+    let (student_logits, teacher_logits) = same_dtype(student_logits, teacher_logits);
     let (s, rows, v) = flatten_rows(student_logits);
     let (t, _, _) = flatten_rows(teacher_logits.detach());
-    let log_q = temperature_log_softmax(s, temperature);
-    let log_p = temperature_log_softmax(t, temperature);
-    let kl = kl_rows_from_log_probs(log_p, log_q);
     let f = scaling.factor(temperature);
-    let kl = if f == 1.0 { kl } else { kl.mul_scalar(f) };
-    RowLoss::new(kl, &rows, v)
+    RowLoss::from_rows(vec![s, t], &rows, v, move |x| {
+        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        let log_q = temperature_log_softmax(s, temperature);
+        let log_p = temperature_log_softmax(t, temperature);
+        let kl = kl_rows_normalized(log_p, log_q);
+        if f == 1.0 { kl } else { kl.mul_scalar(f) }
+    })
 }
 
 /// Configuration of [`SoftKlLoss`].

@@ -328,6 +328,9 @@ pub mod strategies {
     pub const LARGE_RANGE: core::ops::Range<f32> = -1.0e4..1.0e4;
     /// Temperatures exercised by the properties.
     pub const T_RANGE: core::ops::Range<f64> = 0.25..8.0;
+    /// Temperatures of the hostile-input properties (the supported range where every path
+    /// agrees to the cross-implementation tolerance).
+    pub const HOSTILE_T_RANGE: core::ops::Range<f64> = 0.05..1.0e3;
 
     /// `(rows, cols, data)` with rows in 1..=5 and cols in 2..=7.
     pub fn logits(range: core::ops::Range<f32>) -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
@@ -380,4 +383,51 @@ pub fn reductions() -> Vec<(&'static str, Reduction)> {
             Reduction::Normalizer(Normalizer::new(7.0).unwrap()),
         ),
     ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// f64 references (hostile-input tests)
+// ---------------------------------------------------------------------------------------------
+
+/// `log_softmax(x / T)` of one row in f64, with the crate's conventions: the maximum is
+/// subtracted before dividing by `T`; an all `-inf` row stays all `-inf`; `+inf` entries form a
+/// point mass (the uniform distribution over them).
+pub fn ref_log_softmax(x: &[f32], t: f64) -> Vec<f64> {
+    let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let x: Vec<f64> = if m == f64::INFINITY {
+        x.iter()
+            .map(|&v| {
+                if v == f64::INFINITY {
+                    0.0
+                } else {
+                    f64::NEG_INFINITY
+                }
+            })
+            .collect()
+    } else {
+        x
+    };
+    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return x;
+    }
+    let z: Vec<f64> = x.iter().map(|&v| (v - m) / t).collect();
+    let lse = z.iter().map(|&v| v.exp()).sum::<f64>().ln();
+    z.iter().map(|&v| v - lse).collect()
+}
+
+/// Forward `KL(softmax(t/T) ‖ softmax(s/T))` per row of `v` logits, f64, `0 · log 0 = 0`.
+pub fn ref_kl_rows(s: &[f32], t: &[f32], v: usize, temp: f64) -> Vec<f64> {
+    s.chunks(v)
+        .zip(t.chunks(v))
+        .map(|(s, t)| {
+            let (lq, lp) = (ref_log_softmax(s, temp), ref_log_softmax(t, temp));
+            lp.iter()
+                .zip(&lq)
+                .filter(|(a, _)| **a > f64::NEG_INFINITY)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum()
+        })
+        .collect()
 }
