@@ -24,8 +24,6 @@ fn typed(data: Vec<f32>, shape: [usize; 2], dtype: FloatDType, device: &Device) 
 /// `out.soft.backward()` and `out.hard.backward()` from one forward both work and give the
 /// composed path's per-term gradients.
 #[test]
-#[ignore = "item 2 lives in src/fused/ext.rs (the fused backward consumes the shared tape); \
-            un-ignore with that fix"]
 fn item02_soft_and_hard_backward_from_one_forward() {
     let s = lcg(4 * 7, 201, 2.0);
     let t = lcg(4 * 7, 202, 2.0);

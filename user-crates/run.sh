@@ -14,5 +14,6 @@ for crate in minimal ndarray-wgpu defaults; do
     echo "user crate $crate: kd-losses emitted warnings"; exit 1
   fi
   cargo run -q -p "$crate"
+  if [ "$crate" != minimal ]; then KD_GPU_KERNEL=1 cargo run -q -p "$crate"; fi
 done
-echo "user crates: 3 built warning-free and ran"
+echo "user crates: 3 built warning-free and ran (wgpu with and without the GPU kernel)"

@@ -1,7 +1,7 @@
 //! Row-wise attention KL on scores or probabilities (MiniLM) and its Config / Module.
 
-use super::*;
 use super::mask::*;
+use super::*;
 
 // ---------------------------------------------------------------------------------------------
 // KL

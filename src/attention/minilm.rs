@@ -1,7 +1,7 @@
 //! MiniLM's self-relation KL, `minilm_loss` (v1) and `minilm_v2_loss` with its Config / Module.
 
-use super::*;
 use super::kl::*;
+use super::*;
 
 // ---------------------------------------------------------------------------------------------
 // MiniLM relations

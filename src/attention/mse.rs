@@ -1,7 +1,7 @@
 //! Attention-map MSE on scores or probabilities (TinyBERT, TextBrewer) and its Config / Module.
 
-use super::*;
 use super::mask::*;
+use super::*;
 
 // ---------------------------------------------------------------------------------------------
 // MSE

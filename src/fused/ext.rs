@@ -117,8 +117,8 @@ mod flex {
     use super::*;
     use crate::fused::kernel::run_rows;
     use burn::backend::{DType, TensorMetadata};
-    use burn_flex::Flex;
     use burn::tensor::TensorData;
+    use burn_flex::Flex;
 
     type FlexFloat = FloatTensor<Flex>;
 

@@ -158,16 +158,16 @@ where
 macro_rules! for_each_probe {
     (|$p:ident| $body:expr) => {{
         #[allow(unused_imports)]
-        use $crate::fused::route::{Kernel as _, NoKernel as _, NoSqKernel as _, SqKernel as _};
-        #[allow(unused_imports)]
-        use $crate::fused::route::Probe;
-        #[allow(unused_imports)]
         use burn_autodiff::{
             Autodiff,
             checkpoint::strategy::{BalancedCheckpointing as Bal, NoCheckpointing as NoC},
         };
         #[allow(unused_imports)]
         use core::marker::PhantomData;
+        #[allow(unused_imports)]
+        use $crate::fused::route::Probe;
+        #[allow(unused_imports)]
+        use $crate::fused::route::{Kernel as _, NoKernel as _, NoSqKernel as _, SqKernel as _};
         #[cfg(feature = "cpu-kernel")]
         {
             {
@@ -184,7 +184,7 @@ macro_rules! for_each_probe {
             }
         }
         #[cfg(feature = "gpu-kernel")]
-        {
+        if $crate::fused::gpu_kernel_enabled() {
             {
                 let $p = &Probe::<burn_cubecl::Cube>(PhantomData);
                 $body;
