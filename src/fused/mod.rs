@@ -94,11 +94,11 @@ pub(crate) fn gpu_kernel_enabled() -> bool {
 /// application enabled. When it says `true`, the fused path runs and does not panic.
 ///
 /// ```
-/// use burn::tensor::{Device, Tensor};
-/// let x = Tensor::<2>::zeros([2, 3], &Device::ndarray());
-/// assert!(!kd_losses::fused::fused_available(&x)); // ndarray: composed path
-/// let y = Tensor::<2>::zeros([2, 3], &Device::flex().autodiff());
-/// assert!(kd_losses::fused::fused_available(&y)); // Flex: the CPU kernel
+/// use burn::tensor::{DType, Device, Tensor};
+/// let x = Tensor::<2>::zeros([2, 3], &Device::flex().autodiff());
+/// assert!(kd_losses::fused::fused_available(&x)); // Flex: the CPU kernel
+/// let y = x.cast(DType::F64);
+/// assert!(!kd_losses::fused::fused_available(&y)); // f64: the composed path
 /// ```
 pub fn fused_available<const D: usize>(logits: &Tensor<D>) -> bool {
     if forced_off() || logits.dtype() != burn::tensor::DType::F32 {
