@@ -15,13 +15,22 @@ pub fn check_grad(name: &str, device: &Device) {
     let reference = kd_losses::distillation_loss_composed(
         student.clone(),
         teacher.clone(),
-        labels,
+        labels.clone(),
         &kd,
         Reduction::Mean,
     );
     let g = student.grad(&out.total.backward()).expect("student gradient");
     let g_ref = student.grad(&reference.total.backward()).expect("reference gradient");
     g.to_data().assert_approx_eq::<f32>(&g_ref.to_data(), tol());
+    // A second forward: the soft and the hard term differentiated one after the other.
+    let out = kd.forward(student.clone(), teacher.clone(), labels.clone(), Reduction::Mean);
+    let reference = kd_losses::distillation_loss_composed(
+        student.clone(),
+        teacher.clone(),
+        labels,
+        &kd,
+        Reduction::Mean,
+    );
     let gs = student.grad(&out.soft.backward()).expect("soft-term gradient");
     let gs_ref = student.grad(&reference.soft.backward()).expect("reference soft gradient");
     gs.to_data().assert_approx_eq::<f32>(&gs_ref.to_data(), tol());
