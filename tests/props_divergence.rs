@@ -1,5 +1,6 @@
 //! Property tests of the divergence family, sparse teachers, ensembles, per-row temperatures
-//! and chunked evaluation (proptest, 64 cases each, on every backend).
+//! and chunked evaluation (proptest, 64 cases each on the CPU backends, one in `WGPU_CASE_STRIDE`
+//! on wgpu).
 
 mod common;
 
@@ -136,7 +137,7 @@ proptest! {
             let p = softmax64(&t[i * c..(i + 1) * c], tt);
             expected.push(reference(d, &q, &p));
         }
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             let rows = to_vec(dense(floats(s.clone(), [r, c], dev), floats(t.clone(), [r, c], dev), d, tt).values());
             for (i, v) in rows.iter().enumerate() {
                 prop_assert!(*v >= -1e-5, "{d:?} row {i}: {v} < 0");
@@ -148,7 +149,7 @@ proptest! {
     /// D(x, x) = 0 with a zero gradient.
     #[test]
     fn zero_at_identical_inputs((r, c, s) in logits(LOGIT_RANGE), tt in T_RANGE, d in any_divergence()) {
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             let (v, g) = value_and_grad(floats(s.clone(), [r, c], dev), |x| dense(x, floats(s.clone(), [r, c], dev), d, tt));
             prop_assert!(v.iter().all(|x| x.abs() < 1e-5), "{d:?}: {v:?}");
             prop_assert!(g.iter().all(|x| x.abs() < 1e-4), "{d:?}: {g:?}");
@@ -158,7 +159,7 @@ proptest! {
     /// JSD at β = ½ is the Jensen–Shannon divergence: at most log 2, in both conventions.
     #[test]
     fn jsd_at_half_is_at_most_ln2((r, c, s, t) in logit_pair(LARGE_RANGE), tt in T_RANGE) {
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             for conv in [JsdConvention::Trl, JsdConvention::Continuous] {
                 let d = Divergence::generalized_jsd(0.5, conv).unwrap();
                 let v = to_vec(dense(floats(s.clone(), [r, c], dev), floats(t.clone(), [r, c], dev), d, tt).values());
@@ -171,7 +172,7 @@ proptest! {
     /// converging linearly in the distance to the end.
     #[test]
     fn continuous_jsd_is_continuous_at_the_ends((r, c, s, t) in logit_pair(-1.5f32..1.5), tt in 1.0f64..4.0) {
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             let at = |beta: f64| -> Vec<f32> {
                 let d = Divergence::generalized_jsd(beta, JsdConvention::Continuous).unwrap();
                 to_vec(dense(floats(s.clone(), [r, c], dev), floats(t.clone(), [r, c], dev), d, tt).values())
@@ -211,7 +212,7 @@ proptest! {
             idx.extend(row);
         }
         let gathered: Vec<f32> = (0..r * c).map(|n| t[(n / c) * c + idx[n] as usize]).collect();
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             let (v0, g0) = value_and_grad(floats(s.clone(), [r, c], dev), |x| dense(x, floats(t.clone(), [r, c], dev), d, tt));
             for (student_norm, from_log_probs) in [(StudentNorm::Full, false), (StudentNorm::Support, false), (StudentNorm::Full, true)] {
                 let (v, g) = value_and_grad(floats(s.clone(), [r, c], dev), |x| {
@@ -240,7 +241,7 @@ proptest! {
         let k = c.min(3);
         let idx: Vec<i64> = (0..r).flat_map(|i| (0..k).map(move |j| ((i + j) % c) as i64)).collect();
         let topk: Vec<f32> = (0..r * k).map(|n| t[n]).collect();
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             let (v0, g0) = value_and_grad(floats(s.clone(), [r, c], dev), |x| dense(x, floats(t.clone(), [r, c], dev), d, tt));
             let (v1, g1) = value_and_grad(floats(s.clone(), [r, c], dev), |x|
                 chunked_divergence(x, floats(t.clone(), [r, c], dev), d, temp(tt), T2Scaling::Off, chunk));
@@ -260,7 +261,7 @@ proptest! {
     /// An ensemble of one teacher is the single-teacher loss, in every mode.
     #[test]
     fn ensemble_of_one_is_single((r, c, s, t) in logit_pair(LOGIT_RANGE), tt in T_RANGE, d in any_divergence()) {
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             let (v0, g0) = value_and_grad(floats(s.clone(), [r, c], dev), |x| dense(x, floats(t.clone(), [r, c], dev), d, tt));
             for mode in [EnsembleMode::Probabilities, EnsembleMode::LogProbabilities, EnsembleMode::Losses] {
                 let w = TeacherWeights::new(&[3.0]).unwrap();
@@ -277,7 +278,7 @@ proptest! {
     #[test]
     fn per_row_temperature_with_equal_entries_is_scalar((r, c, s, t) in logit_pair(LOGIT_RANGE), tt in T_RANGE,
                                                         d in any_divergence()) {
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             let (v0, g0) = value_and_grad(floats(s.clone(), [r, c], dev), |x|
                 divergence(x, floats(t.clone(), [r, c], dev), d, temp(tt), T2Scaling::On));
             let per_row = floats(vec![tt as f32; r], [r], dev);
@@ -292,7 +293,7 @@ proptest! {
     #[test]
     fn finite_at_extremes((r, c, s, t) in logit_pair(LARGE_RANGE), tt in prop_oneof![Just(0.05f64), 0.05f64..8.0],
                           d in any_divergence()) {
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             let (v, g) = value_and_grad(floats(s.clone(), [r, c], dev), |x| dense(x, floats(t.clone(), [r, c], dev), d, tt));
             prop_assert!(all_finite(&v) && all_finite(&g), "{d:?} T={tt}: {v:?} {g:?}");
         }
@@ -313,7 +314,7 @@ proptest! {
             Divergence::TotalVariation => true,
             _ => false,
         };
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             let (v, g) = value_and_grad(floats(s_inf.clone(), [r, c], dev), |x| dense(x, floats(t_inf.clone(), [r, c], dev), d, tt));
             prop_assert!(all_finite(&v) && all_finite(&g), "{d:?}: {v:?} {g:?}");
             for (n, gv) in g.iter().enumerate() {
@@ -330,7 +331,7 @@ proptest! {
     #[test]
     fn fully_masked_batch_is_zero((r, c, s, t) in logit_pair(LARGE_RANGE), tt in prop_oneof![Just(0.05f64), T_RANGE],
                                   d in any_divergence()) {
-        for (_, dev) in DEVICES.iter() {
+        for (_, dev) in case_devices(&DEVICES) {
             for reduction in [Reduction::Sum, Reduction::Mean, Reduction::BatchMean, Reduction::ElementMean] {
                 let x = floats(s.clone(), [r, c], dev).require_grad();
                 let mask = RowMask::new(bools(vec![false; r], [r], dev));
@@ -347,10 +348,11 @@ proptest! {
 #[test]
 fn report_backends() {
     for (name, _) in DEVICES.iter() {
+        let cases = cases_on(&DEVICES, name, CASES);
         report(
-            &format!("props_divergence ({PROPERTIES} properties x {CASES} cases)"),
+            &format!("props_divergence ({PROPERTIES} properties x {cases} cases)"),
             name,
-            PROPERTIES * CASES as usize,
+            PROPERTIES * cases as usize,
         );
     }
 }

@@ -1,4 +1,5 @@
-//! Property tests of the feature losses (proptest, 64+ cases each, on every backend).
+//! Property tests of the feature losses (proptest, 64+ cases each on the CPU backends, one in
+//! `WGPU_CASE_STRIDE` on wgpu).
 
 mod common;
 
@@ -61,7 +62,7 @@ proptest! {
             (Just(b), Just(s), 1..=s, vec_of(b * s * 3), vec_of(b * s * 4), vec_of(12))
         })
     ) {
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let h_s = floats(hs.clone(), [b, s, 3], d);
             let h_t = floats(ht.clone(), [b, s, 4], d);
             let proj = HiddenProjection::from_tensors(floats(w.clone(), [3, 4], d), None);
@@ -87,7 +88,7 @@ proptest! {
             (Just(b), Just(hs), Just(ht), Just(s), 1..=s, vec_of(b * hs * s * s), vec_of(b * ht * s * s))
         })
     ) {
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let a_s = floats(xs.clone(), [b, hs, s, s], d);
             let a_t = floats(xt.clone(), [b, ht, s, s], d);
             let mask = prefix_mask(b, s, keep, d);
@@ -121,7 +122,7 @@ proptest! {
              vec_of(b * s * 2 * h), vec_of(b * s * 4 * h), 1..=s)
         })
     ) {
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let mask = prefix_mask(b, s, keep, d);
             let layer = |sc: &Vec<f32>, v: &Vec<f32>, w: usize| MiniLmLayer {
                 attention_scores: floats(sc.clone(), [b, h, s, s], d),
@@ -166,7 +167,7 @@ proptest! {
             (Just(n), vec_of(n * 3), vec_of(n * 4), vec_of(3), vec_of(4), -3.0f32..3.0, 0.5f32..4.0)
         })
     ) {
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let s = floats(xs.clone(), [n, 3], d);
             let t = floats(xt.clone(), [n, 4], d);
             let rs = givens(3, 0, 2, angle, d).matmul(givens(3, 0, 1, 0.7 * angle, d));
@@ -199,7 +200,7 @@ proptest! {
             x.iter().enumerate().map(|(i, &v)| if i % s > (i / s) % s { f32::NEG_INFINITY } else { v }).collect()
         };
         let mask_data: Vec<bool> = (0..b * s).map(|i| i % s < keeps[i / s]).collect();
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let mask = bools(mask_data.clone(), [b, s], d);
             let a_t = floats(causal(&xt), [b, h, s, s], d);
             let check = |loss: Tensor<1>, a_s: &Tensor<4>| -> Result<(), TestCaseError> {
@@ -285,6 +286,7 @@ proptest! {
 #[test]
 fn report_backends() {
     for (name, _) in DEVICES.iter() {
-        report("props_features (5 properties x 64 cases)", name, 5 * 64);
+        let cases = cases_on(&DEVICES, name, 64);
+        report(&format!("props_features (5 properties x {cases} cases)"), name, 5 * cases as usize);
     }
 }

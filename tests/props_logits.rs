@@ -1,4 +1,5 @@
-//! Property tests of the logit losses (proptest, 64+ cases each, on every backend).
+//! Property tests of the logit losses (proptest, 64+ cases each on the CPU backends, one in
+//! `WGPU_CASE_STRIDE` on wgpu).
 
 mod common;
 
@@ -62,7 +63,7 @@ proptest! {
     #[test]
     fn kl_is_nonnegative((r, c, s, t) in logit_pair(LOGIT_RANGE), tt in T_RANGE) {
         let expected = soft_ref(&s, &t, r, c, tt);
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let rows = to_vec(soft(floats(s.clone(), [r, c], d), floats(t.clone(), [r, c], d), tt).values());
             for (i, v) in rows.iter().enumerate() {
                 prop_assert!(*v >= -1e-5, "row {i}: {v} < 0");
@@ -74,7 +75,7 @@ proptest! {
     /// KL(x, x) = 0 with zero gradient.
     #[test]
     fn kl_of_identical_inputs_is_zero((r, c, s) in logits(LOGIT_RANGE), tt in T_RANGE) {
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let x = floats(s.clone(), [r, c], d).require_grad();
             let loss = soft(x.clone(), floats(s.clone(), [r, c], d), tt).reduce(Reduction::Sum);
             prop_assert!(scalar(loss.clone()).abs() < 1e-4);
@@ -89,7 +90,7 @@ proptest! {
                               shift in prop::collection::vec(-50.0f32..50.0, 5)) {
         let shifted: Vec<f32> = s.iter().enumerate().map(|(k, v)| v + shift[k / c]).collect();
         let shifted_t: Vec<f32> = t.iter().enumerate().map(|(k, v)| v - shift[k / c]).collect();
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let a = to_vec(soft(floats(s.clone(), [r, c], d), floats(t.clone(), [r, c], d), tt).values());
             let b = to_vec(soft(floats(shifted.clone(), [r, c], d), floats(shifted_t.clone(), [r, c], d), tt).values());
             let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
@@ -113,7 +114,7 @@ proptest! {
             let p = sm(&t[i * c..(i + 1) * c]);
             expected.extend(q.iter().zip(&p).map(|(q, p)| tt * (q - p) / r as f64));
         }
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let x = floats(s.clone(), [r, c], d).require_grad();
             let loss = soft(x.clone(), floats(t.clone(), [r, c], d), tt).reduce(Reduction::Mean);
             let g = to_vec(x.grad(&loss.backward()).unwrap());
@@ -133,7 +134,7 @@ proptest! {
                                  ints(labels.clone(), [r], d), Reduction::Sum);
             scalar(out.total)
         };
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let x = floats(s.clone(), [r, c], d).require_grad();
             let out = kd.forward(x.clone(), floats(t.clone(), [r, c], d), ints(labels.clone(), [r], d), Reduction::Sum);
             let g = to_vec(x.grad(&out.total.backward()).unwrap());
@@ -153,7 +154,7 @@ proptest! {
     #[test]
     fn sum_over_rows_is_mean((r, c, s, t) in logit_pair(LOGIT_RANGE), tt in T_RANGE) {
         let labels: Vec<i64> = (0..r).map(|i| (i % c) as i64).collect();
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let rows = soft(floats(s.clone(), [r, c], d), floats(t.clone(), [r, c], d), tt);
             let sum = scalar(rows.clone().reduce(Reduction::Sum));
             let mean = scalar(rows.reduce(Reduction::Mean));
@@ -175,7 +176,7 @@ proptest! {
             (0..r).filter(|&i| keep[i]).flat_map(|i| x[i * c..(i + 1) * c].to_vec()).collect()
         };
         let kept = keep.iter().filter(|&&k| k).count();
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let x = floats(s.clone(), [r, c], d).require_grad();
             let mask = RowMask::new(bools(keep.to_vec(), [r], d));
             let masked = soft(x.clone(), floats(t.clone(), [r, c], d), tt).masked(&mask).reduce(Reduction::Mean);
@@ -206,7 +207,7 @@ proptest! {
                                             split in 0usize..5) {
         let split = split.min(r);
         let n = Normalizer::new(r as f64).unwrap();
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let full = scalar(soft(floats(s.clone(), [r, c], d), floats(t.clone(), [r, c], d), tt).reduce(Reduction::Mean));
             let mut total = 0.0;
             for (a, b) in [(0, split), (split, r)] {
@@ -222,7 +223,7 @@ proptest! {
     /// Logits of ±1e4 give a finite loss and gradient, for every temperature.
     #[test]
     fn finite_at_large_magnitude((r, c, s, t) in logit_pair(LARGE_RANGE), tt in 0.05f64..8.0) {
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let x = floats(s.clone(), [r, c], d).require_grad();
             let labels = ints((0..r as i64).map(|i| i % c as i64).collect(), [r], d);
             let kd = DistillationLossConfig::new().with_temperature(tt).init();
@@ -250,7 +251,7 @@ proptest! {
                 }
             }
         }
-        for (_, d) in DEVICES.iter() {
+        for (_, d) in case_devices(&DEVICES) {
             let x = floats(s.clone(), [r, c], d).require_grad();
             let loss = soft(x.clone(), floats(t.clone(), [r, c], d), tt).reduce(Reduction::Mean);
             let v = scalar(loss.clone());
@@ -267,6 +268,7 @@ proptest! {
 #[test]
 fn report_backends() {
     for (name, _) in DEVICES.iter() {
-        report("props_logits (10 properties x 64 cases)", name, 10 * 64);
+        let cases = cases_on(&DEVICES, name, 64);
+        report(&format!("props_logits (10 properties x {cases} cases)"), name, 10 * cases as usize);
     }
 }

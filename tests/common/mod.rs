@@ -46,6 +46,52 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     out
 }
 
+/// Property tests run every case on the CPU backends and one case in `WGPU_CASE_STRIDE` on wgpu.
+///
+/// wgpu under Burn's default `fusion` compiles a new shader for every new shape, and CI's wgpu is
+/// Mesa's software renderer: every case on it cost 7 of the 12 minutes of the test run. One case
+/// in 8 still draws 8 random shapes and inputs per property on wgpu each run. With wgpu as the
+/// only backend (`KD_BACKENDS=wgpu`, the GPU checks) every case runs on it.
+pub const WGPU_CASE_STRIDE: u32 = 8;
+
+thread_local! {
+    /// Cases started by the property test on this thread (libtest runs each test on its own
+    /// thread, so the sampling is per test and the same from run to run).
+    static CASE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+fn wgpu_stride(all: &[(&'static str, Device)]) -> u32 {
+    if all.iter().all(|(name, _)| *name == "wgpu") {
+        1
+    } else {
+        WGPU_CASE_STRIDE
+    }
+}
+
+/// The backends one property-test case runs on: all of `all`, except wgpu, which takes one case
+/// in [`WGPU_CASE_STRIDE`]. Call it once per case.
+pub fn case_devices(
+    all: &[(&'static str, Device)],
+) -> impl Iterator<Item = &(&'static str, Device)> {
+    let n = CASE.with(|c| {
+        let n = c.get();
+        c.set(n.wrapping_add(1));
+        n
+    });
+    let stride = wgpu_stride(all);
+    all.iter()
+        .filter(move |(name, _)| *name != "wgpu" || n % stride == 0)
+}
+
+/// Property cases that [`case_devices`] gives `backend` out of `cases` (for the report lines).
+pub fn cases_on(all: &[(&'static str, Device)], backend: &str, cases: u32) -> u32 {
+    if backend == "wgpu" {
+        cases.div_ceil(wgpu_stride(all))
+    } else {
+        cases
+    }
+}
+
 /// Prints one line that `.ci/run` collects: which test ran how many checks on which backend.
 ///
 /// The line is also appended to `$CARGO_TARGET_TMPDIR/kd-report.txt`, which `.ci/run` prints as a
