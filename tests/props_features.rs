@@ -287,6 +287,10 @@ proptest! {
 fn report_backends() {
     for (name, _) in DEVICES.iter() {
         let cases = cases_on(&DEVICES, name, 64);
-        report(&format!("props_features (5 properties x {cases} cases)"), name, 5 * cases as usize);
+        report(
+            &format!("props_features (5 properties x {cases} cases)"),
+            name,
+            5 * cases as usize,
+        );
     }
 }

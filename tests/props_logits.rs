@@ -269,6 +269,10 @@ proptest! {
 fn report_backends() {
     for (name, _) in DEVICES.iter() {
         let cases = cases_on(&DEVICES, name, 64);
-        report(&format!("props_logits (10 properties x {cases} cases)"), name, 10 * cases as usize);
+        report(
+            &format!("props_logits (10 properties x {cases} cases)"),
+            name,
+            10 * cases as usize,
+        );
     }
 }

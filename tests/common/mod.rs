@@ -70,9 +70,9 @@ fn wgpu_stride(all: &[(&'static str, Device)]) -> u32 {
 
 /// The backends one property-test case runs on: all of `all`, except wgpu, which takes one case
 /// in [`WGPU_CASE_STRIDE`]. Call it once per case.
-pub fn case_devices(
-    all: &[(&'static str, Device)],
-) -> impl Iterator<Item = &(&'static str, Device)> {
+pub fn case_devices<'a>(
+    all: &'a [(&'static str, Device)],
+) -> impl Iterator<Item = &'a (&'static str, Device)> {
     let n = CASE.with(|c| {
         let n = c.get();
         c.set(n.wrapping_add(1));
