@@ -89,6 +89,9 @@ pub mod dkd;
 pub mod ensemble;
 pub mod error;
 pub mod fused;
+#[cfg(feature = "chunked")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chunked")))]
+pub mod fused_linear;
 pub mod hidden;
 pub mod layer_map;
 pub mod logits;

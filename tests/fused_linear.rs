@@ -1,0 +1,400 @@
+//! The fused linear-head loss (`fused_linear`) against the materialized path: the logits formed
+//! in full (`h·W + b`), the crate's composed divergence and cross-entropy on them, and Burn's
+//! autodiff through the matmuls. Value and every gradient (hidden states, head weight, bias), for
+//! every divergence, with ignored and masked rows, uneven chunks, a teacher head of another
+//! hidden size or precomputed teacher logits, on every backend.
+
+mod common;
+
+use std::sync::LazyLock;
+
+use burn::tensor::{Bool, Device, Int, Tensor};
+use common::*;
+use kd_losses::divergence::{DivergenceKind, DivergenceLossConfig, divergence};
+use kd_losses::fused_linear::{
+    FusedLinearKdLoss, FusedLinearKdLossConfig, LinearHead, LinearTeacher,
+    fused_linear_distillation,
+};
+use kd_losses::prelude::*;
+
+static DEVICES: LazyLock<Vec<(&'static str, Device)>> = LazyLock::new(devices);
+
+const N: usize = 7;
+const H: usize = 4;
+const HT: usize = 5;
+const V: usize = 11;
+/// Relative to the largest magnitude of the reference tensor.
+const RTOL: f64 = 1e-5;
+
+/// Deterministic values in `[-scale, scale]`.
+fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+struct Inputs {
+    h: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    ht: Vec<f32>,
+    wt: Vec<f32>,
+    labels: Vec<i64>,
+    mask: Vec<bool>,
+}
+
+fn inputs(seed: u64) -> Inputs {
+    Inputs {
+        h: values(N * H, seed, 1.5),
+        w: values(H * V, seed + 1, 1.0),
+        b: values(V, seed + 2, 0.5),
+        ht: values(N * HT, seed + 3, 1.5),
+        wt: values(HT * V, seed + 4, 1.2),
+        labels: vec![3, -100, 0, 10, 5, -100, 7],
+        mask: vec![true, true, false, true, true, true, true],
+    }
+}
+
+struct Grads {
+    value: f64,
+    h: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+fn leaves(x: &Inputs, dev: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1>) {
+    (
+        floats(x.h.clone(), [N, H], dev).require_grad(),
+        floats(x.w.clone(), [H, V], dev).require_grad(),
+        floats(x.b.clone(), [V], dev).require_grad(),
+    )
+}
+
+fn collect(total: Tensor<1>, h: &Tensor<2>, w: &Tensor<2>, b: &Tensor<1>) -> Grads {
+    let value = scalar(total.clone());
+    let grads = total.backward();
+    Grads {
+        value,
+        h: to_vec(h.grad(&grads).expect("h has a gradient")),
+        w: to_vec(w.grad(&grads).expect("w has a gradient")),
+        b: to_vec(b.grad(&grads).expect("b has a gradient")),
+    }
+}
+
+/// The materialized path: full logits, composed losses, autodiff through the matmuls.
+fn materialized(
+    x: &Inputs,
+    dev: &Device,
+    loss: &FusedLinearKdLoss,
+    with_mask: bool,
+    teacher_logits: bool,
+) -> Grads {
+    let (h, w, b) = leaves(x, dev);
+    let z = h.clone().matmul(w.clone()).add(b.clone().unsqueeze_dim(0));
+    // The teacher's logits in full (the fused side takes them as a head or as logits).
+    let _ = teacher_logits;
+    let zt = floats(x.ht.clone(), [N, HT], dev).matmul(floats(x.wt.clone(), [HT, V], dev));
+    let mut labels = x.labels.clone();
+    if with_mask {
+        for (l, m) in labels.iter_mut().zip(&x.mask) {
+            if !m {
+                *l = -100;
+            }
+        }
+    }
+    let cfg = &loss.config;
+    let labels_t: Tensor<1, Int> = ints(labels.clone(), [N], dev);
+    let options = CrossEntropyOptions {
+        ignore_index: Some(-100),
+        label_smoothing: cfg.label_smoothing,
+        class_weights: None,
+    };
+    let hard = cross_entropy(z.clone(), labels_t.clone(), &options).reduce(Reduction::Mean);
+    let mask = RowMask::from_labels(labels_t, -100);
+    let soft = divergence(
+        z,
+        zt,
+        loss.divergence,
+        Temperature::new(cfg.temperature).unwrap(),
+        if cfg.t2_scaling {
+            T2Scaling::On
+        } else {
+            T2Scaling::Off
+        },
+    )
+    .masked(&mask)
+    .reduce(Reduction::Mean);
+    let total = soft
+        .mul_scalar(cfg.alpha)
+        .add(hard.mul_scalar(1.0 - cfg.alpha));
+    collect(total, &h, &w, &b)
+}
+
+fn fused(
+    x: &Inputs,
+    dev: &Device,
+    loss: &FusedLinearKdLoss,
+    with_mask: bool,
+    teacher_logits: bool,
+) -> Grads {
+    let (h, w, b) = leaves(x, dev);
+    let ht = floats(x.ht.clone(), [N, HT], dev);
+    let wt = floats(x.wt.clone(), [HT, V], dev);
+    let teacher = if teacher_logits {
+        LinearTeacher::Logits(ht.matmul(wt))
+    } else {
+        LinearTeacher::Head {
+            hidden: ht,
+            head: LinearHead::new(wt),
+        }
+    };
+    let head = LinearHead::new(w.clone()).with_bias(b.clone());
+    let labels: Tensor<1, Int> = ints(x.labels.clone(), [N], dev);
+    let mask: Option<Tensor<1, Bool>> = with_mask.then(|| bools(x.mask.clone(), [N], dev));
+    let out = fused_linear_distillation(
+        h.clone(),
+        &head,
+        teacher,
+        labels,
+        mask,
+        loss,
+        Reduction::Mean,
+    );
+    collect(out.total, &h, &w, &b)
+}
+
+fn assert_rel(what: &str, got: &[f32], expected: &[f32]) {
+    let scale = expected
+        .iter()
+        .fold(0.0f64, |m, v| m.max((*v as f64).abs()))
+        .max(1e-6);
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert!(
+            ((*g as f64) - (*e as f64)).abs() <= RTOL * scale,
+            "{what}[{i}]: fused {g} vs materialized {e} (scale {scale})"
+        );
+    }
+}
+
+fn compare(what: &str, a: &Grads, b: &Grads) {
+    assert!(
+        (a.value - b.value).abs() <= RTOL * b.value.abs().max(1e-6),
+        "{what}: value {} vs {}",
+        a.value,
+        b.value
+    );
+    assert_rel(&format!("{what}: grad h"), &a.h, &b.h);
+    assert_rel(&format!("{what}: grad W"), &a.w, &b.w);
+    assert_rel(&format!("{what}: grad b"), &a.b, &b.b);
+}
+
+const KINDS: [DivergenceKind; 8] = [
+    DivergenceKind::ForwardKl,
+    DivergenceKind::ReverseKl,
+    DivergenceKind::GjsdTrl,
+    DivergenceKind::GjsdContinuous,
+    DivergenceKind::SkewKl,
+    DivergenceKind::SkewReverseKl,
+    DivergenceKind::TotalVariation,
+    DivergenceKind::SymmetricKl,
+];
+
+#[test]
+fn parity_every_divergence_masks_and_chunks() {
+    for (name, dev) in DEVICES.iter() {
+        let mut checks = 0;
+        for (k, kind) in KINDS.into_iter().enumerate() {
+            // wgpu (a shader per new shape and op mix on CI's software renderer) takes two of
+            // the four configurations.
+            let configs: &[(Option<usize>, bool, bool)] = if *name == "wgpu" {
+                &[(Some(3), true, false), (None, false, true)]
+            } else {
+                &[
+                    (Some(3), false, false),
+                    (Some(2), true, false),
+                    (None, true, true),
+                    (Some(N + 5), false, true),
+                ]
+            };
+            for &(chunk, with_mask, teacher_logits) in configs {
+                let loss = FusedLinearKdLossConfig::new()
+                    .with_divergence(kind)
+                    .with_temperature(1.5 + k as f64 * 0.25)
+                    .with_alpha(0.3)
+                    .with_beta(0.4)
+                    .with_skew(0.2)
+                    .with_label_smoothing(if k % 2 == 0 { 0.0 } else { 0.1 })
+                    .with_chunk_rows(chunk)
+                    .init();
+                let x = inputs(k as u64 * 17 + chunk.unwrap_or(0) as u64);
+                let a = fused(&x, dev, &loss, with_mask, teacher_logits);
+                let b = materialized(&x, dev, &loss, with_mask, teacher_logits);
+                compare(
+                    &format!(
+                        "{name} {kind:?} chunk {chunk:?} mask {with_mask} logits {teacher_logits}"
+                    ),
+                    &a,
+                    &b,
+                );
+                checks += 4;
+            }
+        }
+        report("parity_fused_linear", name, checks);
+    }
+}
+
+/// Without autodiff (or with nothing tracked) the loss is only evaluated: same value.
+#[test]
+fn value_without_autodiff() {
+    let dev = Device::flex();
+    let x = inputs(3);
+    let loss = FusedLinearKdLossConfig::new()
+        .with_chunk_rows(Some(2))
+        .init();
+    let h = floats(x.h.clone(), [N, H], &dev);
+    let head = LinearHead::new(floats(x.w.clone(), [H, V], &dev)).with_bias(floats(
+        x.b.clone(),
+        [V],
+        &dev,
+    ));
+    let teacher = LinearTeacher::Head {
+        hidden: floats(x.ht.clone(), [N, HT], &dev),
+        head: LinearHead::new(floats(x.wt.clone(), [HT, V], &dev)),
+    };
+    let out = loss.forward(h, &head, teacher, ints(x.labels.clone(), [N], &dev));
+    let reference = materialized(&x, &Device::flex().autodiff(), &loss, false, false);
+    let v = scalar(out.total.clone());
+    assert!((v - reference.value).abs() <= RTOL * reference.value.abs());
+    // The logged terms add up to the total.
+    let (s, h) = (scalar(out.soft), scalar(out.hard));
+    assert!((0.5 * s + 0.5 * h - v).abs() <= 1e-6 * v.abs().max(1.0));
+}
+
+/// Every row ignored: zero loss and zero gradients, not NaN.
+#[test]
+fn fully_ignored_batch_is_zero() {
+    let dev = Device::flex().autodiff();
+    let x = inputs(5);
+    let (h, w, b) = leaves(&x, &dev);
+    let loss = FusedLinearKdLossConfig::new()
+        .with_chunk_rows(Some(3))
+        .init();
+    let out = loss.forward(
+        h.clone(),
+        &LinearHead::new(w.clone()).with_bias(b.clone()),
+        LinearTeacher::Logits(floats(values(N * V, 9, 1.0), [N, V], &dev)),
+        ints(vec![-100; N], [N], &dev),
+    );
+    let g = collect(out.total, &h, &w, &b);
+    assert_eq!(g.value, 0.0);
+    assert!(g.h.iter().chain(&g.w).chain(&g.b).all(|v| *v == 0.0));
+}
+
+/// The teacher never receives a gradient, even when its tensors are tracked.
+#[test]
+fn teacher_gets_no_gradient() {
+    let dev = Device::flex().autodiff();
+    let x = inputs(8);
+    let (h, w, _) = leaves(&x, &dev);
+    let ht = floats(x.ht.clone(), [N, HT], &dev).require_grad();
+    let wt = floats(x.wt.clone(), [HT, V], &dev).require_grad();
+    let loss = FusedLinearKdLossConfig::new().init();
+    let out = loss.forward(
+        h.clone(),
+        &LinearHead::new(w),
+        LinearTeacher::Head {
+            hidden: ht.clone(),
+            head: LinearHead::new(wt.clone()),
+        },
+        ints(x.labels.clone(), [N], &dev),
+    );
+    let grads = out.total.backward();
+    assert!(h.grad(&grads).is_some());
+    assert!(ht.grad(&grads).is_none() && wt.grad(&grads).is_none());
+}
+
+#[test]
+fn config_errors_are_typed() {
+    assert!(matches!(
+        FusedLinearKdLossConfig::new()
+            .with_temperature(0.0)
+            .try_init(),
+        Err(KdError::InvalidTemperature { .. })
+    ));
+    assert!(matches!(
+        FusedLinearKdLossConfig::new().with_alpha(1.5).try_init(),
+        Err(KdError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        FusedLinearKdLossConfig::new()
+            .with_divergence(DivergenceKind::GjsdTrl)
+            .with_beta(f64::NAN)
+            .try_init(),
+        Err(KdError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        FusedLinearKdLossConfig::new()
+            .with_chunk_rows(Some(0))
+            .try_init(),
+        Err(KdError::NotPositive { .. })
+    ));
+    // The divergence is the one `DivergenceLossConfig` would build.
+    let loss = FusedLinearKdLossConfig::new()
+        .with_divergence(DivergenceKind::SkewKl)
+        .with_skew(0.3)
+        .init();
+    let expected = DivergenceLossConfig::new(DivergenceKind::SkewKl)
+        .with_alpha(0.3)
+        .divergence()
+        .unwrap();
+    assert_eq!(loss.divergence, expected);
+}
+
+#[test]
+#[should_panic(expected = "student has 11 entries, teacher has 12")]
+fn vocab_mismatch_panics_by_default() {
+    let dev = Device::flex();
+    let x = inputs(1);
+    FusedLinearKdLossConfig::new().init().forward(
+        floats(x.h.clone(), [N, H], &dev),
+        &LinearHead::new(floats(x.w.clone(), [H, V], &dev)),
+        LinearTeacher::Logits(floats(values(N * 12, 2, 1.0), [N, 12], &dev)),
+        ints(x.labels.clone(), [N], &dev),
+    );
+}
+
+#[test]
+#[should_panic(
+    expected = "student_head.weight: shape [5, 11] does not match student_hidden shape [7, 4]"
+)]
+fn head_shape_mismatch_panics() {
+    let dev = Device::flex();
+    let x = inputs(1);
+    FusedLinearKdLossConfig::new().init().forward(
+        floats(x.h.clone(), [N, H], &dev),
+        &LinearHead::new(floats(values(5 * V, 3, 1.0), [5, V], &dev)),
+        LinearTeacher::Logits(floats(values(N * V, 2, 1.0), [N, V], &dev)),
+        ints(x.labels.clone(), [N], &dev),
+    );
+}
+
+#[test]
+#[should_panic(expected = "labels")]
+fn label_out_of_range_panics() {
+    let dev = Device::flex();
+    let x = inputs(1);
+    FusedLinearKdLossConfig::new().init().forward(
+        floats(x.h.clone(), [N, H], &dev),
+        &LinearHead::new(floats(x.w.clone(), [H, V], &dev)),
+        LinearTeacher::Logits(floats(values(N * V, 2, 1.0), [N, V], &dev)),
+        ints(vec![0, 1, 2, 3, 4, 5, V as i64], [N], &dev),
+    );
+}
