@@ -11,7 +11,12 @@
 //! Forward + backward (gradient w.r.t. the student inputs), f32, like the Python script:
 //! * `kd_ce_*`: `0.5 · T² · KL(softmax(t/T) ‖ softmax(s/T))` (batchmean) `+ 0.5 · CE(s, y)`, `T = 2`;
 //! * `hidden_mse_8x128_312to768`: `mean((h_s W + b − h_t)²)`, gradients for `h_s`, `W`, `b`;
-//! * `attn_mse_8x12x128x128`: `mean((a_s − a_t)²)` over attention scores.
+//! * `attn_mse_8x12x128x128`: `mean((a_s − a_t)²)` over attention scores;
+//! * `fused_linear_8192x1024x32000`: the `kd_ce` loss (mean over tokens) on the logits of an LM
+//!   head `[H, V]` applied to `[N, H]` hidden states, student and teacher, gradients for the
+//!   student's hidden states and head; impls `flex-fused-linear` (`fused_linear`: no `[N, V]`
+//!   logits) and `flex-materialized` (matmuls + `distillation_loss`), run by default for this
+//!   case only (needs `--all-features`).
 //!
 //! Implementations (`--impls`, comma-separated): `flex-fused` (the fused kernel), `flex-composed`,
 //! `ndarray-composed`, `wgpu-composed` (Mesa's software renderer without a GPU: slow; not in the
@@ -34,18 +39,22 @@ use std::time::Instant;
 mod steps;
 use steps::{device_for, make_step};
 
-const CASES: [(&str, &[usize]); 5] = [
+const CASES: [(&str, &[usize]); 6] = [
     ("kd_ce_64x1000", &[64, 1000]),
     ("kd_ce_256x1000", &[256, 1000]),
     ("kd_ce_4096x32000", &[4096, 32000]),
     ("hidden_mse_8x128_312to768", &[8, 128, 312, 768]),
     ("attn_mse_8x12x128x128", &[8, 12, 128, 128]),
+    ("fused_linear_8192x1024x32000", &[8192, 1024, 32000]),
 ];
-const QUICK_CASES: [(&str, &[usize]); 3] = [
+const QUICK_CASES: [(&str, &[usize]); 4] = [
     ("kd_ce_64x1000", &[64, 1000]),
     ("hidden_mse_2x16_32to48", &[2, 16, 32, 48]),
     ("attn_mse_2x2x16x16", &[2, 2, 16, 16]),
+    ("fused_linear_64x32x500", &[64, 32, 500]),
 ];
+/// The implementations of the `fused_linear_*` cases (the default list's are for the others).
+const FUSED_LINEAR_IMPLS: &str = "flex-fused-linear,flex-materialized";
 const DEFAULT_IMPLS: &str = "flex-fused,flex-composed,ndarray-composed";
 
 fn arg(name: &str) -> Option<String> {
@@ -71,6 +80,15 @@ fn worker(case: &str, imp: &str, quick: bool) {
         .chain(QUICK_CASES.iter())
         .find(|(c, _)| *c == case)
         .map(|(_, s)| s.to_vec())
+        .or_else(|| {
+            // Any fused_linear_NxHxV.
+            let dims: Vec<usize> = case
+                .strip_prefix("fused_linear_")?
+                .split('x')
+                .map(|d| d.parse().ok())
+                .collect::<Option<_>>()?;
+            (dims.len() == 3).then_some(dims)
+        })
         .unwrap_or_else(|| panic!("unknown case {case}"));
     let dev = device_for(imp);
     let mut step = make_step(case, &shape, imp, &dev);
@@ -79,12 +97,22 @@ fn worker(case: &str, imp: &str, quick: bool) {
     let t0 = Instant::now();
     step();
     let first_s = t0.elapsed().as_secs_f64();
-    let w0 = Instant::now();
-    for _ in 0..3 {
-        step();
-    }
-    let est = w0.elapsed().as_secs_f64() / 3.0;
-    let (min_runs, target_s) = if quick { (3, 0.2) } else { (10, 3.0) };
+    // A step of seconds (the fused_linear case at full size) is its own warm-up: 3 timed runs.
+    let slow = first_s > 2.0;
+    let est = if slow {
+        first_s
+    } else {
+        let w0 = Instant::now();
+        for _ in 0..3 {
+            step();
+        }
+        w0.elapsed().as_secs_f64() / 3.0
+    };
+    let (min_runs, target_s) = match (quick, slow) {
+        (true, _) => (3, 0.2),
+        (false, true) => (3, 0.0),
+        (false, false) => (10, 3.0),
+    };
     let n = ((target_s / est.max(1e-6)) as usize).clamp(min_runs, 200);
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
@@ -181,16 +209,23 @@ fn main() {
         None if quick => QUICK_CASES.iter().map(|c| c.0.to_string()).collect(),
         None => CASES.iter().map(|c| c.0.to_string()).collect(),
     };
-    let impls: Vec<String> = arg("--impls")
-        .unwrap_or_else(|| DEFAULT_IMPLS.into())
-        .split(',')
-        .map(str::to_string)
-        .collect();
+    let explicit = arg("--impls");
+    let list = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
+    let impls = list(explicit.as_deref().unwrap_or(DEFAULT_IMPLS));
     let exe = std::env::current_exe().expect("own path");
     println!("# built with {}", steps::BURN_FEATURES);
     let mut lines = Vec::new();
     for case in &cases {
-        for imp in &impls {
+        // The fused_linear cases have implementations of their own.
+        let linear_case = case.starts_with("fused_linear");
+        let case_impls = match (&explicit, linear_case) {
+            (None, true) => list(FUSED_LINEAR_IMPLS),
+            _ => impls.clone(),
+        };
+        for imp in &case_impls {
+            if linear_case != (imp.ends_with("-fused-linear") || imp.ends_with("-materialized")) {
+                continue;
+            }
             // The squared-error kernel of the feature losses runs on flex only.
             if imp.ends_with("-fused") && !imp.starts_with("flex") && !case.starts_with("kd_ce") {
                 continue;

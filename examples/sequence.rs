@@ -35,16 +35,15 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use kd_losses::prelude::*;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
-/// Padding token (inputs only; padded labels are `IGNORE_INDEX`).
-const PAD: usize = 0;
+#[path = "common/lm.rs"]
+mod lm;
+use lm::{Arch, Batch, Lm, Trace, sample_batch, validation_batches};
 
 // ------------------------------------------------------------------------------------ data
 
@@ -82,197 +81,11 @@ impl Corpus {
     }
 }
 
-/// A right-padded batch: inputs `[B, S]`, next-character labels `[B, S]` (`-100` on padding),
-/// and the padding mask `[B, S]` (`true` for a real position).
-struct Batch {
-    inputs: Tensor<2, Int>,
-    labels: Tensor<2, Int>,
-    mask: Tensor<2, Bool>,
-    lens: Vec<usize>,
-}
-
-/// Builds a batch from `(start, len)` windows of `ids`: position `i` reads `ids[start + i]` and
-/// predicts `ids[start + i + 1]`.
-fn make_batch(ids: &[usize], windows: &[(usize, usize)], seq: usize, device: &Device) -> Batch {
-    let b = windows.len();
-    let mut inputs = vec![PAD as i64; b * seq];
-    let mut labels = vec![IGNORE_INDEX; b * seq];
-    let mut mask = vec![false; b * seq];
-    for (r, &(start, len)) in windows.iter().enumerate() {
-        for i in 0..len {
-            inputs[r * seq + i] = ids[start + i] as i64;
-            labels[r * seq + i] = ids[start + i + 1] as i64;
-            mask[r * seq + i] = true;
-        }
-    }
-    Batch {
-        inputs: Tensor::from_data(TensorData::new(inputs, [b, seq]), device),
-        labels: Tensor::from_data(TensorData::new(labels, [b, seq]), device),
-        mask: Tensor::from_data(TensorData::new(mask, [b, seq]), device),
-        lens: windows.iter().map(|w| w.1).collect(),
-    }
-}
-
-/// Random training windows of random length in `[seq/2, seq]`, so most rows are padded.
-fn sample_batch(
-    ids: &[usize],
-    batch: usize,
-    seq: usize,
-    rng: &mut StdRng,
-    device: &Device,
-) -> Batch {
-    let windows: Vec<(usize, usize)> = (0..batch)
-        .map(|_| {
-            let len = rng.random_range(seq / 2..=seq);
-            (rng.random_range(0..ids.len() - len - 1), len)
-        })
-        .collect();
-    make_batch(ids, &windows, seq, device)
-}
-
-/// The validation text cut into consecutive windows (the last one shorter, hence padded).
-fn validation_batches(ids: &[usize], batch: usize, seq: usize, device: &Device) -> Vec<Batch> {
-    let n = ids.len() - 1;
-    let windows: Vec<(usize, usize)> = (0..n).step_by(seq).map(|s| (s, seq.min(n - s))).collect();
-    windows
-        .chunks(batch)
-        .map(|w| make_batch(ids, w, seq, device))
-        .collect()
-}
-
-// ----------------------------------------------------------------------------------- model
-
-#[derive(Debug, Clone, Copy)]
-struct Arch {
-    layers: usize,
-    d: usize,
-    heads: usize,
-}
-
-/// Pre-LN transformer block with hand-written causal multi-head self-attention.
-#[derive(Module, Debug)]
-struct Block {
-    ln1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
-    ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    #[module(skip)]
-    heads: usize,
-}
-
-impl Block {
-    fn new(d: usize, heads: usize, device: &Device) -> Self {
-        Block {
-            ln1: LayerNormConfig::new(d).init(device),
-            qkv: LinearConfig::new(d, 3 * d).init(device),
-            proj: LinearConfig::new(d, d).init(device),
-            ln2: LayerNormConfig::new(d).init(device),
-            fc1: LinearConfig::new(d, 4 * d).init(device),
-            fc2: LinearConfig::new(4 * d, d).init(device),
-            heads,
-        }
-    }
-
-    /// `x: [B, S, D]`, `blocked: [B, H, S, S]` (`true` where query `i` must not see key `j`).
-    /// Returns the new residual stream and the pre-softmax scores `[B, H, S, S]`.
-    fn forward(&self, x: Tensor<3>, blocked: Tensor<4, Bool>) -> (Tensor<3>, Tensor<4>) {
-        let [b, s, d] = x.dims();
-        let (h, dh) = (self.heads, d / self.heads);
-        let qkv = self.qkv.forward(self.ln1.forward(x.clone()));
-        let split = |i: usize| {
-            qkv.clone()
-                .slice([0..b, 0..s, i * d..(i + 1) * d])
-                .reshape([b, s, h, dh])
-                .swap_dims(1, 2)
-        };
-        let (q, k, v) = (split(0), split(1), split(2));
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar((dh as f64).sqrt())
-            .mask_fill(blocked, f32::NEG_INFINITY);
-        let att = softmax(scores.clone(), 3);
-        let ctx = att.matmul(v).swap_dims(1, 2).reshape([b, s, d]);
-        let x = x + self.proj.forward(ctx);
-        let y = self
-            .fc2
-            .forward(gelu(self.fc1.forward(self.ln2.forward(x.clone()))));
-        (x + y, scores)
-    }
-}
-
-/// Output of a forward pass: logits `[B, S, V]`, hidden states (embeddings output, then each
-/// layer's output, `[B, S, D]` each: `layers + 1` tensors) and attention scores per layer.
-struct Trace {
-    logits: Tensor<3>,
-    hiddens: Vec<Tensor<3>>,
-    scores: Vec<Tensor<4>>,
-}
-
-#[derive(Module, Debug)]
-struct CharLm {
-    tok: Embedding,
-    pos: Embedding,
-    blocks: Vec<Block>,
-    ln_f: LayerNorm,
-    head: Linear,
-}
-
-impl CharLm {
-    fn new(arch: Arch, vocab: usize, seq: usize, device: &Device) -> Self {
-        CharLm {
-            tok: EmbeddingConfig::new(vocab, arch.d).init(device),
-            pos: EmbeddingConfig::new(seq, arch.d).init(device),
-            blocks: (0..arch.layers)
-                .map(|_| Block::new(arch.d, arch.heads, device))
-                .collect(),
-            ln_f: LayerNormConfig::new(arch.d).init(device),
-            head: LinearConfig::new(arch.d, vocab).init(device),
-        }
-    }
-
-    fn forward(&self, batch: &Batch) -> Trace {
-        let [b, s] = batch.inputs.dims();
-        let device = batch.inputs.device();
-        let d = self.head.weight.val().dims()[0];
-        let positions = Tensor::<1, Int>::arange(0..s as i64, &device).reshape([1, s]);
-        let mut x =
-            self.tok.forward(batch.inputs.clone()) + self.pos.forward(positions).expand([b, s, d]);
-        // Query i may not see key j when j > i (causal) or when j is padding.
-        let causal: Vec<bool> = (0..s * s).map(|ij| ij % s > ij / s).collect();
-        let future = Tensor::<4, Bool>::from_data(TensorData::new(causal, [1, 1, s, s]), &device)
-            .expand([b, 1, s, s]);
-        let padded = batch
-            .mask
-            .clone()
-            .bool_not()
-            .reshape([b, 1, 1, s])
-            .expand([b, 1, s, s]);
-        let blocked = future.bool_or(padded);
-        let mut hiddens = vec![x.clone()];
-        let mut scores = Vec::new();
-        for block in &self.blocks {
-            let heads = block.heads;
-            let (y, sc) = block.forward(x, blocked.clone().expand([b, heads, s, s]));
-            x = y;
-            hiddens.push(x.clone());
-            scores.push(sc);
-        }
-        let logits = self.head.forward(self.ln_f.forward(x));
-        Trace {
-            logits,
-            hiddens,
-            scores,
-        }
-    }
-}
-
 /// The distilled student together with its hidden-state projections: one module, so the
 /// optimizer updates the projection with the student.
 #[derive(Module, Debug)]
 struct KdStudent {
-    lm: CharLm,
+    lm: Lm,
     hidden: LayeredHiddenLoss,
 }
 
@@ -304,13 +117,7 @@ fn ce_loss(trace: &Trace, batch: &Batch) -> Tensor<1> {
 }
 
 /// Trains a language model from labels alone.
-fn train_alone(
-    mut model: CharLm,
-    ids: &[usize],
-    cfg: &Train,
-    seed: u64,
-    device: &Device,
-) -> CharLm {
+fn train_alone(mut model: Lm, ids: &[usize], cfg: &Train, seed: u64, device: &Device) -> Lm {
     let mut optim = AdamConfig::new().init();
     let mut rng = StdRng::seed_from_u64(seed);
     let start = Instant::now();
@@ -333,7 +140,7 @@ fn train_alone(
 /// Trains the student with CE + logit KD + hidden MSE + attention MSE against `teacher`.
 fn train_distilled(
     mut model: KdStudent,
-    teacher: &CharLm,
+    teacher: &Lm,
     ids: &[usize],
     cfg: &Train,
     w: &KdWeights,
@@ -409,7 +216,7 @@ fn lr_at(cfg: &Train, step: usize) -> f64 {
 }
 
 /// Per-character perplexity `exp(Σ CE / #tokens)` over the validation windows.
-fn perplexity(model: &CharLm, batches: &[Batch]) -> f64 {
+fn perplexity(model: &Lm, batches: &[Batch]) -> f64 {
     let (mut nll, mut tokens) = (0.0, 0usize);
     let model = model.clone().no_grad();
     for batch in batches {
@@ -477,14 +284,14 @@ fn main() {
         "teacher: {} layers, d = {}, {} heads",
         teacher_arch.layers, teacher_arch.d, teacher_arch.heads
     );
-    let teacher = CharLm::new(teacher_arch, vocab, seq, &device);
+    let teacher = Lm::new(teacher_arch, vocab, seq, &device);
     let teacher = train_alone(teacher, &corpus.train, &teacher_cfg, 1000, &device);
     let teacher_ppl = perplexity(&teacher, &valid);
     let teacher_time = start.elapsed().as_secs_f64();
     println!("teacher: validation perplexity {teacher_ppl:.3} ({teacher_time:.1}s)");
 
     device.seed(7);
-    let init = CharLm::new(student_arch, vocab, seq, &device);
+    let init = Lm::new(student_arch, vocab, seq, &device);
     let start = Instant::now();
     println!(
         "student alone: {} layers, d = {}, {} heads",
@@ -526,7 +333,7 @@ fn main() {
     let kd_time = start.elapsed().as_secs_f64();
     println!("distilled student: validation perplexity {kd_ppl:.3} ({kd_time:.1}s)");
 
-    let params = |m: &CharLm| m.num_params();
+    let params = |m: &Lm| m.num_params();
     println!();
     println!("| model | layers × width | params | train steps | validation perplexity |");
     println!("|---|---|---|---|---|");

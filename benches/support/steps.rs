@@ -47,13 +47,17 @@ fn path(rows: RowLoss, composed: bool) -> RowLoss {
 pub type Step = Box<dyn FnMut()>;
 
 /// Builds the inputs of `case` (`kd_ce_*`, `soft_kl_*`, `reverse_kl_*`, `hidden_mse_*`,
-/// `attn_mse_*`) on `dev` and returns its step; `imp` ending in `-composed` forces the composed path.
+/// `attn_mse_*`, `fused_linear_*`) on `dev` and returns its step; `imp` ending in `-composed`
+/// forces the composed path.
 ///
 /// # Panics
 /// If `imp` asks for the fused path where it does not run.
 pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
     let composed = imp.ends_with("-composed");
     let normal = Distribution::Normal(0.0, 1.0);
+    if case.starts_with("fused_linear") {
+        return fused_linear_step(shape, imp, dev);
+    }
     if case.starts_with("kd_ce") {
         let (n, v) = (shape[0], shape[1]);
         let s = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
@@ -158,4 +162,76 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
         dev.sync().expect("device sync");
         drop(g);
     })
+}
+
+/// `fused_linear_NxHxV`: an LM head `[H, V]` on `[N, H]` student hidden states against a teacher
+/// head of the same sizes; forward KL + CE, `T = 2`, `α = 0.5`, mean over tokens, f32. Gradients
+/// for the hidden states and the head weight. `*-fused-linear` runs
+/// [`fused_linear_distillation`](kd_losses::fused_linear::fused_linear_distillation) (no `[N, V]`
+/// logits); `*-materialized` forms both logits with a matmul and runs `distillation_loss` on them.
+#[cfg(feature = "chunked")]
+fn fused_linear_step(shape: &[usize], imp: &str, dev: &Device) -> Step {
+    use kd_losses::fused_linear::{
+        FusedLinearKdLossConfig, LinearHead, LinearTeacher, fused_linear_distillation,
+    };
+    let materialized = imp.ends_with("-materialized");
+    assert!(
+        materialized || imp.ends_with("-fused-linear"),
+        "{imp}: the fused_linear cases take *-fused-linear or *-materialized"
+    );
+    let (n, h, v) = (shape[0], shape[1], shape[2]);
+    let normal = Distribution::Normal(0.0, 1.0);
+    let scale = 1.0 / (h as f64).sqrt();
+    let hs = Tensor::<2>::random([n, h], normal, dev);
+    let w = Tensor::<2>::random([h, v], normal, dev).mul_scalar(scale);
+    let ht = Tensor::<2>::random([n, h], normal, dev);
+    let wt = Tensor::<2>::random([h, v], normal, dev).mul_scalar(2.0 * scale);
+    let y = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), dev);
+    // KD_FUSED_LINEAR_CHUNK overrides the automatic chunk size (for measuring it).
+    let chunk = std::env::var("KD_FUSED_LINEAR_CHUNK")
+        .ok()
+        .map(|c| c.parse::<usize>().expect("KD_FUSED_LINEAR_CHUNK: rows"));
+    let fused = FusedLinearKdLossConfig::new()
+        .with_temperature(2.0)
+        .with_alpha(0.5)
+        .with_chunk_rows(chunk)
+        .init();
+    let kd = DistillationLossConfig::new()
+        .with_temperature(2.0)
+        .with_alpha(0.5)
+        .init();
+    let dev = dev.clone();
+    Box::new(move || {
+        let (hs, w) = (hs.clone().require_grad(), w.clone().require_grad());
+        let total = if materialized {
+            let z = hs.clone().matmul(w.clone());
+            let zt = ht.clone().matmul(wt.clone());
+            distillation_loss(z, zt, y.clone(), &kd, Reduction::Mean).total
+        } else {
+            let teacher = LinearTeacher::Head {
+                hidden: ht.clone(),
+                head: LinearHead::new(wt.clone()),
+            };
+            let head = LinearHead::new(w.clone());
+            fused_linear_distillation(
+                hs.clone(),
+                &head,
+                teacher,
+                y.clone(),
+                None,
+                &fused,
+                Reduction::Mean,
+            )
+            .total
+        };
+        let grads = total.backward();
+        let gs = (hs.grad(&grads), w.grad(&grads));
+        dev.sync().expect("device sync");
+        drop(gs);
+    })
+}
+
+#[cfg(not(feature = "chunked"))]
+fn fused_linear_step(_: &[usize], _: &str, _: &Device) -> Step {
+    panic!("the fused_linear cases need the `chunked` feature (--all-features)")
 }
