@@ -95,6 +95,7 @@ pub mod fused_linear;
 pub mod hidden;
 pub mod layer_map;
 pub mod logits;
+mod numerics;
 pub mod reduction;
 pub mod relation;
 pub mod schedule;

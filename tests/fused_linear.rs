@@ -247,7 +247,7 @@ fn parity_every_divergence_masks_and_chunks() {
                 checks += 4;
             }
         }
-        report("parity_fused_linear", name, checks);
+        report("fused_linear_parity", name, checks);
     }
 }
 

@@ -511,17 +511,10 @@ fn row<L: Lanes>(
 /// below 3e-9).
 #[inline(always)]
 fn phi_over_d2(d: f64) -> f64 {
-    const C: [f64; 8] = [
-        1.0 / 2.0,
-        -1.0 / 6.0,
-        1.0 / 24.0,
-        -1.0 / 120.0,
-        1.0 / 720.0,
-        -1.0 / 5040.0,
-        1.0 / 40320.0,
-        -1.0 / 362_880.0,
-    ];
-    C.iter().rev().fold(0.0, |h, &c| h * d + c)
+    crate::numerics::PHI_OVER_D2_TAYLOR
+        .iter()
+        .rev()
+        .fold(0.0, |h, &c| h * d + c)
 }
 
 /// Rows whose divergence is below `REFINE_FACTOR · |c0 terms|` are refined by

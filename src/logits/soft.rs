@@ -57,17 +57,7 @@ pub(crate) fn assert_classes(name: &str, dims: &[usize]) {
 /// `φ(d)/d² = (e^{−d} − 1 + d)/d²` by its Taylor series, for `|d| ≤ ½` (relative error below
 /// 3e-9).
 fn phi_over_d2(d: Tensor<2>) -> Tensor<2> {
-    // c_k = (−1)^k / (k + 2)!, k = 0..=7
-    const C: [f64; 8] = [
-        1.0 / 2.0,
-        -1.0 / 6.0,
-        1.0 / 24.0,
-        -1.0 / 120.0,
-        1.0 / 720.0,
-        -1.0 / 5040.0,
-        1.0 / 40320.0,
-        -1.0 / 362_880.0,
-    ];
+    const C: [f64; 8] = crate::numerics::PHI_OVER_D2_TAYLOR;
     let mut h = d.zeros_like().add_scalar(C[7]);
     for &c in C[..7].iter().rev() {
         h = h.mul(d.clone()).add_scalar(c);
