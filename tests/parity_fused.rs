@@ -10,7 +10,7 @@ mod common;
 
 use burn::tensor::{Device, Int, Tensor};
 use common::*;
-use kd_losses::divergence::divergence;
+use kd_losses::divergence::{JsdConvention, divergence};
 use kd_losses::fused::{fused_available, soft_loss};
 use kd_losses::prelude::*;
 use proptest::prelude::*;
@@ -407,6 +407,64 @@ fn fused_soft_loss_matches_divergence() {
                         checks += 2;
                     }
                 }
+            }
+        }
+        // The parametrised divergences at the endpoints where they are a KL: the fused kernel
+        // runs them (bit for bit the KL's result where it runs), and they match the composed
+        // evaluation of the divergence itself.
+        let endpoints = [
+            (
+                Divergence::generalized_jsd(0.0, JsdConvention::Trl).unwrap(),
+                Divergence::ForwardKl,
+            ),
+            (
+                Divergence::generalized_jsd(1.0, JsdConvention::Trl).unwrap(),
+                Divergence::ReverseKl,
+            ),
+            (
+                Divergence::generalized_jsd(0.0, JsdConvention::Continuous).unwrap(),
+                Divergence::ForwardKl,
+            ),
+            (
+                Divergence::generalized_jsd(1.0, JsdConvention::Continuous).unwrap(),
+                Divergence::ReverseKl,
+            ),
+            (Divergence::skew_kl(0.0).unwrap(), Divergence::ForwardKl),
+            (
+                Divergence::skew_reverse_kl(0.0).unwrap(),
+                Divergence::ReverseKl,
+            ),
+        ];
+        let tt = Temperature::new(2.0).unwrap();
+        for (d, kl) in endpoints {
+            for m in [None, Some(&mask)] {
+                let run = |d: Divergence, fused: bool| {
+                    let st = floats(s.clone(), [b, sq, v], &dev).require_grad();
+                    let te = floats(t.clone(), [b, sq, v], &dev);
+                    let out = if fused {
+                        soft_loss(st.clone(), te, d, tt, T2Scaling::On, m, Reduction::Mean)
+                    } else {
+                        divergence(st.clone(), te, d, tt, T2Scaling::On)
+                            .masked_opt(m)
+                            .reduce(Reduction::Mean)
+                    };
+                    let value = scalar(out.clone()) as f32;
+                    (value, to_vec(st.grad(&out.backward()).unwrap()))
+                };
+                let (va, ga) = run(d, true);
+                let what = format!("{name} {} (endpoint) mask={}", d.name(), m.is_some());
+                if fused_available(&floats(s.clone(), [b, sq, v], &dev)) {
+                    let (vk, gk) = run(kl, true);
+                    assert!(
+                        va == vk && ga == gk,
+                        "{what}: not the fused {} kernel",
+                        kl.name()
+                    );
+                }
+                let (vb, gb) = run(d, false);
+                close_values(&what, va, vb, 2e-5, 1e-5);
+                close_grads(&what, &ga, &gb, 2e-5, 1e-6);
+                checks += 2;
             }
         }
         report("parity_fused_soft", name, checks);

@@ -243,11 +243,17 @@ pub(crate) fn fused_terms<const D: usize>(
     out.map(|t: route::Terms| (t.total, t.soft, t.hard))
 }
 
-/// The fused kernel's soft divergence for a [`Divergence`], if it has one.
+/// The fused kernel's soft divergence for a [`Divergence`], if it has one: the forward and
+/// reverse KL, and the parametrised divergences at the endpoints where they are one of the two
+/// (the generalized JSD at `β = 0` and `β = 1` in both conventions, the skew KLs at `α = 0`).
 pub(crate) fn soft_kind(d: &Divergence) -> Option<SoftKind> {
-    match d {
+    match *d {
         Divergence::ForwardKl => Some(SoftKind::ForwardKl),
         Divergence::ReverseKl => Some(SoftKind::ReverseKl),
+        Divergence::GeneralizedJsd { beta, .. } if beta == 0.0 => Some(SoftKind::ForwardKl),
+        Divergence::GeneralizedJsd { beta, .. } if beta == 1.0 => Some(SoftKind::ReverseKl),
+        Divergence::SkewKl { alpha } if alpha == 0.0 => Some(SoftKind::ForwardKl),
+        Divergence::SkewReverseKl { alpha } if alpha == 0.0 => Some(SoftKind::ReverseKl),
         _ => None,
     }
 }
