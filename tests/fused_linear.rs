@@ -398,3 +398,56 @@ fn label_out_of_range_panics() {
         ints(vec![0, 1, 2, 3, 4, 5, V as i64], [N], &dev),
     );
 }
+
+/// Half-precision hidden states and heads (f32 accumulation inside): close to the f32 loss and
+/// gradients, within the format's resolution. bf16 on flex; ndarray stores no half type, and f16
+/// on wgpu passes (`KD_WGPU_HALF=1`) but takes minutes on CI's software renderer.
+#[test]
+fn half_precision_inputs_match_f32_within_resolution() {
+    use burn::tensor::DType;
+    for (name, dev) in DEVICES.iter() {
+        let half = match *name {
+            "flex" => DType::BF16,
+            "wgpu" if std::env::var("KD_WGPU_HALF").is_ok_and(|v| v == "1") => DType::F16,
+            _ => continue,
+        };
+        let x = inputs(21);
+        let loss = FusedLinearKdLossConfig::new()
+            .with_chunk_rows(Some(3))
+            .init();
+        let run = |dtype: DType| {
+            let h = floats(x.h.clone(), [N, H], dev).cast(dtype).require_grad();
+            let w = floats(x.w.clone(), [H, V], dev).cast(dtype).require_grad();
+            let teacher = LinearTeacher::Head {
+                hidden: floats(x.ht.clone(), [N, HT], dev).cast(dtype),
+                head: LinearHead::new(floats(x.wt.clone(), [HT, V], dev).cast(dtype)),
+            };
+            let out = loss.forward(
+                h.clone(),
+                &LinearHead::new(w.clone()),
+                teacher,
+                ints(x.labels.clone(), [N], dev),
+            );
+            let value = scalar(out.total.clone().cast(DType::F32));
+            let grads = out.total.backward();
+            let gh = to_vec(h.grad(&grads).unwrap().cast(DType::F32));
+            let gw = to_vec(w.grad(&grads).unwrap().cast(DType::F32));
+            (value, gh, gw)
+        };
+        let (v32, gh32, gw32) = run(DType::F32);
+        let (v16, gh16, gw16) = run(half);
+        assert!(
+            (v16 - v32).abs() <= 2e-2 * v32.abs(),
+            "{name}: {half:?} loss {v16} vs f32 {v32}"
+        );
+        for (what, a, b) in [("h", &gh16, &gh32), ("W", &gw16, &gw32)] {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (p, q)) in a.iter().zip(b.iter()).enumerate() {
+                assert!(
+                    (p - q).abs() <= 3e-2 * scale,
+                    "{name}: {half:?} grad {what}[{i}] {p} vs f32 {q} (scale {scale})"
+                );
+            }
+        }
+    }
+}
