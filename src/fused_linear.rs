@@ -477,13 +477,7 @@ pub fn fused_linear_distillation(
         .int()
         .sum()
         .into_scalar::<i64>() as usize;
-    let denominator = match reduction {
-        Reduction::Sum => 1.0,
-        Reduction::Mean => kept.max(1) as f64,
-        Reduction::BatchMean => n.max(1) as f64,
-        Reduction::ElementMean => (kept.max(1) * v.max(1)) as f64,
-        Reduction::Normalizer(d) => d.get(),
-    };
+    let denominator = reduction.denominator(kept as f64, n, v);
     let chunk_norm =
         Reduction::Normalizer(Normalizer::new(denominator).expect("a positive denominator"));
     let chunk = cfg

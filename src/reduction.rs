@@ -80,6 +80,34 @@ pub enum Reduction {
     Normalizer(Normalizer),
 }
 
+impl Reduction {
+    /// The reduction's denominator as `(counts_rows, factor)`: the reduced loss is
+    /// `Σ_kept w·r / (c · factor)` with `c = max(W, 1)` (the kept rows' count or weight sum) when
+    /// `counts_rows`, else `c = 1`. `batch` is the first dimension of the rows' shape, `row_size`
+    /// the elements per row (`V`). The one place every path (composed reduce, fused kernels'
+    /// row weights, chunked and fused-linear losses) takes its denominator from.
+    pub(crate) fn denominator_parts(self, batch: usize, row_size: usize) -> (bool, f64) {
+        match self {
+            Reduction::Sum => (false, 1.0),
+            Reduction::Mean => (true, 1.0),
+            Reduction::BatchMean => (false, batch.max(1) as f64),
+            Reduction::ElementMean => (true, row_size.max(1) as f64),
+            Reduction::Normalizer(n) => (false, n.get()),
+        }
+    }
+
+    /// The denominator for `kept` rows (or their weight sum) on the host; see
+    /// [`denominator_parts`](Self::denominator_parts).
+    pub(crate) fn denominator(self, kept: f64, batch: usize, row_size: usize) -> f64 {
+        let (counts, factor) = self.denominator_parts(batch, row_size);
+        if counts {
+            kept.max(1.0) * factor
+        } else {
+            factor
+        }
+    }
+}
+
 /// Burn's reduction, with **Burn's meaning**: `burn::nn::loss::Reduction::Mean` (and `Auto`) is
 /// the mean over every element, which is [`Reduction::ElementMean`] here — not this crate's
 /// [`Reduction::Mean`], the mean over rows (a factor of `V` apart for logits `[R, V]`).
@@ -463,15 +491,11 @@ impl RowLoss {
         }
         let this = self.materialized();
         let values = this.ready();
-        match reduction {
-            Reduction::Sum => values.sum(),
-            Reduction::Mean => this.mean(values, 1.0),
-            Reduction::BatchMean => {
-                let b = this.row_dims.first().copied().unwrap_or(1).max(1);
-                values.sum().div_scalar(b as f64)
-            }
-            Reduction::ElementMean => this.mean(values, this.row_size.max(1) as f64),
-            Reduction::Normalizer(n) => values.sum().div_scalar(n.get()),
+        let batch = this.row_dims.first().copied().unwrap_or(1);
+        match reduction.denominator_parts(batch, this.row_size) {
+            (true, factor) => this.mean(values, factor),
+            (false, factor) if factor == 1.0 => values.sum(),
+            (false, factor) => values.sum().div_scalar(factor),
         }
     }
 }
@@ -587,14 +611,9 @@ impl SquaredRows {
         let device = self.student.device();
         let m = self.student.dims()[0];
         let weights = if self.per_element {
-            let r = row_dims.iter().product::<usize>().max(1) as f64;
-            let c = match reduction {
-                Reduction::Sum => 1.0,
-                Reduction::Mean => 1.0 / r,
-                Reduction::BatchMean => 1.0 / row_dims.first().copied().unwrap_or(1).max(1) as f64,
-                Reduction::ElementMean => 1.0 / (r * row_size.max(1) as f64),
-                Reduction::Normalizer(n) => 1.0 / n.get(),
-            };
+            let r = row_dims.iter().product::<usize>() as f64;
+            let batch = row_dims.first().copied().unwrap_or(1);
+            let c = 1.0 / reduction.denominator(r, batch, row_size);
             Tensor::<1>::full([m], c, &device)
         } else {
             crate::fused::row_weights(self.keep.clone(), row_dims, row_size, reduction, &device)

@@ -159,27 +159,18 @@ pub(crate) fn row_weights(
         Some(k) => k.float().cast(f32),
         None => Tensor::<1>::ones([r], device).cast(f32),
     };
-    let count = |k: &Tensor<1>| -> Tensor<1> {
-        if masked {
+    let batch = rows.first().copied().unwrap_or(1);
+    match reduction.denominator_parts(batch, v) {
+        // The count stays on the device (no synchronisation) when a mask decides it.
+        (true, factor) if masked => {
             let total = k.clone().sum();
             let zero = total.clone().equal_elem(0.0);
-            total.mask_fill(zero, 1.0)
-        } else {
-            Tensor::<1>::from_floats([r.max(1) as f32], device).cast(f32)
-        }
-    };
-    match reduction {
-        Reduction::Sum => k,
-        Reduction::Mean => {
-            let den = count(&k);
+            let den = total.mask_fill(zero, 1.0).mul_scalar(factor);
             k.div(den)
         }
-        Reduction::BatchMean => k.div_scalar(rows.first().copied().unwrap_or(1).max(1) as f64),
-        Reduction::ElementMean => {
-            let den = count(&k).mul_scalar(v.max(1) as f64);
-            k.div(den)
-        }
-        Reduction::Normalizer(n) => k.div_scalar(n.get()),
+        (true, factor) => k.div_scalar(r.max(1) as f64 * factor),
+        (false, factor) if factor == 1.0 => k,
+        (false, factor) => k.div_scalar(factor),
     }
 }
 
