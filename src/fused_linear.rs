@@ -609,15 +609,15 @@ pub fn fused_linear_distillation(
     let mut parts = Vec::new();
     if track_h && n > 0 {
         let g = same_dtype(Tensor::cat(grad_h, 0), dtype).autodiff();
-        parts.push(student_hidden.mul(g).sum());
+        parts.push(dot(student_hidden, g));
     }
     if let Some(g) = grad_w {
         let g = same_dtype(g, student_head.weight.dtype()).autodiff();
-        parts.push(student_head.weight.clone().mul(g).sum());
+        parts.push(dot(student_head.weight.clone(), g));
     }
     if let (Some(g), Some(b)) = (grad_b, &student_head.bias) {
         let g = same_dtype(g, b.dtype()).autodiff();
-        parts.push(b.clone().mul(g).sum());
+        parts.push(dot(b.clone().unsqueeze_dim(0), g.unsqueeze_dim(0)));
     }
     let total = total.autodiff();
     let total = match parts.into_iter().reduce(Tensor::add) {
@@ -628,6 +628,18 @@ pub fn fused_linear_distillation(
         None => total,
     };
     output(total)
+}
+
+/// `⟨x, g⟩` as a `[1, n]×[n, 1]` matrix product: no `x ⊙ g` temporary of `x`'s size (for the
+/// head weight, as large as the head), and the backward's gradient of `x` is `g` itself. In f32
+/// at least: its value cancels in `λ − λ̄` only while it is finite (f16 overflows at 65 504).
+fn dot(x: Tensor<2>, g: Tensor<2>) -> Tensor<1> {
+    let n = x.dims().iter().product::<usize>();
+    let (x, g) = match x.dtype() {
+        DType::F16 | DType::BF16 => (x.cast(DType::F32), g.cast(DType::F32)),
+        _ => (x, g),
+    };
+    x.reshape([1, n]).matmul(g.reshape([n, 1])).reshape([1])
 }
 
 /// `x` in `dtype` (no cast when it already is).
