@@ -611,6 +611,13 @@ pub fn fused_linear_distillation(
         let g = same_dtype(Tensor::cat(grad_h, 0), dtype).autodiff();
         parts.push(dot(student_hidden, g));
     }
+    // (An empty batch has no chunk: zero gradients, still connected to the graph.)
+    if track_w && grad_w.is_none() {
+        grad_w = Some(Tensor::<2>::zeros([h, v], &inner_device).cast(acc));
+    }
+    if track_b && grad_b.is_none() {
+        grad_b = Some(Tensor::<1>::zeros([v], &inner_device).cast(acc));
+    }
     if let Some(g) = grad_w {
         let g = same_dtype(g, student_head.weight.dtype()).autodiff();
         parts.push(dot(student_head.weight.clone(), g));

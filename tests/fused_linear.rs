@@ -451,3 +451,20 @@ fn half_precision_inputs_match_f32_within_resolution() {
         }
     }
 }
+
+/// No tokens at all: a zero loss whose backward gives zero head gradients.
+#[test]
+fn empty_batch_is_zero() {
+    let dev = Device::flex().autodiff();
+    let h = floats(vec![], [0, H], &dev).require_grad();
+    let w = floats(values(H * V, 4, 1.0), [H, V], &dev).require_grad();
+    let out = FusedLinearKdLossConfig::new().init().forward(
+        h,
+        &LinearHead::new(w.clone()),
+        LinearTeacher::Logits(floats(vec![], [0, V], &dev)),
+        ints(vec![], [0], &dev),
+    );
+    assert_eq!(scalar(out.total.clone()), 0.0);
+    let g = to_vec(w.grad(&out.total.backward()).unwrap());
+    assert!(g.iter().all(|x| *x == 0.0));
+}
