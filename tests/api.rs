@@ -482,3 +482,23 @@ fn label_smoothing_panics_in_the_pure_function() {
         &opts,
     );
 }
+
+/// The pseudo-label module has the three forms every loss module has.
+#[test]
+fn pseudo_label_module_forms() {
+    let d = dev();
+    let s = floats(lcg(4 * 3 * 5, 1, 2.0), [4, 3, 5], &d);
+    let t = floats(lcg(4 * 3 * 5, 2, 2.0), [4, 3, 5], &d);
+    let loss = PseudoLabelLossConfig::new().init();
+    let rows = loss.forward_no_reduction(s.clone(), t.clone());
+    assert_eq!(rows.row_dims(), &[4, 3]);
+    let mask = RowMask::new(bools((0..12).map(|i| i % 4 != 1).collect(), [4, 3], &d));
+    let masked = scalar(loss.forward_masked(s.clone(), t.clone(), &mask, Reduction::Mean));
+    let by_hand = scalar(
+        pseudo_label_ce(s.clone(), t.clone(), None)
+            .masked(&mask)
+            .reduce(Reduction::Mean),
+    );
+    assert_eq!(masked, by_hand);
+    assert_ne!(masked, scalar(loss.forward(s, t, Reduction::Mean)));
+}

@@ -728,3 +728,27 @@ fn relational_losses_match_f64_references() {
         report("api_relational_vs_f64_reference", backend, 3);
     }
 }
+
+/// `MiniLmV2Loss::forward_masked` is `forward` with `Some(mask)`, and the mask matters.
+#[test]
+fn minilm_v2_module_forward_masked() {
+    let d = dev();
+    let q = |w: usize, seed: u64| QkvStates {
+        queries: floats(lcg(8 * w, seed, 1.0), [2, 4, w], &d),
+        keys: floats(lcg(8 * w, seed + 1, 1.0), [2, 4, w], &d),
+        values: floats(lcg(8 * w, seed + 2, 1.0), [2, 4, w], &d),
+    };
+    let mask = bools(
+        vec![true, true, true, false, true, true, false, false],
+        [2, 4],
+        &d,
+    );
+    let loss = MiniLmV2LossConfig::new(2).init();
+    let a = loss
+        .forward_masked(q(4, 1), q(6, 9), mask.clone())
+        .scalars();
+    let b = loss.forward(q(4, 1), q(6, 9), Some(mask)).scalars();
+    let c = loss.forward(q(4, 1), q(6, 9), None).scalars();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}

@@ -250,7 +250,10 @@ pub struct MiniLmV2Loss {
 }
 
 impl MiniLmV2Loss {
-    /// The three relation terms (see [`minilm_v2_loss`]).
+    /// The three relation terms over every position (see [`minilm_v2_loss`]).
+    ///
+    /// Passing `Some(mask)` is the same as [`forward_masked`](Self::forward_masked); the
+    /// argument is kept for compatibility.
     ///
     /// # Panics
     /// As [`minilm_v2_loss`].
@@ -261,5 +264,19 @@ impl MiniLmV2Loss {
         padding_mask: Option<Tensor<2, Bool>>,
     ) -> LossTerms {
         minilm_v2_loss(student, teacher, self.relation_heads, padding_mask)
+    }
+
+    /// The three relation terms over the real positions of `padding_mask` (`[B, S]`, `true` =
+    /// real token), the form every other loss module names `forward_masked`.
+    ///
+    /// # Panics
+    /// As [`minilm_v2_loss`].
+    pub fn forward_masked(
+        &self,
+        student: QkvStates,
+        teacher: QkvStates,
+        padding_mask: Tensor<2, Bool>,
+    ) -> LossTerms {
+        minilm_v2_loss(student, teacher, self.relation_heads, Some(padding_mask))
     }
 }

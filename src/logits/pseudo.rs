@@ -115,16 +115,46 @@ pub struct PseudoLabelLoss {
 }
 
 impl PseudoLabelLoss {
+    /// Per-row values (see [`pseudo_label_ce`]).
+    ///
+    /// # Panics
+    /// If the shapes differ or the threshold is outside `[0, 1]`.
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+    ) -> RowLoss {
+        pseudo_label_ce(student_logits, teacher_logits, self.threshold)
+    }
+
     /// Reduced loss `[1]`.
     ///
     /// # Panics
-    /// If the shapes differ.
+    /// If the shapes differ or the threshold is outside `[0, 1]`.
     pub fn forward<const D: usize>(
         &self,
         student_logits: Tensor<D>,
         teacher_logits: Tensor<D>,
         reduction: Reduction,
     ) -> Tensor<1> {
-        pseudo_label_ce(student_logits, teacher_logits, self.threshold).reduce(reduction)
+        self.forward_no_reduction(student_logits, teacher_logits)
+            .reduce(reduction)
+    }
+
+    /// Reduced loss `[1]` over the rows `mask` keeps (a padding mask of the leading shape).
+    ///
+    /// # Panics
+    /// If the shapes differ, the mask does not match the leading shape, or the threshold is
+    /// outside `[0, 1]`.
+    pub fn forward_masked<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        mask: &RowMask,
+        reduction: Reduction,
+    ) -> Tensor<1> {
+        self.forward_no_reduction(student_logits, teacher_logits)
+            .masked(mask)
+            .reduce(reduction)
     }
 }
