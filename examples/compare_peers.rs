@@ -113,7 +113,15 @@ fn worker(case: &str, imp: &str, quick: bool) {
         (false, true) => (3, 0.0),
         (false, false) => (10, 3.0),
     };
-    let n = ((target_s / est.max(1e-6)) as usize).clamp(min_runs, 200);
+    // KD_BENCH_RUNS=n: exactly n timed runs (a peak-memory reading of a slow case).
+    let (min_runs, target_s) = match std::env::var("KD_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    {
+        Some(r) => (r, 0.0),
+        None => (min_runs, target_s),
+    };
+    let n = ((target_s / est.max(1e-6)) as usize).clamp(min_runs.max(1), 200.max(min_runs));
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
