@@ -443,7 +443,7 @@ impl RowTemperature {
 ///
 /// # Panics
 /// If the two shapes differ (align vocabularies first with
-/// [`align_vocab`](crate::vocab::align_vocab)), a per-row temperature has the wrong length, or
+/// [`align_vocab`]), a per-row temperature has the wrong length, or
 /// the divergence's parameter is invalid.
 ///
 /// # Example

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! so that nothing of size `chunk × V` outlives its chunk. The loss of a chunk is the crate's
-//! [`distillation_loss`](crate::logits::distillation_loss) (the fused kernel wherever it runs)
+//! [`distillation_loss`] (the fused kernel wherever it runs)
 //! for the forward KL, and [`soft_loss`](crate::fused::soft_loss) + [`cross_entropy`] for the
 //! other divergences, every chunk reduced with the *global* normalizer (the number of kept tokens
 //! for [`Reduction::Mean`]), so the chunks add up to the loss of the whole batch exactly.

@@ -28,11 +28,11 @@
 //! | [`temperature`] | [`temperature_softmax`], [`temperature_log_softmax`], [`Temperature`] |
 //! | [`logits`] | [`soft_kl`] (Hinton), [`cross_entropy`] (hard), [`distillation_loss`] (α-mix), [`pseudo_label_ce`] |
 //! | [`reduction`] | [`RowLoss`], [`RowMask`], [`Reduction`] (sum, mean, batchmean, element mean, global normalizer) |
-//! | [`divergence`] | [`Divergence`]: reverse KL, generalized JSD (TRL and continuous), skew KL, skew reverse KL, total variation, symmetric KL; [`RowTemperature`] |
+//! | [`mod@divergence`] | [`Divergence`]: reverse KL, generalized JSD (TRL and continuous), skew KL, skew reverse KL, total variation, symmetric KL; [`RowTemperature`] |
 //! | [`sparse`] | top-k teachers ([`TopkTeacher`]): [`sparse_divergence`], [`topk_kd`] |
 //! | [`vocab`] | [`align_vocab`]: student/teacher vocabulary mismatch |
 //! | [`ensemble`] | several teachers: [`ensemble_divergence`] |
-//! | [`dkd`] | decoupled KD (TCKD + NCKD): [`dkd()`](dkd::dkd) |
+//! | [`mod@dkd`] | decoupled KD (TCKD + NCKD): [`dkd()`](dkd::dkd) |
 //! | [`schedule`] | [`Schedule`], [`TemperatureSchedule`], [`entropy_temperature`], [`LearnableTemperature`] |
 //! | [`chunked`] | large vocabularies: [`chunked_divergence`], [`chunked_sparse_divergence`] |
 //! | [`fused`] | fused forward + backward kernels (Flex CPU, CubeCL) behind [`distillation_loss`], [`SoftKlLoss`], [`DivergenceLoss`]; [`fused::soft_loss`], [`fused::fused_available`] |
