@@ -36,7 +36,7 @@ use rand::rngs::StdRng;
 
 #[path = "common/lm.rs"]
 mod lm;
-use lm::{Arch, Batch, Lm, sample_batch, validation_batches};
+use lm::{Arch, Batch, Lm, perplexity, sample_batch, validation_batches};
 
 /// The text's words (lower-cased, punctuation stripped); id 0 is padding.
 struct Words {
@@ -182,23 +182,6 @@ fn train_student(
         model = optim.step(3e-3, model, grads);
     }
     model
-}
-
-/// Per-word perplexity `exp(Σ CE / #tokens)` over the validation windows.
-fn perplexity(model: &Lm, batches: &[Batch]) -> f64 {
-    let (mut nll, mut tokens) = (0.0, 0usize);
-    let model = model.clone().no_grad();
-    for batch in batches {
-        let sum = cross_entropy(
-            model.forward(batch).logits,
-            batch.labels.clone(),
-            &CrossEntropyOptions::default(),
-        )
-        .reduce(Reduction::Sum);
-        nll += sum.into_scalar::<f64>();
-        tokens += batch.lens.iter().sum::<usize>();
-    }
-    (nll / tokens.max(1) as f64).exp()
 }
 
 fn status_kib(key: &str) -> Option<f64> {

@@ -43,7 +43,7 @@ use rand::rngs::StdRng;
 
 #[path = "common/lm.rs"]
 mod lm;
-use lm::{Arch, Batch, Lm, Trace, sample_batch, validation_batches};
+use lm::{Arch, Batch, Lm, Trace, perplexity, sample_batch, validation_batches};
 
 // ------------------------------------------------------------------------------------ data
 
@@ -213,24 +213,6 @@ fn lr_at(cfg: &Train, step: usize) -> f64 {
     }
     let p = (step - warm) as f64 / (cfg.steps - warm).max(1) as f64;
     cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
-}
-
-/// Per-character perplexity `exp(Σ CE / #tokens)` over the validation windows.
-fn perplexity(model: &Lm, batches: &[Batch]) -> f64 {
-    let (mut nll, mut tokens) = (0.0, 0usize);
-    let model = model.clone().no_grad();
-    for batch in batches {
-        let trace = model.forward(batch);
-        let sum = cross_entropy(
-            trace.logits,
-            batch.labels.clone(),
-            &CrossEntropyOptions::default(),
-        )
-        .reduce(Reduction::Sum);
-        nll += sum.into_scalar::<f64>();
-        tokens += batch.lens.iter().sum::<usize>();
-    }
-    (nll / tokens as f64).exp()
 }
 
 fn main() {

@@ -519,7 +519,8 @@ pub fn fused_linear_distillation(
     let mut grad_b: Option<Tensor<1>> = None;
     let mut grad_h = Vec::new();
     let mut values: Option<(Tensor<1>, Tensor<1>, Tensor<1>)> = None;
-    let ws_acc_t = same_dtype(ws.clone(), acc).transpose();
+    // `W_sᵀ` in the accumulator dtype, for `∂L/∂h_s` only.
+    let ws_acc_t = track_h.then(|| same_dtype(ws.clone(), acc).transpose());
 
     let mut first = 0;
     while first < n {
@@ -557,8 +558,8 @@ pub fn fused_linear_distillation(
             }
             .unwrap_or_else(|| Tensor::<2>::zeros([rows, v], &inner_device));
             let g = same_dtype(g, acc);
-            if track_h {
-                grad_h.push(g.clone().matmul(ws_acc_t.clone()));
+            if let Some(wt) = &ws_acc_t {
+                grad_h.push(g.clone().matmul(wt.clone()));
             }
             if track_w {
                 let gw = same_dtype(h_c, acc).transpose().matmul(g.clone());

@@ -211,3 +211,21 @@ impl Lm {
         (x, hiddens, scores)
     }
 }
+
+/// Perplexity per token, `exp(Σ CE / #tokens)`, over validation batches (padding excluded).
+pub fn perplexity(model: &Lm, batches: &[Batch]) -> f64 {
+    use kd_losses::prelude::{CrossEntropyOptions, Reduction, cross_entropy};
+    let (mut nll, mut tokens) = (0.0, 0usize);
+    let model = model.clone().no_grad();
+    for batch in batches {
+        let sum = cross_entropy(
+            model.forward(batch).logits,
+            batch.labels.clone(),
+            &CrossEntropyOptions::default(),
+        )
+        .reduce(Reduction::Sum);
+        nll += sum.into_scalar::<f64>();
+        tokens += batch.lens.iter().sum::<usize>();
+    }
+    (nll / tokens.max(1) as f64).exp()
+}
