@@ -35,12 +35,12 @@
 
 use burn::tensor::Tensor;
 
-use crate::divergence::{Divergence, RowTemperature, dense_rows};
+use crate::divergence::{Divergence, dense_rows};
 use crate::error::KdError;
-use crate::logits::T2Scaling;
-use crate::logits::soft::assert_same_shape;
-use crate::reduction::{RowLoss, flatten_rows};
+use crate::reduction::RowLoss;
+use crate::rows::{assert_same_shape, flatten_rows};
 use crate::sparse::{SparseOptions, TopkTeacher, check_sparse_inputs, sparse_rows};
+use crate::temperature::{RowTemperature, T2Scaling};
 
 /// Evaluates a row-wise loss `f` chunk by chunk, with the exact value and student gradient of
 /// the unchunked evaluation; see the [module docs](self).

@@ -23,12 +23,11 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Int, Tensor};
 
-use crate::divergence::row_logsumexp;
 use crate::error::KdError;
-use crate::logits::T2Scaling;
 use crate::logits::hard::{IGNORE_INDEX, check_labels};
-use crate::logits::soft::{assert_same_shape, kl_rows_from_log_probs};
-use crate::reduction::{Reduction, RowLoss, RowMask, flatten_rows};
+use crate::reduction::{Reduction, RowLoss, RowMask};
+use crate::rows::{assert_same_shape, flatten_rows, kl_rows_from_log_probs, row_logsumexp};
+use crate::temperature::T2Scaling;
 use crate::temperature::{Temperature, temperature_log_softmax};
 
 /// The two parts of DKD and their weighted sum, per row (ignored rows already masked).

@@ -15,12 +15,12 @@
 
 use burn::tensor::Tensor;
 
-use crate::divergence::{Divergence, RowTemperature, log_add_exp};
+use crate::divergence::Divergence;
 use crate::error::KdError;
-use crate::logits::T2Scaling;
-use crate::logits::soft::assert_same_shape;
-use crate::reduction::{RowLoss, flatten_rows};
+use crate::reduction::RowLoss;
+use crate::rows::{assert_same_shape, flatten_rows, log_add_exp};
 use crate::temperature::Temperature;
+use crate::temperature::{RowTemperature, T2Scaling};
 
 /// How the teachers are combined; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -16,7 +16,7 @@
 //!
 //! so that nothing of size `chunk × V` outlives its chunk. The loss of a chunk is the crate's
 //! [`distillation_loss`] (the fused kernel wherever it runs)
-//! for the forward KL, and [`soft_loss`](crate::fused::soft_loss) + [`cross_entropy`] for the
+//! for the forward KL, and [`soft_loss`](crate::divergence::soft_loss) + [`cross_entropy`] for the
 //! other divergences, every chunk reduced with the *global* normalizer (the number of kept tokens
 //! for [`Reduction::Mean`]), so the chunks add up to the loss of the whole batch exactly.
 //!
@@ -54,8 +54,9 @@ use burn::tensor::{Bool, DType, Int, Tensor};
 use crate::divergence::{Divergence, DivergenceKind, DivergenceLossConfig};
 use crate::error::{KdError, check_range};
 use crate::logits::hard::{CrossEntropyOptions, cross_entropy};
-use crate::logits::{DistillationLoss, T2Scaling, distillation_loss};
+use crate::logits::{DistillationLoss, distillation_loss};
 use crate::reduction::{Normalizer, Reduction, RowMask};
+use crate::temperature::T2Scaling;
 use crate::temperature::Temperature;
 use crate::vocab::{VocabAlignment, align_vocab};
 
@@ -687,7 +688,7 @@ fn chunk_loss(
     };
     let hard = cross_entropy(student.clone(), labels.clone(), &options).reduce(reduction);
     let mask = RowMask::from_labels(labels, cfg.ignore_index);
-    let soft = crate::fused::soft_loss(
+    let soft = crate::divergence::soft_loss(
         student,
         teacher,
         loss.divergence,

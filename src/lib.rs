@@ -35,7 +35,7 @@
 //! | [`mod@dkd`] | decoupled KD (TCKD + NCKD): [`dkd()`](dkd::dkd) |
 //! | [`schedule`] | [`Schedule`], [`TemperatureSchedule`], [`entropy_temperature`], [`LearnableTemperature`] |
 //! | [`chunked`] | large vocabularies: [`chunked_divergence`], [`chunked_sparse_divergence`] |
-//! | [`fused`] | fused forward + backward kernels (Flex CPU, CubeCL) behind [`distillation_loss`], [`SoftKlLoss`], [`DivergenceLoss`]; [`fused::soft_loss`], [`fused::fused_available`] |
+//! | [`fused`] | fused forward + backward kernels (Flex CPU, CubeCL) behind [`distillation_loss`], [`SoftKlLoss`], [`DivergenceLoss`]; [`fused::fused_available`]; the reduced soft loss of any divergence: [`divergence::soft_loss`] |
 //! | [`combine`] | [`LossTerms`]: weighted sums that report each term |
 //! | [`hidden`] | [`hidden_mse`] + learnable [`HiddenProjection`] (TinyBERT, TextBrewer), [`hidden_cosine`] (DistilBERT), [`hidden_normalized_mse`] (PKD), [`LayeredHiddenLoss`] |
 //! | [`layer_map`] | [`LayerMap`]: uniform (TinyBERT), skip / last-k (PKD), explicit pairs |
@@ -98,6 +98,7 @@ pub mod logits;
 mod numerics;
 pub mod reduction;
 pub mod relation;
+mod rows;
 pub mod schedule;
 pub mod sparse;
 pub mod temperature;
@@ -116,9 +117,9 @@ pub use attention::{
 pub use chunked::{chunk_rows_for_budget, chunked_divergence, chunked_sparse_divergence};
 pub use combine::{LossTerm, LossTerms};
 pub use divergence::{
-    Divergence, DivergenceKind, DivergenceLoss, DivergenceLossConfig, JsdConvention,
-    RowTemperature, divergence, divergence_from_log_probs, generalized_jsd, reverse_kl, skew_kl,
-    skew_reverse_kl, symmetric_kl, total_variation,
+    Divergence, DivergenceKind, DivergenceLoss, DivergenceLossConfig, JsdConvention, divergence,
+    divergence_from_log_probs, generalized_jsd, reverse_kl, skew_kl, skew_reverse_kl, symmetric_kl,
+    total_variation,
 };
 pub use dkd::{DkdLoss, DkdLossConfig, DkdRows, dkd};
 pub use ensemble::{EnsembleMode, TeacherWeights, ensemble_divergence};
@@ -132,7 +133,7 @@ pub use layer_map::LayerMap;
 pub use logits::{
     CrossEntropyLoss, CrossEntropyLossConfig, CrossEntropyOptions, DistillationLoss,
     DistillationLossConfig, DistillationOutput, PseudoLabelLoss, PseudoLabelLossConfig, SoftKlLoss,
-    SoftKlLossConfig, T2Scaling, cross_entropy, distillation_loss, distillation_loss_composed,
+    SoftKlLossConfig, cross_entropy, distillation_loss, distillation_loss_composed,
     pseudo_label_ce, soft_kl,
 };
 pub use reduction::{Normalizer, Reduction, RowLoss, RowMask};
@@ -145,14 +146,16 @@ pub use sparse::{
     MissingMass, SparseKdLoss, SparseKdLossConfig, SparseOptions, StudentNorm, TopkSpace,
     TopkTeacher, check_topk_indices, sparse_divergence, topk_kd,
 };
-pub use temperature::{Temperature, temperature_log_softmax, temperature_softmax};
+pub use temperature::{
+    RowTemperature, T2Scaling, Temperature, temperature_log_softmax, temperature_softmax,
+};
 pub use vocab::{VocabAlignment, align_vocab};
 
 /// Everything a training loop usually needs.
 pub mod prelude {
     pub use crate::attention::*;
     pub use crate::combine::LossTerms;
-    pub use crate::divergence::{Divergence, DivergenceKind, JsdConvention, RowTemperature};
+    pub use crate::divergence::{Divergence, DivergenceKind, JsdConvention};
     pub use crate::error::KdError;
     pub use crate::hidden::*;
     pub use crate::layer_map::LayerMap;
@@ -160,6 +163,7 @@ pub mod prelude {
     pub use crate::reduction::{Normalizer, Reduction, RowLoss, RowMask};
     pub use crate::relation::*;
     pub use crate::sparse::{MissingMass, SparseOptions, StudentNorm, TopkTeacher};
+    pub use crate::temperature::RowTemperature;
     pub use crate::temperature::{Temperature, temperature_log_softmax, temperature_softmax};
     pub use crate::vocab::VocabAlignment;
 }

@@ -5,7 +5,7 @@
 //!   a loss weight (`α`, DKD's warm-up) or, through [`TemperatureSchedule`], a temperature.
 //! * [`entropy_temperature`]: one temperature per row from the teacher's entropy ("dynamic
 //!   temperature"), a `[R]` tensor every divergence accepts as its
-//!   [`RowTemperature`](crate::divergence::RowTemperature).
+//!   [`RowTemperature`](crate::temperature::RowTemperature).
 //! * [`LearnableTemperature`]: a module with one parameter, `T = T_min + softplus(θ)`, trained with
 //!   the student.
 //!
@@ -25,7 +25,7 @@ use burn::tensor::activation::softplus;
 use burn::tensor::{Device, Tensor};
 
 use crate::error::{KdError, check_positive};
-use crate::reduction::flatten_rows;
+use crate::rows::flatten_rows;
 use crate::temperature::{Temperature, temperature_log_softmax};
 
 /// A value as a function of the training step.

@@ -86,7 +86,7 @@ impl Default for Temperature {
 fn shifted_and_norm<const D: usize>(logits: Tensor<D>, t: Temperature) -> (Tensor<D>, Tensor<D>) {
     assert!(D >= 1, "logits must have at least one dimension");
     let dim = D - 1;
-    let logits = crate::reduction::at_least_f32(logits);
+    let logits = crate::rows::at_least_f32(logits);
     // The row maximum only shifts; the result does not depend on it, so it needs no gradient.
     let m = logits.clone().detach().max_dim(dim);
     // An all -inf row has max -inf; shifting by 0 instead keeps it -inf rather than NaN.
@@ -150,4 +150,124 @@ pub fn temperature_softmax<const D: usize>(logits: Tensor<D>, t: Temperature) ->
 pub fn temperature_log_softmax<const D: usize>(logits: Tensor<D>, t: Temperature) -> Tensor<D> {
     let (shifted, norm) = shifted_and_norm(logits, t);
     shifted.sub(norm.log())
+}
+
+/// Whether the soft loss is multiplied by `T²`.
+///
+/// Hinton et al. (2015) scale the soft loss by `T²` so that its gradient, which shrinks as
+/// `1/T²`, keeps the same magnitude relative to the hard loss when `T` changes. TRL and DistiLLM
+/// do not scale; PyTorch recipes usually do. The crate's default is [`T2Scaling::On`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum T2Scaling {
+    /// Multiply by `T²` (Hinton).
+    #[default]
+    On,
+    /// No factor.
+    Off,
+}
+
+impl T2Scaling {
+    /// `On` for `true` (the configs' `t2_scaling` field).
+    pub(crate) fn from_flag(on: bool) -> Self {
+        if on { T2Scaling::On } else { T2Scaling::Off }
+    }
+
+    pub(crate) fn factor(self, t: Temperature) -> f64 {
+        match self {
+            T2Scaling::On => t.squared(),
+            T2Scaling::Off => 1.0,
+        }
+    }
+}
+
+/// The temperature a loss divides the logits by: one number for the batch, or one value per
+/// row (a "dynamic" temperature, or a [learnable](crate::schedule::LearnableTemperature) one).
+///
+/// A per-row tensor has shape `[R]` (`R` = number of rows, `B·S` for `[B, S, V]` logits) or
+/// `[1]` (broadcast). Its entries must be finite and positive (not checked: that would read the
+/// tensor back to the host). It may carry a gradient: the temperature then learns.
+// A tensor handle is larger than an f64; the enum is passed by value once per call, so
+// boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum RowTemperature {
+    /// One validated temperature.
+    Scalar(Temperature),
+    /// One temperature per row, `[R]` or `[1]`.
+    PerRow(Tensor<1>),
+}
+
+impl From<Temperature> for RowTemperature {
+    fn from(t: Temperature) -> Self {
+        RowTemperature::Scalar(t)
+    }
+}
+
+impl From<Tensor<1>> for RowTemperature {
+    fn from(t: Tensor<1>) -> Self {
+        RowTemperature::PerRow(t)
+    }
+}
+
+impl RowTemperature {
+    /// Checks a per-row tensor against `r` rows.
+    pub(crate) fn check_rows(&self, r: usize) {
+        if let RowTemperature::PerRow(t) = self {
+            let n = t.dims()[0];
+            assert!(
+                n == r || n == 1,
+                "temperature: shape {:?} must be [1] or the number of rows [{r}]",
+                t.dims()
+            );
+        }
+    }
+
+    /// The rows `first..first+len` of a per-row temperature (a `[1]` one is kept whole).
+    #[cfg_attr(not(feature = "chunked"), allow(dead_code))]
+    pub(crate) fn narrow(&self, first: usize, len: usize) -> RowTemperature {
+        match self {
+            RowTemperature::PerRow(t) if t.dims()[0] != 1 => {
+                RowTemperature::PerRow(t.clone().narrow(0, first, len))
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// `log_softmax(x / T)` of `[R, K]`.
+    pub(crate) fn log_softmax(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            RowTemperature::Scalar(t) => temperature_log_softmax(x, *t),
+            RowTemperature::PerRow(t) => {
+                // Subtract the row maximum before dividing (no overflow for |x| up to f32::MAX).
+                let n = t.dims()[0];
+                let m = x.clone().detach().max_dim(1);
+                let m = m.clone().mask_fill(m.is_inf(), 0.0);
+                temperature_log_softmax(x.sub(m).div(t.clone().reshape([n, 1])), Temperature::ONE)
+            }
+        }
+    }
+
+    /// `x / T` of `[R, K]`.
+    pub(crate) fn divide(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            RowTemperature::Scalar(t) if t.get() == 1.0 => x,
+            RowTemperature::Scalar(t) => x.div_scalar(t.get()),
+            RowTemperature::PerRow(t) => {
+                let n = t.dims()[0];
+                x.div(t.clone().reshape([n, 1]))
+            }
+        }
+    }
+
+    /// Multiplies row values by `T²` (scalar or per row) when `scaling` is on.
+    pub(crate) fn scale(&self, values: Tensor<1>, scaling: T2Scaling) -> Tensor<1> {
+        if scaling == T2Scaling::Off {
+            return values;
+        }
+        match self {
+            RowTemperature::Scalar(t) if t.get() == 1.0 => values,
+            RowTemperature::Scalar(t) => values.mul_scalar(t.squared()),
+            RowTemperature::PerRow(t) => values.mul(t.clone().powi_scalar(2)),
+        }
+    }
 }

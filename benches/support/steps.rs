@@ -106,7 +106,7 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
                 kd_losses::divergence::divergence(s.clone(), t.clone(), d, temp, T2Scaling::On)
                     .reduce(Reduction::BatchMean)
             } else {
-                kd_losses::fused::soft_loss(
+                kd_losses::divergence::soft_loss(
                     s.clone(),
                     t.clone(),
                     d,

@@ -52,8 +52,8 @@ use burn::tensor::{Bool, Tensor};
 use crate::combine::LossTerms;
 use crate::error::{KdError, check_positive};
 use crate::layer_map::LayerMap;
-use crate::logits::soft::kl_rows_from_log_probs;
 use crate::reduction::{Reduction, RowLoss, RowMask};
+use crate::rows::kl_rows_from_log_probs;
 use crate::temperature::{Temperature, temperature_log_softmax, temperature_softmax};
 
 /// How teacher and student heads are brought together; see the [module docs](self).

@@ -55,7 +55,7 @@
 #[cfg(feature = "gpu-kernel")]
 mod cube;
 mod ext;
-pub(crate) mod kernel;
+mod kernel;
 #[cfg(feature = "cpu-kernel")]
 mod pool;
 mod route;
@@ -66,12 +66,9 @@ mod sq;
 #[cfg(feature = "cpu-kernel")]
 pub use pool::clear_buffer_cache;
 
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 
-use crate::divergence::Divergence;
-use crate::logits::soft::T2Scaling;
-use crate::reduction::{Reduction, RowMask, flatten_rows};
-use crate::temperature::Temperature;
+use crate::rows::flatten_rows;
 
 use kernel::{KernelParams, SoftKind};
 use route::{KdInputs, SqInputs, for_each_probe};
@@ -142,82 +139,70 @@ fn notice_missing_gpu_kernel(device: &burn::tensor::Device) {
     }
 }
 
-/// Per-row weights `w_r` such that the reduced loss is `Σ_r w_r · loss_r`, matching
-/// [`RowLoss::reduce`](crate::reduction::RowLoss::reduce) (and [`RowLoss::masked`](crate::reduction::RowLoss::masked)).
-pub(crate) fn row_weights(
-    keep: Option<Tensor<1, Bool>>,
-    rows: &[usize],
-    v: usize,
-    reduction: Reduction,
-    device: &burn::tensor::Device,
-) -> Tensor<1> {
-    let r: usize = rows.iter().product();
-    let masked = keep.is_some();
-    // In f32 whatever the device's default float dtype is (a bf16 default would round 1/3).
-    let f32 = burn::tensor::DType::F32;
-    let k = match keep {
-        Some(k) => k.float().cast(f32),
-        None => Tensor::<1>::ones([r], device).cast(f32),
-    };
-    let batch = rows.first().copied().unwrap_or(1);
-    match reduction.denominator_parts(batch, v) {
-        // The count stays on the device (no synchronisation) when a mask decides it.
-        (true, factor) if masked => {
-            let total = k.clone().sum();
-            let zero = total.clone().equal_elem(0.0);
-            let den = total.mask_fill(zero, 1.0).mul_scalar(factor);
-            k.div(den)
-        }
-        (true, factor) => k.div_scalar(r.max(1) as f64 * factor),
-        (false, factor) if factor == 1.0 => k,
-        (false, factor) => k.div_scalar(factor),
-    }
+/// The soft divergence of the logit kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KlDirection {
+    /// `KL(p_teacher ‖ p_student)` (Hinton).
+    Forward,
+    /// `KL(p_student ‖ p_teacher)` (MiniLLM, GKD's reverse mode).
+    Reverse,
 }
 
-/// The three outputs `[total, soft, hard]` of the fused operation, or `None` when it does not
-/// run here.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn fused_terms<const D: usize>(
+/// The logit kernel's numbers: what it computes besides its input tensors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct KdParams {
+    /// The soft divergence.
+    pub direction: KlDirection,
+    /// Temperature `T` (> 0, finite).
+    pub temperature: f64,
+    /// Factor of the soft row value (`T²` or `1`).
+    pub soft_scale: f64,
+    /// Weight `α` of the soft term in the total (`1 − α` for the hard term).
+    pub alpha: f64,
+    /// Label smoothing `ε` of the hard term.
+    pub smoothing: f64,
+}
+
+/// The three outputs `[total, soft, hard]` of the fused logit operation on `[..., V]` logits,
+/// or `None` when no kernel runs here (check [`fused_available`] first: the caller then builds
+/// the weights only when they are used).
+///
+/// `weights` (`[R]`, `R` = product of the leading dims) are the per-row weights of the reduced
+/// sums, `total = α·Σ_r w_r soft_r + (1 − α)·Σ_r w_r hard_r`; `labels` (`[R]`) switch the hard
+/// term on. The teacher is detached here.
+pub(crate) fn kd_terms<const D: usize>(
     student_logits: &Tensor<D>,
     teacher_logits: &Tensor<D>,
     labels: Option<Tensor<1, Int>>,
-    keep: Option<Tensor<1, Bool>>,
-    kind: SoftKind,
-    temperature: Temperature,
-    scaling: T2Scaling,
-    alpha: f64,
-    smoothing: f64,
-    reduction: Reduction,
+    weights: Tensor<1>,
+    params: KdParams,
 ) -> Option<(Tensor<1>, Tensor<1>, Tensor<1>)> {
-    if !fused_available(student_logits) || teacher_logits.dtype() != student_logits.dtype() {
+    if teacher_logits.dtype() != student_logits.dtype() {
         return None;
     }
     let device = student_logits.device();
     // `[R, V]` logits go to the kernel as they are: a reshape would add one graph node shared by
     // the three terms, and the first term's backward would consume it (per-term backward).
-    let (s, rows, v) = if D == 2 {
-        let dims = student_logits.dims();
-        let s = Tensor::<2>::from_bridge(student_logits.clone().into_bridge());
-        (s, vec![dims[0]], dims[1])
+    let s = if D == 2 {
+        Tensor::<2>::from_bridge(student_logits.clone().into_bridge())
     } else {
-        flatten_rows(student_logits.clone())
+        flatten_rows(student_logits.clone()).0
     };
     let (t, _, _) = flatten_rows(teacher_logits.clone().detach());
-    let r: usize = rows.iter().product();
+    let r = s.dims()[0];
     let has_hard = labels.is_some();
     let labels = labels.unwrap_or_else(|| Tensor::<1, Int>::zeros([r], &device));
-    // The kernels read f32 weights whatever the device's default float dtype is.
-    let weights = row_weights(keep, &rows, v, reduction, &device)
-        .detach()
-        .cast(burn::tensor::DType::F32);
     let params = KernelParams {
-        kind,
-        temperature: temperature.get() as f32,
-        soft_scale: scaling.factor(temperature) as f32,
+        kind: match params.direction {
+            KlDirection::Forward => SoftKind::ForwardKl,
+            KlDirection::Reverse => SoftKind::ReverseKl,
+        },
+        temperature: params.temperature as f32,
+        soft_scale: params.soft_scale as f32,
         has_hard,
-        smoothing: smoothing as f32,
-        alpha: alpha as f32,
-        beta: (1.0 - alpha) as f32,
+        smoothing: params.smoothing as f32,
+        alpha: params.alpha as f32,
+        beta: (1.0 - params.alpha) as f32,
         grad_soft: 0.0,
         grad_hard: 0.0,
     };
@@ -225,103 +210,14 @@ pub(crate) fn fused_terms<const D: usize>(
         student: s,
         teacher: t,
         labels,
-        weights,
+        // The kernels read f32 weights whatever the device's default float dtype is.
+        weights: weights.detach().cast(burn::tensor::DType::F32),
     };
     let mut out = None;
     for_each_probe!(|p| if out.is_none() {
         out = p.kd(&inputs, params);
     });
     out.map(|t: route::Terms| (t.total, t.soft, t.hard))
-}
-
-/// The fused kernel's soft divergence for a [`Divergence`], if it has one: the forward and
-/// reverse KL, and the parametrised divergences at the endpoints where they are one of the two
-/// (the generalized JSD at `β = 0` and `β = 1` in both conventions, the skew KLs at `α = 0`).
-pub(crate) fn soft_kind(d: &Divergence) -> Option<SoftKind> {
-    match *d {
-        Divergence::ForwardKl => Some(SoftKind::ForwardKl),
-        Divergence::ReverseKl => Some(SoftKind::ReverseKl),
-        Divergence::GeneralizedJsd { beta, .. } if beta == 0.0 => Some(SoftKind::ForwardKl),
-        Divergence::GeneralizedJsd { beta, .. } if beta == 1.0 => Some(SoftKind::ReverseKl),
-        Divergence::SkewKl { alpha } if alpha == 0.0 => Some(SoftKind::ForwardKl),
-        Divergence::SkewReverseKl { alpha } if alpha == 0.0 => Some(SoftKind::ReverseKl),
-        _ => None,
-    }
-}
-
-/// Reduced soft loss `reduce(mask(f · D(p_teacher, p_student)))` with `D` forward or reverse KL,
-/// through the fused kernel where it runs (see the [module docs](self)) and the composed
-/// [`divergence`](crate::divergence::divergence) otherwise.
-///
-/// ```text
-/// forward KL:  f · Σ_v p_v (log p_v − log q_v)      reverse KL:  f · Σ_v q_v (log q_v − log p_v)
-/// p = softmax(teacher/T), q = softmax(student/T), f = T² (T2Scaling::On) or 1
-/// ```
-///
-/// # Shapes
-/// - `student_logits`, `teacher_logits`: `[..., V]`
-/// - `mask`: the leading shape (`[B, S]` for `[B, S, V]`), `true` = keep
-/// - returns `[1]`
-///
-/// # Panics
-/// If the shapes differ, the mask does not match the leading shape, or `divergence` is invalid.
-///
-/// # Example
-/// ```
-/// use burn::tensor::{Device, Tensor};
-/// use kd_losses::prelude::*;
-///
-/// let device = Device::flex().autodiff();
-/// let s = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device).require_grad();
-/// let t = Tensor::<2>::from_floats([[2.0, 0.5, -3.0]], &device);
-/// let temp = Temperature::new(2.0).unwrap();
-/// let loss = kd_losses::fused::soft_loss(s.clone(), t, Divergence::ForwardKl, temp,
-///     T2Scaling::On, None, Reduction::BatchMean);
-/// let grads = loss.backward();
-/// assert!(s.grad(&grads).is_some());
-/// ```
-pub fn soft_loss<const D: usize>(
-    student_logits: Tensor<D>,
-    teacher_logits: Tensor<D>,
-    divergence: Divergence,
-    temperature: Temperature,
-    scaling: T2Scaling,
-    mask: Option<&RowMask>,
-    reduction: Reduction,
-) -> Tensor<1> {
-    crate::logits::soft::assert_same_shape(&student_logits.dims(), &teacher_logits.dims());
-    if let Err(e) = divergence.validate() {
-        panic!("{e}");
-    }
-    if let Some(m) = mask {
-        let dims = student_logits.dims();
-        crate::reduction::assert_same_dims("mask", m.dims(), &dims[..D - 1]);
-    }
-    if let Some(kind) = soft_kind(&divergence)
-        && let Some((total, _, _)) = fused_terms(
-            &student_logits,
-            &teacher_logits,
-            None,
-            mask.map(RowMask::flat),
-            kind,
-            temperature,
-            scaling,
-            1.0,
-            0.0,
-            reduction,
-        )
-    {
-        return total;
-    }
-    crate::divergence::divergence(
-        student_logits,
-        teacher_logits,
-        divergence,
-        temperature,
-        scaling,
-    )
-    .masked_opt(mask)
-    .reduce(reduction)
 }
 
 /// Whether the fused squared-error kernel (hidden-state and attention-map MSE) runs for `x`:

@@ -6,10 +6,12 @@ use burn::tensor::{Int, Tensor};
 
 use crate::combine::LossTerms;
 use crate::error::{KdError, check_range};
-use crate::fused::kernel::SoftKind;
+use crate::fused::KlDirection;
 use crate::logits::hard::{CrossEntropyOptions, assert_label_shape, check_labels, cross_entropy};
-use crate::logits::soft::{T2Scaling, assert_same_shape, soft_kl};
+use crate::logits::soft::{fused_kd, soft_kl};
 use crate::reduction::{Reduction, RowMask};
+use crate::rows::assert_same_shape;
+use crate::temperature::T2Scaling;
 use crate::temperature::Temperature;
 
 /// Result of [`distillation_loss`]: the total and each term, for logging.
@@ -157,19 +159,18 @@ pub fn distillation_loss<const D: usize, const DL: usize>(
         if let Err(e) = check_labels(&labels, dims[D - 1], Some(loss.ignore_index)) {
             panic!("labels: {e}");
         }
-        let flat = crate::reduction::flatten_labels(labels.clone());
+        let flat = crate::rows::flatten_labels(labels.clone());
         let keep = flat.clone().not_equal_elem(loss.ignore_index);
         let safe = flat.mask_fill(keep.clone().bool_not(), 0);
-        if let Some((total, soft, hard)) = crate::fused::fused_terms(
+        if let Some((total, soft, hard)) = fused_kd(
             &student_logits,
             &teacher_logits,
             Some(safe),
             Some(keep),
-            SoftKind::ForwardKl,
+            KlDirection::Forward,
             t,
             scaling,
-            loss.alpha,
-            loss.label_smoothing,
+            (loss.alpha, loss.label_smoothing),
             reduction,
         ) {
             return DistillationOutput {
@@ -209,8 +210,7 @@ pub fn distillation_loss_composed<const D: usize, const DL: usize>(
 ) -> DistillationOutput {
     let (t, scaling) = loss.parts();
     // Both terms in one dtype (the wider of the two inputs, at least f32).
-    let (student_logits, teacher_logits) =
-        crate::reduction::same_dtype(student_logits, teacher_logits);
+    let (student_logits, teacher_logits) = crate::rows::same_dtype(student_logits, teacher_logits);
     let options = CrossEntropyOptions {
         ignore_index: Some(loss.ignore_index),
         label_smoothing: loss.label_smoothing,

@@ -5,7 +5,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::error::{KdError, check_positive, check_range};
-use crate::reduction::{Reduction, RowLoss, flatten_labels, flatten_rows};
+use crate::reduction::{Reduction, RowLoss};
+use crate::rows::{flatten_labels, flatten_rows};
 use crate::temperature::{Temperature, temperature_log_softmax};
 
 /// PyTorch's default ignore index.
@@ -121,7 +122,7 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
     if let Err(e) = check_range("label_smoothing", eps, 0.0, 1.0) {
         panic!("{e}");
     }
-    crate::logits::soft::assert_classes("logits", &dims);
+    crate::rows::assert_classes("logits", &dims);
     let (logits, rows, c) = flatten_rows(logits);
     if let Err(e) = check_labels(&labels, c, options.ignore_index) {
         panic!("labels: {e}");
@@ -136,7 +137,7 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
     let safe = labels.mask_fill(keep.clone().bool_not(), 0);
     // Select, don't multiply: ignored rows are replaced before anything is computed from them,
     // so a NaN or ±inf there cannot reach the gradient.
-    let logits = crate::reduction::select_rows(logits, &keep.clone().bool_not());
+    let logits = crate::rows::select_rows(logits, &keep.clone().bool_not());
     let log_q = temperature_log_softmax(logits, Temperature::ONE);
     let nll = log_q
         .clone()

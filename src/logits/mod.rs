@@ -15,6 +15,8 @@ pub mod hard;
 pub mod pseudo;
 pub mod soft;
 
+/// Re-exported from [`temperature`](crate::temperature), where it lives.
+pub use crate::temperature::T2Scaling;
 pub use combined::{
     DistillationLoss, DistillationLossConfig, DistillationOutput, distillation_loss,
     distillation_loss_composed,
@@ -24,4 +26,4 @@ pub use hard::{
     cross_entropy,
 };
 pub use pseudo::{PseudoLabelLoss, PseudoLabelLossConfig, pseudo_label_ce};
-pub use soft::{SoftKlLoss, SoftKlLossConfig, T2Scaling, soft_kl};
+pub use soft::{SoftKlLoss, SoftKlLossConfig, soft_kl};

@@ -6,8 +6,8 @@ use burn::tensor::Tensor;
 
 use crate::error::{KdError, check_range};
 use crate::logits::hard::{CrossEntropyOptions, cross_entropy};
-use crate::logits::soft::assert_same_shape;
 use crate::reduction::{Reduction, RowLoss, RowMask};
+use crate::rows::assert_same_shape;
 use crate::temperature::{Temperature, temperature_softmax};
 
 /// Cross-entropy of the student against the teacher's hard predictions ("pseudo-labels").

@@ -1,221 +1,11 @@
-//! Per-row losses, row masks and reductions.
-//!
-//! Every loss in this crate first computes one value per **row** — one position of all
-//! dimensions but the last, so logits `[B, S, V]` have `R = B·S` rows — and returns them as a
-//! [`RowLoss`]. A [`RowMask`] (from a boolean padding mask or from labels with an ignore index)
-//! removes rows; a [`Reduction`] turns the rows into a scalar with an explicit denominator:
-//!
-//! | reduction | value | PyTorch / TRL equivalent |
-//! |---|---|---|
-//! | [`RowLoss::values`] (no reduction) | `r` per row, `0` at masked rows, shape `[R]` | `reduction="none"` summed over V |
-//! | [`Reduction::Sum`] | `Σ r` | `"sum"` |
-//! | [`Reduction::Mean`] | `Σ r / max(W, 1)` — `W` = number of kept rows (or their weight sum) | `"batchmean"` on 2-D input; TRL with labels |
-//! | [`Reduction::BatchMean`] | `Σ r / shape[0]` | `F.kl_div(.., "batchmean")` on 3-D input, TRL without labels |
-//! | [`Reduction::ElementMean`] | `Σ r / (max(W, 1) · V)` | `F.kl_div(.., "mean")` |
-//! | [`Reduction::Normalizer`]`(n)` | `Σ r / n` | — (global token count) |
-//!
-//! `W` is `R` without a mask. A fully masked batch gives `0` with a zero gradient, never NaN.
-//!
-//! # The global normalizer
-//! With gradient accumulation over micro-batches, or data-parallel shards, a per-batch `Mean`
-//! weights each micro-batch equally instead of each token. Count the kept tokens of the whole
-//! optimizer step (all micro-batches and shards) once, and reduce every piece with
-//! `Reduction::Normalizer(Normalizer::new(total_tokens)?)`: the pieces then **add up exactly** to
-//! the unsharded `Mean`.
-//!
-//! ```
-//! use burn::tensor::{Bool, Device, Tensor};
-//! use kd_losses::reduction::{Normalizer, Reduction, RowLoss, RowMask};
-//!
-//! let device = Device::flex();
-//! let rows = RowLoss::new(Tensor::<1>::from_floats([1.0, 2.0, 30.0], &device), &[3], 5);
-//! let mask = RowMask::new(Tensor::<1, Bool>::from_bool([true, true, false], &device));
-//! let mean = rows.clone().masked(&mask).reduce(Reduction::Mean).into_scalar::<f32>();
-//! assert_eq!(mean, 1.5);
-//! let n = Reduction::Normalizer(Normalizer::new(4.0).unwrap());
-//! assert_eq!(rows.masked(&mask).reduce(n).into_scalar::<f32>(), 0.75);
-//! ```
+//! [`RowLoss`]: one loss value per row, and its reductions.
 
 use std::sync::Arc;
 
-use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
-use crate::error::{KdError, check_positive};
-
-/// A validated global normalizer: finite and strictly positive.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Normalizer(f64);
-
-impl Normalizer {
-    /// Validates `n`.
-    ///
-    /// # Errors
-    /// [`KdError::NotPositive`] when `n` is NaN, infinite, zero or negative.
-    pub fn new(n: f64) -> Result<Self, KdError> {
-        check_positive("normalizer", n).map(Normalizer)
-    }
-
-    /// The normalizer as a number.
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
-
-/// How per-row values become one scalar. See the [module docs](self) for the table of
-/// denominators.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-#[non_exhaustive]
-pub enum Reduction {
-    /// `Σ r` over kept rows.
-    Sum,
-    /// `Σ r / max(W, 1)`: mean over kept rows (token mean), `W` their count or weight sum.
-    #[default]
-    Mean,
-    /// `Σ r / shape[0]`: PyTorch's `batchmean` (divides by the first dimension only, so for
-    /// `[B, S, V]` logits it is `S` times larger than `Mean`).
-    BatchMean,
-    /// `Σ r / (max(W, 1) · V)`: mean over every element, PyTorch's `F.kl_div(.., "mean")`.
-    ElementMean,
-    /// `Σ r / n` with a caller-supplied normalizer (for gradient accumulation and sharding).
-    Normalizer(Normalizer),
-}
-
-impl Reduction {
-    /// The reduction's denominator as `(counts_rows, factor)`: the reduced loss is
-    /// `Σ_kept w·r / (c · factor)` with `c = max(W, 1)` (the kept rows' count or weight sum) when
-    /// `counts_rows`, else `c = 1`. `batch` is the first dimension of the rows' shape, `row_size`
-    /// the elements per row (`V`). The one place every path (composed reduce, fused kernels'
-    /// row weights, chunked and fused-linear losses) takes its denominator from.
-    pub(crate) fn denominator_parts(self, batch: usize, row_size: usize) -> (bool, f64) {
-        match self {
-            Reduction::Sum => (false, 1.0),
-            Reduction::Mean => (true, 1.0),
-            Reduction::BatchMean => (false, batch.max(1) as f64),
-            Reduction::ElementMean => (true, row_size.max(1) as f64),
-            Reduction::Normalizer(n) => (false, n.get()),
-        }
-    }
-
-    /// The denominator for `kept` rows (or their weight sum) on the host; see
-    /// [`denominator_parts`](Self::denominator_parts).
-    pub(crate) fn denominator(self, kept: f64, batch: usize, row_size: usize) -> f64 {
-        let (counts, factor) = self.denominator_parts(batch, row_size);
-        if counts {
-            kept.max(1.0) * factor
-        } else {
-            factor
-        }
-    }
-}
-
-/// Burn's reduction, with **Burn's meaning**: `burn::nn::loss::Reduction::Mean` (and `Auto`) is
-/// the mean over every element, which is [`Reduction::ElementMean`] here — not this crate's
-/// [`Reduction::Mean`], the mean over rows (a factor of `V` apart for logits `[R, V]`).
-///
-/// | Burn | kd-losses | denominator |
-/// |---|---|---|
-/// | `Mean`, `Auto` | [`Reduction::ElementMean`] | kept rows × `V` |
-/// | `Sum` | [`Reduction::Sum`] | 1 |
-/// | `BatchMean` | [`Reduction::BatchMean`] | `shape[0]` |
-///
-/// ```
-/// use kd_losses::Reduction;
-/// let r: Reduction = burn::nn::loss::Reduction::Mean.into();
-/// assert_eq!(r, Reduction::ElementMean);
-/// ```
-impl From<burn::nn::loss::Reduction> for Reduction {
-    fn from(r: burn::nn::loss::Reduction) -> Self {
-        match r {
-            burn::nn::loss::Reduction::Mean | burn::nn::loss::Reduction::Auto => {
-                Reduction::ElementMean
-            }
-            burn::nn::loss::Reduction::Sum => Reduction::Sum,
-            burn::nn::loss::Reduction::BatchMean => Reduction::BatchMean,
-        }
-    }
-}
-
-/// Which rows count: `true` keeps a row, `false` drops it.
-///
-/// Build it from a padding/attention mask of the logits' leading shape (`[B, S]` for
-/// `[B, S, V]` logits) or from labels with an ignore index.
-#[derive(Debug, Clone)]
-pub struct RowMask {
-    mask: Tensor<1, Bool>,
-    dims: Vec<usize>,
-}
-
-impl RowMask {
-    /// A mask over rows; its shape must equal the logits' shape without the last dimension.
-    pub fn new<const D: usize>(mask: Tensor<D, Bool>) -> Self {
-        let dims = mask.dims().to_vec();
-        let n: usize = dims.iter().product();
-        let mask = if n == 0 {
-            // Burn's reshape reads a 0 as "keep this dimension"; an empty mask is built anew.
-            Tensor::<1, Bool>::from_data(
-                burn::tensor::TensorData::new(Vec::<bool>::new(), [0]),
-                &mask.device(),
-            )
-        } else {
-            mask.reshape([n])
-        };
-        RowMask { mask, dims }
-    }
-
-    /// Keeps the rows whose label differs from `ignore_index` (PyTorch uses `-100`).
-    pub fn from_labels<const D: usize>(labels: Tensor<D, Int>, ignore_index: i64) -> Self {
-        RowMask::new(labels.not_equal_elem(ignore_index))
-    }
-
-    /// The same mask viewed with the row shape `dims` (same number of rows).
-    ///
-    /// # Panics
-    /// If `Π dims` differs from the number of rows.
-    pub fn reshape_to(self, dims: &[usize]) -> RowMask {
-        let n: usize = dims.iter().product();
-        assert!(
-            n == self.mask.dims()[0],
-            "mask: shape {:?} cannot be viewed as {dims:?}",
-            self.dims
-        );
-        RowMask {
-            mask: self.mask,
-            dims: dims.to_vec(),
-        }
-    }
-
-    /// The mask flattened to `[R]`.
-    pub fn flat(&self) -> Tensor<1, Bool> {
-        self.mask.clone()
-    }
-
-    /// The mask's original shape.
-    pub fn dims(&self) -> &[usize] {
-        &self.dims
-    }
-
-    /// Both masks must keep a row (logical and).
-    pub fn and(self, other: &RowMask) -> RowMask {
-        assert_same_dims("mask", &other.dims, &self.dims);
-        RowMask {
-            mask: self.mask.bool_and(other.mask.clone()),
-            dims: self.dims,
-        }
-    }
-
-    /// Number of kept rows, as a device scalar `[1]` (no host sync).
-    pub fn count(&self) -> Tensor<1> {
-        self.mask.clone().float().sum()
-    }
-}
-
-/// Panics with Burn-style wording when two row shapes differ.
-pub(crate) fn assert_same_dims(name: &str, got: &[usize], expected: &[usize]) {
-    assert!(
-        got == expected,
-        "{name}: shape {got:?} does not match the loss rows {expected:?}"
-    );
-}
+use super::{Reduction, RowMask, row_weights};
+use crate::rows::{assert_same_dims, select_rows};
 
 /// One loss value per row, with what its reductions need to know.
 ///
@@ -550,17 +340,6 @@ impl LazyRows {
     }
 }
 
-/// `x` (`[R, K]`) with the rows where `drop` (`[R]`) is `true` replaced by ones: a `mask_fill`,
-/// whose backward pass gives those rows an exact 0 whatever the rows computed from them hold.
-pub(crate) fn select_rows(x: Tensor<2>, drop: &Tensor<1, Bool>) -> Tensor<2> {
-    let [r, k] = x.dims();
-    if r == 0 || k == 0 {
-        return x;
-    }
-    let mask = drop.clone().reshape([r, 1]).expand([r, k]);
-    x.mask_fill(mask, 1.0)
-}
-
 /// Squared differences of `[M, K]` maps, not yet computed (see [`RowLoss::squares`]).
 #[derive(Debug, Clone)]
 struct SquaredRows {
@@ -616,7 +395,7 @@ impl SquaredRows {
             let c = 1.0 / reduction.denominator(r, batch, row_size);
             Tensor::<1>::full([m], c, &device)
         } else {
-            crate::fused::row_weights(self.keep.clone(), row_dims, row_size, reduction, &device)
+            row_weights(self.keep.clone(), row_dims, row_size, reduction, &device)
         };
         crate::fused::sq_reduced(
             self.student.clone(),
@@ -624,49 +403,5 @@ impl SquaredRows {
             weights,
             self.zero_inf,
         )
-    }
-}
-
-/// Flattens `[..., V]` to `[R, V]` and returns the leading dims. `f16`, `bf16` and `flex32`
-/// inputs are cast to `f32` (the losses compute in at least `f32`).
-///
-/// An empty leading dimension (`[B, 0, V]`) gives `[0, V]` rows, still tracked by autodiff.
-pub(crate) fn flatten_rows<const D: usize>(t: Tensor<D>) -> (Tensor<2>, Vec<usize>, usize) {
-    assert!(D >= 1, "logits must have at least one dimension");
-    let dims = t.dims();
-    let v = dims[D - 1];
-    let lead = dims[..D - 1].to_vec();
-    let r: usize = lead.iter().product();
-    let t = at_least_f32(t);
-    // `reshape` reads a 0 in the target shape as "keep this dimension" (`[B, 0, V]` → `[0, V]`
-    // fails); `flatten` takes the shape as given.
-    let flat = if D >= 2 {
-        t.flatten::<2>(0, D - 2)
-    } else {
-        t.reshape([r, v])
-    };
-    (flat, lead, v)
-}
-
-/// Flattens labels of any rank to `[R]` (an empty leading dimension included).
-pub(crate) fn flatten_labels<const D: usize>(labels: Tensor<D, Int>) -> Tensor<1, Int> {
-    labels.flatten::<1>(0, D - 1)
-}
-
-/// `x` cast to `f32` when its dtype is narrower (`f16`, `bf16`, `flex32`), as is otherwise.
-pub(crate) fn at_least_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    match x.dtype() {
-        DType::F64 | DType::F32 => x,
-        _ => x.cast(FloatDType::F32),
-    }
-}
-
-/// Student and teacher in one dtype, the wider of the two (after [`at_least_f32`]).
-pub(crate) fn same_dtype<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
-    let (a, b) = (at_least_f32(a), at_least_f32(b));
-    match (a.dtype(), b.dtype()) {
-        (x, y) if x == y => (a, b),
-        (DType::F64, _) => (a, b.cast(FloatDType::F64)),
-        _ => (a.cast(FloatDType::F64), b),
     }
 }

@@ -1,0 +1,261 @@
+//! The reduced soft loss of any divergence ([`soft_loss`], fused where a kernel runs) and its
+//! Burn `Config` + `Module` form, [`DivergenceLoss`].
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+use super::{Divergence, JsdConvention, divergence};
+use crate::error::KdError;
+use crate::logits::soft::{check_kl_inputs, fused_kd};
+use crate::reduction::{Reduction, RowLoss, RowMask};
+use crate::temperature::{T2Scaling, Temperature};
+use crate::vocab::{VocabAlignment, align_vocab};
+
+/// Reduced soft loss `reduce(mask(f · D(p_teacher, p_student)))` for any [`Divergence`]: through
+/// the fused kernel where it runs and `D` is one it computes (forward or reverse KL, and the
+/// parametrised divergences at the endpoints where they equal one of the two; see
+/// [`crate::fused`]), the composed [`divergence`] otherwise, with the same results.
+///
+/// ```text
+/// forward KL:  f · Σ_v p_v (log p_v − log q_v)      reverse KL:  f · Σ_v q_v (log q_v − log p_v)
+/// p = softmax(teacher/T), q = softmax(student/T), f = T² (T2Scaling::On) or 1
+/// ```
+///
+/// # Shapes
+/// - `student_logits`, `teacher_logits`: `[..., V]`
+/// - `mask`: the leading shape (`[B, S]` for `[B, S, V]`), `true` = keep
+/// - returns `[1]`
+///
+/// # Panics
+/// If the shapes differ, the mask does not match the leading shape, or `divergence` is invalid.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex().autodiff();
+/// let s = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device).require_grad();
+/// let t = Tensor::<2>::from_floats([[2.0, 0.5, -3.0]], &device);
+/// let temp = Temperature::new(2.0).unwrap();
+/// let loss = kd_losses::divergence::soft_loss(s.clone(), t, Divergence::ForwardKl, temp,
+///     T2Scaling::On, None, Reduction::BatchMean);
+/// let grads = loss.backward();
+/// assert!(s.grad(&grads).is_some());
+/// ```
+pub fn soft_loss<const D: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    divergence: Divergence,
+    temperature: Temperature,
+    scaling: T2Scaling,
+    mask: Option<&RowMask>,
+    reduction: Reduction,
+) -> Tensor<1> {
+    check_kl_inputs(&student_logits, &teacher_logits, mask);
+    if let Err(e) = divergence.validate() {
+        panic!("{e}");
+    }
+    if let Some(direction) = divergence.kl_direction()
+        && let Some((total, _, _)) = fused_kd(
+            &student_logits,
+            &teacher_logits,
+            None,
+            mask.map(RowMask::flat),
+            direction,
+            temperature,
+            scaling,
+            (1.0, 0.0),
+            reduction,
+        )
+    {
+        return total;
+    }
+    super::divergence(
+        student_logits,
+        teacher_logits,
+        divergence,
+        temperature,
+        scaling,
+    )
+    .masked_opt(mask)
+    .reduce(reduction)
+}
+
+/// The divergence a [`DivergenceLossConfig`] names.
+#[derive(Config, Debug, Copy, PartialEq)]
+pub enum DivergenceKind {
+    /// `KL(p‖q)`.
+    ForwardKl,
+    /// `KL(q‖p)`.
+    ReverseKl,
+    /// Generalized JSD, TRL convention (uses `beta`).
+    GjsdTrl,
+    /// Generalized JSD, continuous convention (uses `beta`).
+    GjsdContinuous,
+    /// Skew KL (uses `alpha`).
+    SkewKl,
+    /// Skew reverse KL (uses `alpha`).
+    SkewReverseKl,
+    /// Total variation.
+    TotalVariation,
+    /// Symmetric KL.
+    SymmetricKl,
+}
+
+/// Configuration of [`DivergenceLoss`].
+#[derive(Config, Debug)]
+pub struct DivergenceLossConfig {
+    /// Which divergence.
+    pub kind: DivergenceKind,
+    /// `β` of the generalized JSD, in `[0, 1]` (TRL's default 0.5).
+    #[config(default = 0.5)]
+    pub beta: f64,
+    /// `α` of the skew KLs, in `[0, 1]` (DistiLLM's default 0.1).
+    #[config(default = 0.1)]
+    pub alpha: f64,
+    /// Softmax temperature `T` (finite, > 0).
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Multiply by `T²`. Off by default, as TRL and DistiLLM.
+    #[config(default = false)]
+    pub t2_scaling: bool,
+    /// What to do when student and teacher vocabularies differ. Default: error.
+    #[config(default = "VocabAlignment::Error")]
+    pub vocab: VocabAlignment,
+}
+
+impl DivergenceLossConfig {
+    /// The validated [`Divergence`].
+    ///
+    /// # Errors
+    /// [`KdError::OutOfRange`] for `beta` or `alpha` outside `[0, 1]` (only the one the kind
+    /// uses is checked).
+    pub fn divergence(&self) -> Result<Divergence, KdError> {
+        Ok(match self.kind {
+            DivergenceKind::ForwardKl => Divergence::ForwardKl,
+            DivergenceKind::ReverseKl => Divergence::ReverseKl,
+            DivergenceKind::GjsdTrl => Divergence::generalized_jsd(self.beta, JsdConvention::Trl)?,
+            DivergenceKind::GjsdContinuous => {
+                Divergence::generalized_jsd(self.beta, JsdConvention::Continuous)?
+            }
+            DivergenceKind::SkewKl => Divergence::skew_kl(self.alpha)?,
+            DivergenceKind::SkewReverseKl => Divergence::skew_reverse_kl(self.alpha)?,
+            DivergenceKind::TotalVariation => Divergence::TotalVariation,
+            DivergenceKind::SymmetricKl => Divergence::SymmetricKl,
+        })
+    }
+
+    /// Builds the loss, validating every parameter.
+    ///
+    /// # Errors
+    /// [`KdError::InvalidTemperature`] or [`KdError::OutOfRange`].
+    pub fn try_init(&self) -> Result<DivergenceLoss, KdError> {
+        Temperature::new(self.temperature)?;
+        self.divergence()?;
+        Ok(DivergenceLoss {
+            config: self.clone(),
+        })
+    }
+
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// On an invalid parameter (see [`try_init`](Self::try_init)).
+    pub fn init(&self) -> DivergenceLoss {
+        self.try_init().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// Module form of [`divergence`], with vocabulary alignment.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::divergence::{DivergenceKind, DivergenceLossConfig};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex();
+/// let loss = DivergenceLossConfig::new(DivergenceKind::GjsdTrl).with_beta(0.5).init();
+/// let s = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
+/// let t = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
+/// assert!(loss.forward(s, t, Reduction::Mean).into_scalar::<f32>().abs() < 1e-6);
+/// ```
+#[derive(Module, Debug)]
+pub struct DivergenceLoss {
+    /// The validated configuration.
+    #[module(skip)]
+    pub config: DivergenceLossConfig,
+}
+
+impl DivergenceLoss {
+    /// Per-row values (see [`divergence`]), after aligning the vocabularies as configured.
+    ///
+    /// # Panics
+    /// On a vocabulary mismatch with [`VocabAlignment::Error`] (message of
+    /// [`KdError::VocabMismatch`]), or if the leading shapes differ.
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+    ) -> RowLoss {
+        let (s, te, d, t, scaling) = self.prepare(student_logits, teacher_logits);
+        divergence(s, te, d, t, scaling)
+    }
+
+    /// Reduced loss `[1]`.
+    ///
+    /// # Panics
+    /// As [`forward_no_reduction`](Self::forward_no_reduction).
+    pub fn forward<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        reduction: Reduction,
+    ) -> Tensor<1> {
+        self.reduced(student_logits, teacher_logits, None, reduction)
+    }
+
+    /// Reduced loss over the rows kept by `mask`.
+    ///
+    /// # Panics
+    /// As [`forward_no_reduction`](Self::forward_no_reduction), or if the mask does not match
+    /// the leading dimensions.
+    pub fn forward_masked<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        mask: &RowMask,
+        reduction: Reduction,
+    ) -> Tensor<1> {
+        self.reduced(student_logits, teacher_logits, Some(mask), reduction)
+    }
+
+    /// Validated configuration and vocabulary-aligned logits.
+    #[allow(clippy::type_complexity)]
+    fn prepare<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>, Divergence, Temperature, T2Scaling) {
+        let c = &self.config;
+        let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
+        let d = c.divergence().unwrap_or_else(|e| panic!("{e}"));
+        let (s, te) =
+            align_vocab(student_logits, teacher_logits, c.vocab).unwrap_or_else(|e| panic!("{e}"));
+        (s, te, d, t, T2Scaling::from_flag(c.t2_scaling))
+    }
+
+    /// Forward and reverse KL go through the fused kernel where it runs ([`crate::fused`]);
+    /// the other divergences through the composed path.
+    fn reduced<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        mask: Option<&RowMask>,
+        reduction: Reduction,
+    ) -> Tensor<1> {
+        let (s, te, d, t, scaling) = self.prepare(student_logits, teacher_logits);
+        soft_loss(s, te, d, t, scaling, mask, reduction)
+    }
+}

@@ -1,0 +1,303 @@
+//! The CPU row kernel of the fused logit losses: plain Rust on `f32` slices, no Burn types.
+//!
+//! One row of `V` student and teacher logits is read from memory once (the max pass); the
+//! exponentials are stored in a per-thread scratch row that stays in the L2 cache, and the value
+//! and gradient passes run from cache. Per element: two exponentials (teacher and student at
+//! temperature `T`); the `T = 1` student probabilities of the hard term reuse them (`e^T`) when
+//! `T` is a small integer and cost a third exponential otherwise.
+//!
+//! Loops run over blocks of [`LANES`] lanes written against [`Lanes`] (`super::simd`);
+//! [`run_rows`] picks an AVX2 + FMA instantiation at run time on x86-64.
+
+mod passes;
+mod row;
+mod schedule;
+
+use super::simd::{Lanes, Portable};
+use passes::{RowValues, Scratch, row_maxima};
+use row::row;
+pub(crate) use schedule::par_row_blocks;
+
+/// Which divergence the soft term is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SoftKind {
+    /// `KL(p_teacher ‖ p_student)` (Hinton).
+    ForwardKl,
+    /// `KL(p_student ‖ p_teacher)` (MiniLLM, GKD's reverse mode).
+    ReverseKl,
+}
+
+/// Everything the kernel needs besides the tensors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct KernelParams {
+    /// The soft divergence.
+    pub kind: SoftKind,
+    /// Temperature `T` (> 0, finite).
+    pub temperature: f32,
+    /// Factor of the soft row value (`T²` or `1`).
+    pub soft_scale: f32,
+    /// Whether a hard (cross-entropy, `T = 1`) term is computed from the labels.
+    pub has_hard: bool,
+    /// Label smoothing `ε` of the hard term.
+    pub smoothing: f32,
+    /// Weight of the soft sum in the reported total (`α`).
+    pub alpha: f32,
+    /// Weight of the hard sum in the reported total (`1 − α`).
+    pub beta: f32,
+    /// Coefficient of `Σ_r w_r · soft_r` in the function whose gradient is written.
+    pub grad_soft: f32,
+    /// Coefficient of `Σ_r w_r · hard_r` in the function whose gradient is written.
+    pub grad_hard: f32,
+}
+
+/// The integer power that turns `exp((s − m)/T)` into `exp(s − m)`, or 0 for "use exp".
+fn integer_power(t: f32) -> u32 {
+    if t == 2.0 {
+        2
+    } else if t == 3.0 {
+        3
+    } else if t == 4.0 {
+        4
+    } else {
+        0
+    }
+}
+
+/// Rows `[R, V]` in a block. Returns the summed weighted values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rows_block<L: Lanes>(
+    l: L,
+    s: &[f32],
+    t: &[f32],
+    labels: &[i64],
+    weights: &[f32],
+    v: usize,
+    p: &KernelParams,
+    grad: Option<&mut [f32]>,
+) -> RowValues {
+    let mut scratch = Scratch::default();
+    let int_pow = integer_power(p.temperature);
+    let mut acc = RowValues::default();
+    let r = weights.len();
+    let mut grad = grad;
+    let mut maxima = if r > 0 {
+        row_maxima(l, &s[..v], &t[..v])
+    } else {
+        (0.0, 0.0)
+    };
+    for i in 0..r {
+        let g = grad.as_deref_mut().map(|g| &mut g[i * v..(i + 1) * v]);
+        let label = if p.has_hard { labels[i] } else { 0 };
+        let next =
+            (i + 1 < r).then(|| (&s[(i + 1) * v..(i + 2) * v], &t[(i + 1) * v..(i + 2) * v]));
+        let (rv, next_max) = row(
+            l,
+            &s[i * v..(i + 1) * v],
+            &t[i * v..(i + 1) * v],
+            maxima,
+            next,
+            label,
+            weights[i],
+            p,
+            int_pow,
+            &mut scratch,
+            g,
+        );
+        maxima = next_max;
+        acc.soft += rv.soft;
+        acc.hard += rv.hard;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn rows_block_avx2(
+    l: super::simd::Avx2,
+    s: &[f32],
+    t: &[f32],
+    labels: &[i64],
+    weights: &[f32],
+    v: usize,
+    p: &KernelParams,
+    grad: Option<&mut [f32]>,
+) -> RowValues {
+    rows_block(l, s, t, labels, weights, v, p, grad)
+}
+
+#[allow(unsafe_code)]
+fn rows_block_best(
+    s: &[f32],
+    t: &[f32],
+    labels: &[i64],
+    weights: &[f32],
+    v: usize,
+    p: &KernelParams,
+    grad: Option<&mut [f32]>,
+) -> RowValues {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(l) = super::simd::Avx2::detect() {
+        // SAFETY: `Avx2::detect` returned `Some`, so the CPU has the features the function was
+        // compiled for.
+        return unsafe { rows_block_avx2(l, s, t, labels, weights, v, p, grad) };
+    }
+    rows_block(Portable, s, t, labels, weights, v, p, grad)
+}
+
+/// Runs the kernel over `R = weights.len()` rows of `v` logits, in parallel over row blocks.
+///
+/// `labels` has `R` entries in `[0, v)` when `p.has_hard` (rows with weight 0 are skipped and
+/// may hold anything). `grad`, when given, has `R · v` entries and is fully overwritten.
+pub(crate) fn run_rows(
+    s: &[f32],
+    t: &[f32],
+    labels: &[i64],
+    weights: &[f32],
+    v: usize,
+    p: &KernelParams,
+    grad: Option<&mut [f32]>,
+) -> RowValues {
+    let r = weights.len();
+    debug_assert_eq!(s.len(), r * v);
+    debug_assert_eq!(t.len(), r * v);
+    if r == 0 || v == 0 {
+        if let Some(g) = grad {
+            g.fill(0.0);
+        }
+        return RowValues::default();
+    }
+    let blocks = par_row_blocks(r, v, grad, |rows, g| {
+        let labels = if p.has_hard {
+            &labels[rows.clone()]
+        } else {
+            &[]
+        };
+        let (a, b) = (rows.start, rows.end);
+        rows_block_best(
+            &s[a * v..b * v],
+            &t[a * v..b * v],
+            labels,
+            &weights[a..b],
+            v,
+            p,
+            g,
+        )
+    });
+    blocks
+        .iter()
+        .fold(RowValues::default(), |acc, rv| RowValues {
+            soft: acc.soft + rv.soft,
+            hard: acc.hard + rv.hard,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(s: &[f32], t: &[f32], temp: f64) -> f64 {
+        let ls = |z: &[f32]| -> Vec<f64> {
+            let m = z
+                .iter()
+                .fold(f64::NEG_INFINITY, |a, &b| a.max(f64::from(b) / temp));
+            let sum: f64 = z.iter().map(|&x| (f64::from(x) / temp - m).exp()).sum();
+            z.iter()
+                .map(|&x| f64::from(x) / temp - m - sum.ln())
+                .collect()
+        };
+        let (lq, lp) = (ls(s), ls(t));
+        lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+    }
+
+    #[test]
+    fn forward_kl_row_matches_f64() {
+        let v = 37; // not a multiple of LANES: exercises the tail
+        let s: Vec<f32> = (0..v).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.7).collect();
+        let t: Vec<f32> = (0..v).map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.5).collect();
+        for temp in [1.0f32, 2.0, 2.5] {
+            let p = KernelParams {
+                kind: SoftKind::ForwardKl,
+                temperature: temp,
+                soft_scale: 1.0,
+                has_hard: false,
+                smoothing: 0.0,
+                alpha: 1.0,
+                beta: 0.0,
+                grad_soft: 1.0,
+                grad_hard: 0.0,
+            };
+            let got = run_rows(&s, &t, &[], &[1.0], v, &p, None).soft;
+            let want = reference(&s, &t, f64::from(temp));
+            assert!(
+                (got - want).abs() < 1e-6 * (1.0 + want),
+                "T={temp}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[cfg(all(test, feature = "cpu-kernel"))]
+mod timing {
+    use super::*;
+    use crate::fused::pool::grad_buffer;
+
+    /// Kernel-only timing (not a test of speed: prints, never asserts). Run with
+    /// `cargo test --release --lib kernel_timing -- --ignored --nocapture` (`KD_TIMING_SHAPE=RxV`,
+    /// `KD_TIMING_REPS=N` for the median of N calls).
+    #[test]
+    #[ignore]
+    fn kernel_timing() {
+        let shape = std::env::var("KD_TIMING_SHAPE").unwrap_or_else(|_| "4096x32000".into());
+        let (r, v) = shape.split_once('x').expect("RxV");
+        let (r, v): (usize, usize) = (r.parse().expect("rows"), v.parse().expect("vocabulary"));
+        let s: Vec<f32> = (0..r * v)
+            .map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0)
+            .collect();
+        let t: Vec<f32> = (0..r * v)
+            .map(|i| ((i * 104729 % 1000) as f32 / 250.0) - 2.0)
+            .collect();
+        let y: Vec<i64> = (0..r as i64).map(|i| i % v as i64).collect();
+        let w = vec![1.0 / r as f32; r];
+        let p = KernelParams {
+            kind: SoftKind::ForwardKl,
+            temperature: 2.0,
+            soft_scale: 4.0,
+            has_hard: true,
+            smoothing: 0.0,
+            alpha: 0.5,
+            beta: 0.5,
+            grad_soft: 0.5,
+            grad_hard: 0.5,
+        };
+        let mut g = vec![0.0f32; r * v];
+        let reps: usize = std::env::var("KD_TIMING_REPS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2);
+        let median = |mut xs: Vec<std::time::Duration>| {
+            xs.sort();
+            xs[xs.len() / 2]
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut soft = 0.0;
+        for _ in 0..reps {
+            let t0 = std::time::Instant::now();
+            soft = run_rows(&s, &t, &y, &w, v, &p, None).soft;
+            a.push(t0.elapsed());
+            let t0 = std::time::Instant::now();
+            run_rows(&s, &t, &y, &w, v, &p, Some(&mut g));
+            b.push(t0.elapsed());
+        }
+        let t0 = std::time::Instant::now();
+        let mut g2 = grad_buffer(r * v);
+        run_rows(&s, &t, &y, &w, v, &p, Some(&mut g2));
+        let c = t0.elapsed();
+        println!(
+            "median of {reps}: values only {:?}; values+grad (warm buffer) {:?}; values+grad (fresh buffer, once) {c:?}; {soft}",
+            median(a),
+            median(b)
+        );
+    }
+}
