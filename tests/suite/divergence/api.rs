@@ -1,0 +1,146 @@
+//! API contracts of the divergence family: validation errors, pinned panic messages and
+//! documented values.
+
+use crate::common::*;
+use burn::tensor::{Device, Tensor};
+use kd_losses::divergence::{
+    Divergence, DivergenceKind, DivergenceLossConfig, JsdConvention, generalized_jsd, reverse_kl,
+    skew_kl, skew_reverse_kl, total_variation,
+};
+use kd_losses::prelude::*;
+
+fn dev() -> Device {
+    Device::flex().autodiff()
+}
+
+fn t1() -> Temperature {
+    Temperature::ONE
+}
+
+fn m2(rows: &[[f32; 4]]) -> Tensor<2> {
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    floats(data, [rows.len(), 4], &dev())
+}
+
+// ------------------------------------------------------------------------------- validation
+
+#[test]
+fn beta_and_alpha_must_be_in_unit_interval() {
+    for x in [-0.1, 1.1, f64::NAN] {
+        for conv in [JsdConvention::Trl, JsdConvention::Continuous] {
+            let e = Divergence::generalized_jsd(x, conv).unwrap_err();
+            assert!(
+                matches!(e, KdError::OutOfRange { name: "beta", .. }),
+                "{e:?}"
+            );
+        }
+        assert!(matches!(
+            Divergence::skew_kl(x).unwrap_err(),
+            KdError::OutOfRange { name: "alpha", .. }
+        ));
+        assert!(matches!(
+            Divergence::skew_reverse_kl(x).unwrap_err(),
+            KdError::OutOfRange { name: "alpha", .. }
+        ));
+    }
+    assert_eq!(
+        Divergence::generalized_jsd(1.5, JsdConvention::Trl)
+            .unwrap_err()
+            .to_string(),
+        "beta must be in [0, 1], got 1.5"
+    );
+    assert_eq!(
+        DivergenceLossConfig::new(DivergenceKind::SkewKl)
+            .with_alpha(-0.5)
+            .try_init()
+            .unwrap_err()
+            .to_string(),
+        "alpha must be in [0, 1], got -0.5"
+    );
+    // Only the parameter the kind uses is checked.
+    assert!(
+        DivergenceLossConfig::new(DivergenceKind::ReverseKl)
+            .with_alpha(7.0)
+            .try_init()
+            .is_ok()
+    );
+    assert!(
+        DivergenceLossConfig::new(DivergenceKind::GjsdTrl)
+            .with_beta(0.0)
+            .try_init()
+            .is_ok()
+    );
+    assert!(
+        DivergenceLossConfig::new(DivergenceKind::GjsdContinuous)
+            .with_beta(1.0)
+            .try_init()
+            .is_ok()
+    );
+    assert_eq!(
+        DivergenceLossConfig::new(DivergenceKind::ForwardKl)
+            .with_temperature(0.0)
+            .try_init()
+            .unwrap_err()
+            .to_string(),
+        "temperature must be finite and > 0, got 0"
+    );
+}
+
+#[test]
+#[should_panic(expected = "beta must be in [0, 1], got 2")]
+fn gjsd_function_panics_on_bad_beta() {
+    let s = m2(&[[0.0, 1.0, 2.0, 3.0]]);
+    generalized_jsd(s.clone(), s, 2.0, JsdConvention::Trl, t1(), T2Scaling::Off);
+}
+
+#[test]
+#[should_panic(expected = "alpha must be in [0, 1], got -1")]
+fn skew_function_panics_on_bad_alpha() {
+    let s = m2(&[[0.0, 1.0, 2.0, 3.0]]);
+    skew_reverse_kl(s.clone(), s, -1.0, t1(), T2Scaling::Off);
+}
+
+#[test]
+#[should_panic(
+    expected = "teacher_logits: shape [1, 5] does not match student_logits shape [1, 4]"
+)]
+fn shape_mismatch_names_both_shapes() {
+    let s = m2(&[[0.0, 1.0, 2.0, 3.0]]);
+    let t = floats(vec![0.0; 5], [1, 5], &dev());
+    reverse_kl(s, t, t1(), T2Scaling::Off);
+}
+
+// ------------------------------------------------------------------------ documented values
+
+#[test]
+fn trl_endpoints_jump_and_continuous_ones_do_not() {
+    let s = m2(&[[2.0, 0.5, -1.0, 0.3]]);
+    let t = m2(&[[-1.0, 0.0, 2.0, 1.0]]);
+    let at = |beta: f64, c: JsdConvention| {
+        scalar(
+            generalized_jsd(s.clone(), t.clone(), beta, c, t1(), T2Scaling::Off)
+                .reduce(Reduction::Sum),
+        )
+    };
+    let fkl = scalar(soft_kl(s.clone(), t.clone(), t1(), T2Scaling::Off).reduce(Reduction::Sum));
+    assert!((at(0.0, JsdConvention::Trl) - fkl).abs() < 1e-6);
+    assert!(
+        at(1e-4, JsdConvention::Trl) < 0.01 * fkl,
+        "the TRL mixture vanishes near β = 0"
+    );
+    assert!((at(1e-4, JsdConvention::Continuous) - fkl).abs() < 0.01 * fkl);
+    // β = ½: both conventions are the same JSD.
+    assert!((at(0.5, JsdConvention::Trl) - at(0.5, JsdConvention::Continuous)).abs() < 1e-7);
+}
+
+#[test]
+fn total_variation_is_in_unit_interval_and_skew_is_bounded() {
+    let s = m2(&[[1.0e4, -1.0e4, 0.0, 0.0]]);
+    let t = m2(&[[-1.0e4, 1.0e4, 0.0, 0.0]]);
+    assert!(
+        (scalar(total_variation(s.clone(), t.clone(), t1()).reduce(Reduction::Sum)) - 1.0).abs()
+            < 1e-6
+    );
+    let v = scalar(skew_kl(s, t, 0.25, t1(), T2Scaling::Off).reduce(Reduction::Sum));
+    assert!((v - 4f64.ln()).abs() < 1e-4, "{v}");
+}

@@ -1,0 +1,12 @@
+//! `kd_losses::fused`: the fused kernels against the composed reference path.
+//!
+//! * `parity_logits`: the logit losses' kernel (Flex, CubeCL with `KD_GPU_KERNEL=1`), values and
+//!   student gradients; the automatic fallback elsewhere.
+//! * `parity_sq`: the squared-error kernel (hidden-state and attention-map MSE) on Flex.
+//! * `adversarial`: items 2 and 5 of the issue "Correctness under hostile input" (per-term
+//!   backward passes from one forward; mixed dtypes and `fused_available`); the other items are
+//!   in `crate::adversarial`.
+
+mod adversarial;
+mod parity_logits;
+mod parity_sq;
