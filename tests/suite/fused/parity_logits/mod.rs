@@ -8,7 +8,7 @@
 //!
 //! * `distillation`: `distillation_loss` (soft + hard) on a grid of options, edge cases, the
 //!   backward routes, untracked calls and NaN.
-//! * `soft`: `fused::soft_loss` against the composed divergences.
+//! * `soft`: `divergence::soft_loss` against the composed divergences.
 //! * `random`: random shapes and inputs (proptest; its regression seeds are in
 //!   `random.proptest-regressions`), more than 65 535 rows, and the cases the property found.
 

@@ -1,9 +1,9 @@
-//! `fused::soft_loss` (reduced forward / reverse KL with an optional mask) against the composed
+//! `divergence::soft_loss` (reduced forward / reverse KL with an optional mask) against the composed
 //! divergences.
 
 use super::*;
+use kd_losses::divergence::soft_loss;
 use kd_losses::divergence::{JsdConvention, divergence};
-use kd_losses::fused::soft_loss;
 
 #[test]
 fn fused_soft_loss_matches_divergence() {
