@@ -51,7 +51,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Bool, DType, Int, Tensor};
 
-use crate::divergence::{Divergence, DivergenceKind, DivergenceLossConfig};
+use crate::divergence::Divergence;
 use crate::error::{KdError, check_range};
 use crate::logits::hard::{CrossEntropyOptions, cross_entropy};
 use crate::logits::{DistillationLoss, distillation_loss};
@@ -178,15 +178,9 @@ pub struct FusedLinearKdLossConfig {
     /// Multiply the soft term by `T²` (Hinton).
     #[config(default = true)]
     pub t2_scaling: bool,
-    /// The divergence of the soft term.
-    #[config(default = "DivergenceKind::ForwardKl")]
-    pub divergence: DivergenceKind,
-    /// `β` of the generalized JSD, in `[0, 1]`.
-    #[config(default = 0.5)]
-    pub beta: f64,
-    /// `α` of the skew KLs, in `[0, 1]`.
-    #[config(default = 0.1)]
-    pub skew: f64,
+    /// The divergence of the soft term, with its parameter. Default: forward KL.
+    #[config(default = "Divergence::ForwardKl")]
+    pub divergence: Divergence,
     /// Label smoothing `ε ∈ [0, 1]` of the hard term.
     #[config(default = 0.0)]
     pub label_smoothing: f64,
@@ -205,8 +199,8 @@ impl FusedLinearKdLossConfig {
     /// Builds the loss, validating every parameter.
     ///
     /// # Errors
-    /// [`KdError::InvalidTemperature`], [`KdError::OutOfRange`] (`alpha`, `beta`, `skew`,
-    /// `label_smoothing`) or [`KdError::NotPositive`] (`chunk_rows = Some(0)`).
+    /// [`KdError::InvalidTemperature`], [`KdError::OutOfRange`] (`alpha`, `label_smoothing`,
+    /// the divergence's parameter) or [`KdError::NotPositive`] (`chunk_rows = Some(0)`).
     pub fn try_init(&self) -> Result<FusedLinearKdLoss, KdError> {
         Temperature::new(self.temperature)?;
         check_range("alpha", self.alpha, 0.0, 1.0)?;
@@ -217,7 +211,8 @@ impl FusedLinearKdLossConfig {
                 value: 0.0,
             });
         }
-        let divergence = self.divergence_value()?;
+        self.divergence.validate()?;
+        let divergence = self.divergence;
         Ok(FusedLinearKdLoss {
             config: self.clone(),
             divergence,
@@ -230,13 +225,6 @@ impl FusedLinearKdLossConfig {
     /// On an invalid parameter (see [`try_init`](Self::try_init)).
     pub fn init(&self) -> FusedLinearKdLoss {
         self.try_init().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn divergence_value(&self) -> Result<Divergence, KdError> {
-        DivergenceLossConfig::new(self.divergence)
-            .with_beta(self.beta)
-            .with_alpha(self.skew)
-            .divergence()
     }
 }
 

@@ -117,7 +117,7 @@ pub use attention::{
 pub use chunked::{chunk_rows_for_budget, chunked_divergence, chunked_sparse_divergence};
 pub use combine::{LossTerm, LossTerms};
 pub use divergence::{
-    Divergence, DivergenceKind, DivergenceLoss, DivergenceLossConfig, JsdConvention, divergence,
+    Divergence, DivergenceLoss, DivergenceLossConfig, JsdConvention, divergence,
     divergence_from_log_probs, generalized_jsd, reverse_kl, skew_kl, skew_reverse_kl, symmetric_kl,
     total_variation,
 };
@@ -155,7 +155,7 @@ pub use vocab::{VocabAlignment, align_vocab};
 pub mod prelude {
     pub use crate::attention::*;
     pub use crate::combine::LossTerms;
-    pub use crate::divergence::{Divergence, DivergenceKind, JsdConvention};
+    pub use crate::divergence::{Divergence, JsdConvention};
     pub use crate::error::KdError;
     pub use crate::hidden::*;
     pub use crate::layer_map::LayerMap;

@@ -51,7 +51,7 @@ pub fn check(name: &str, device: &Device, fused: bool) {
         a.to_data().assert_approx_eq::<f32>(&b.to_data(), tol());
     }
     // Reverse KL through the module, and a hidden-state MSE (the squared-error kernel on Flex).
-    let rkl = kd_losses::DivergenceLossConfig::new(DivergenceKind::ReverseKl).init();
+    let rkl = kd_losses::DivergenceLossConfig::new(kd_losses::Divergence::ReverseKl).init();
     let _ = rkl.forward(student.clone(), teacher.clone(), Reduction::BatchMean);
     let hidden = kd_losses::hidden_mse(student, teacher).reduce(Reduction::Mean);
     assert!(hidden.into_scalar::<f32>().is_finite(), "{name}: hidden MSE");

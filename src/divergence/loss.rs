@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::{Divergence, JsdConvention, divergence};
+use super::{Divergence, divergence};
 use crate::error::KdError;
 use crate::logits::soft::{check_kl_inputs, fused_kd};
 use crate::reduction::{Reduction, RowLoss, RowMask};
@@ -83,38 +83,13 @@ pub fn soft_loss<const D: usize>(
     .reduce(reduction)
 }
 
-/// The divergence a [`DivergenceLossConfig`] names.
-#[derive(Config, Debug, Copy, PartialEq)]
-pub enum DivergenceKind {
-    /// `KL(p‖q)`.
-    ForwardKl,
-    /// `KL(q‖p)`.
-    ReverseKl,
-    /// Generalized JSD, TRL convention (uses `beta`).
-    GjsdTrl,
-    /// Generalized JSD, continuous convention (uses `beta`).
-    GjsdContinuous,
-    /// Skew KL (uses `alpha`).
-    SkewKl,
-    /// Skew reverse KL (uses `alpha`).
-    SkewReverseKl,
-    /// Total variation.
-    TotalVariation,
-    /// Symmetric KL.
-    SymmetricKl,
-}
-
 /// Configuration of [`DivergenceLoss`].
 #[derive(Config, Debug)]
 pub struct DivergenceLossConfig {
-    /// Which divergence.
-    pub kind: DivergenceKind,
-    /// `β` of the generalized JSD, in `[0, 1]` (TRL's default 0.5).
-    #[config(default = 0.5)]
-    pub beta: f64,
-    /// `α` of the skew KLs, in `[0, 1]` (DistiLLM's default 0.1).
-    #[config(default = 0.1)]
-    pub alpha: f64,
+    /// Which divergence, with its parameter (`β` of the generalized JSD, TRL's default 0.5;
+    /// `α` of the skew KLs, DistiLLM's default 0.1), validated by
+    /// [`try_init`](Self::try_init).
+    pub divergence: Divergence,
     /// Softmax temperature `T` (finite, > 0).
     #[config(default = 1.0)]
     pub temperature: f64,
@@ -127,33 +102,14 @@ pub struct DivergenceLossConfig {
 }
 
 impl DivergenceLossConfig {
-    /// The validated [`Divergence`].
-    ///
-    /// # Errors
-    /// [`KdError::OutOfRange`] for `beta` or `alpha` outside `[0, 1]` (only the one the kind
-    /// uses is checked).
-    pub fn divergence(&self) -> Result<Divergence, KdError> {
-        Ok(match self.kind {
-            DivergenceKind::ForwardKl => Divergence::ForwardKl,
-            DivergenceKind::ReverseKl => Divergence::ReverseKl,
-            DivergenceKind::GjsdTrl => Divergence::generalized_jsd(self.beta, JsdConvention::Trl)?,
-            DivergenceKind::GjsdContinuous => {
-                Divergence::generalized_jsd(self.beta, JsdConvention::Continuous)?
-            }
-            DivergenceKind::SkewKl => Divergence::skew_kl(self.alpha)?,
-            DivergenceKind::SkewReverseKl => Divergence::skew_reverse_kl(self.alpha)?,
-            DivergenceKind::TotalVariation => Divergence::TotalVariation,
-            DivergenceKind::SymmetricKl => Divergence::SymmetricKl,
-        })
-    }
-
     /// Builds the loss, validating every parameter.
     ///
     /// # Errors
-    /// [`KdError::InvalidTemperature`] or [`KdError::OutOfRange`].
+    /// [`KdError::InvalidTemperature`], or [`KdError::OutOfRange`] for the divergence's
+    /// parameter.
     pub fn try_init(&self) -> Result<DivergenceLoss, KdError> {
         Temperature::new(self.temperature)?;
-        self.divergence()?;
+        self.divergence.validate()?;
         Ok(DivergenceLoss {
             config: self.clone(),
         })
@@ -172,11 +128,12 @@ impl DivergenceLossConfig {
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use kd_losses::divergence::{DivergenceKind, DivergenceLossConfig};
+/// use kd_losses::divergence::DivergenceLossConfig;
 /// use kd_losses::prelude::*;
 ///
 /// let device = Device::flex();
-/// let loss = DivergenceLossConfig::new(DivergenceKind::GjsdTrl).with_beta(0.5).init();
+/// let gjsd = Divergence::generalized_jsd(0.5, JsdConvention::Trl).unwrap();
+/// let loss = DivergenceLossConfig::new(gjsd).init();
 /// let s = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
 /// let t = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
 /// assert!(loss.forward(s, t, Reduction::Mean).into_scalar::<f32>().abs() < 1e-6);
@@ -240,7 +197,10 @@ impl DivergenceLoss {
     ) -> (Tensor<D>, Tensor<D>, Divergence, Temperature, T2Scaling) {
         let c = &self.config;
         let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
-        let d = c.divergence().unwrap_or_else(|e| panic!("{e}"));
+        if let Err(e) = c.divergence.validate() {
+            panic!("{e}");
+        }
+        let d = c.divergence;
         let (s, te) =
             align_vocab(student_logits, teacher_logits, c.vocab).unwrap_or_else(|e| panic!("{e}"));
         (s, te, d, t, T2Scaling::from_flag(c.t2_scaling))

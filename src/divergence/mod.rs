@@ -60,6 +60,7 @@
 //! assert!(v > 0.0 && v <= std::f32::consts::LN_2);
 //! ```
 
+use burn::config::Config;
 use burn::tensor::Tensor;
 
 mod functions;
@@ -72,7 +73,7 @@ pub use functions::{
     divergence, divergence_from_log_probs, generalized_jsd, reverse_kl, skew_kl, skew_reverse_kl,
     symmetric_kl, total_variation,
 };
-pub use loss::{DivergenceKind, DivergenceLoss, DivergenceLossConfig, soft_loss};
+pub use loss::{DivergenceLoss, DivergenceLossConfig, soft_loss};
 
 use crate::error::{KdError, check_range};
 use crate::fused::KlDirection;
@@ -80,14 +81,19 @@ use crate::rows::{kl_rows_from_log_probs, kl_rows_normalized, log_mix};
 
 /// Which weighting of the generalized Jensen–Shannon divergence; see the
 /// [module docs](self#the-two-jsd-conventions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum JsdConvention {
     /// TRL / GKD: `β·KL(p‖m) + (1−β)·KL(q‖m)`, `β = 0` → forward KL, `β = 1` → reverse KL
-    /// (special-cased endpoints).
-    #[default]
+    /// (special-cased endpoints). The default.
     Trl,
     /// `(1−β)·KL(p‖m) + β·KL(q‖m)`: continuous in `β`, forward KL at 0, reverse KL at 1.
     Continuous,
+}
+
+impl Default for JsdConvention {
+    fn default() -> Self {
+        JsdConvention::Trl
+    }
 }
 
 /// A divergence between the student's distribution `q` and the teacher's `p`, applied per row.
@@ -95,7 +101,10 @@ pub enum JsdConvention {
 /// Build the parametrised ones with [`Divergence::generalized_jsd`], [`Divergence::skew_kl`]
 /// and [`Divergence::skew_reverse_kl`], which validate the parameter. The formulas are in the
 /// [module docs](self).
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// It is also the `divergence` field of the configs ([`DivergenceLossConfig`],
+/// `FusedLinearKdLossConfig`): Burn's `Config` derive serialises it with its parameters.
+#[derive(Config, Debug, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Divergence {
     /// `KL(p ‖ q)`.

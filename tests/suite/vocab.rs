@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
-use kd_losses::divergence::{Divergence, DivergenceKind, DivergenceLossConfig, divergence};
+use kd_losses::divergence::{Divergence, DivergenceLossConfig, divergence};
 use kd_losses::prelude::*;
 use kd_losses::vocab::align_vocab;
 
@@ -42,7 +42,7 @@ fn vocab_mismatch_is_an_error_naming_both_sizes() {
 #[test]
 #[should_panic(expected = "vocabulary mismatch: student has 151936 entries, teacher has 152064")]
 fn module_panics_on_vocab_mismatch_by_default() {
-    let loss = DivergenceLossConfig::new(DivergenceKind::ReverseKl).init();
+    let loss = DivergenceLossConfig::new(Divergence::ReverseKl).init();
     let s = Tensor::<2>::zeros([1, 151_936], &Device::flex());
     let t = Tensor::<2>::zeros([1, 152_064], &Device::flex());
     loss.forward(s, t, Reduction::Mean);
@@ -68,7 +68,7 @@ fn vocab_truncate_and_pad_neg_inf() {
     // Padding the *teacher* (the smaller side) with -inf leaves the loss as on the shared vocab.
     let s = floats(vec![0.5, 0.1, -0.3, 2.0, 1.0], [1, 5], &dev());
     let t = floats(vec![0.2, 0.1, 0.0], [1, 3], &dev());
-    let loss = DivergenceLossConfig::new(DivergenceKind::ReverseKl)
+    let loss = DivergenceLossConfig::new(Divergence::ReverseKl)
         .with_vocab(VocabAlignment::PadNegInf)
         .init();
     let padded = scalar(loss.forward(s.clone(), t.clone(), Reduction::Sum));
@@ -76,7 +76,7 @@ fn vocab_truncate_and_pad_neg_inf() {
         padded.is_infinite(),
         "student mass where the teacher has none: reverse KL = +inf"
     );
-    let fkl = DivergenceLossConfig::new(DivergenceKind::ForwardKl)
+    let fkl = DivergenceLossConfig::new(Divergence::ForwardKl)
         .with_vocab(VocabAlignment::PadNegInf)
         .init();
     assert!(scalar(fkl.forward(s, t, Reduction::Sum)).is_finite());

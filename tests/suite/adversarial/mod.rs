@@ -19,7 +19,7 @@ mod validation;
 
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
-use kd_losses::divergence::{DivergenceKind, DivergenceLossConfig};
+use kd_losses::divergence::{Divergence, DivergenceLossConfig};
 use kd_losses::prelude::*;
 
 const NEG: f32 = f32::NEG_INFINITY;
@@ -53,7 +53,7 @@ fn kd(t: f64, alpha: f64) -> DistillationLoss {
 }
 
 fn fkl(t: f64) -> kd_losses::divergence::DivergenceLoss {
-    DivergenceLossConfig::new(DivergenceKind::ForwardKl)
+    DivergenceLossConfig::new(Divergence::ForwardKl)
         .with_temperature(t)
         .with_t2_scaling(true)
         .init()

@@ -4,8 +4,8 @@
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
 use kd_losses::divergence::{
-    Divergence, DivergenceKind, DivergenceLossConfig, JsdConvention, generalized_jsd, reverse_kl,
-    skew_kl, skew_reverse_kl, total_variation,
+    Divergence, DivergenceLossConfig, JsdConvention, generalized_jsd, reverse_kl, skew_kl,
+    skew_reverse_kl, total_variation,
 };
 use kd_losses::prelude::*;
 
@@ -50,34 +50,32 @@ fn beta_and_alpha_must_be_in_unit_interval() {
         "beta must be in [0, 1], got 1.5"
     );
     assert_eq!(
-        DivergenceLossConfig::new(DivergenceKind::SkewKl)
-            .with_alpha(-0.5)
+        DivergenceLossConfig::new(Divergence::SkewKl { alpha: -0.5 })
             .try_init()
             .unwrap_err()
             .to_string(),
         "alpha must be in [0, 1], got -0.5"
     );
-    // Only the parameter the kind uses is checked.
-    assert!(
-        DivergenceLossConfig::new(DivergenceKind::ReverseKl)
-            .with_alpha(7.0)
-            .try_init()
-            .is_ok()
-    );
-    assert!(
-        DivergenceLossConfig::new(DivergenceKind::GjsdTrl)
-            .with_beta(0.0)
-            .try_init()
-            .is_ok()
-    );
-    assert!(
-        DivergenceLossConfig::new(DivergenceKind::GjsdContinuous)
-            .with_beta(1.0)
-            .try_init()
-            .is_ok()
-    );
+    // The divergence's own parameter is validated, also when built as a literal.
     assert_eq!(
-        DivergenceLossConfig::new(DivergenceKind::ForwardKl)
+        DivergenceLossConfig::new(Divergence::GeneralizedJsd {
+            beta: f64::NAN,
+            convention: JsdConvention::Continuous,
+        })
+        .try_init()
+        .unwrap_err()
+        .to_string(),
+        "beta must be in [0, 1], got NaN"
+    );
+    for d in [
+        Divergence::ReverseKl,
+        Divergence::generalized_jsd(0.0, JsdConvention::Trl).unwrap(),
+        Divergence::generalized_jsd(1.0, JsdConvention::Continuous).unwrap(),
+    ] {
+        assert!(DivergenceLossConfig::new(d).try_init().is_ok());
+    }
+    assert_eq!(
+        DivergenceLossConfig::new(Divergence::ForwardKl)
             .with_temperature(0.0)
             .try_init()
             .unwrap_err()

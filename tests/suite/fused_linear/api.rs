@@ -16,8 +16,10 @@ fn config_errors_are_typed() {
     ));
     assert!(matches!(
         FusedLinearKdLossConfig::new()
-            .with_divergence(DivergenceKind::GjsdTrl)
-            .with_beta(f64::NAN)
+            .with_divergence(Divergence::GeneralizedJsd {
+                beta: f64::NAN,
+                convention: JsdConvention::Trl
+            })
             .try_init(),
         Err(KdError::OutOfRange { .. })
     ));
@@ -27,16 +29,14 @@ fn config_errors_are_typed() {
             .try_init(),
         Err(KdError::NotPositive { .. })
     ));
-    // The divergence is the one `DivergenceLossConfig` would build.
-    let loss = FusedLinearKdLossConfig::new()
-        .with_divergence(DivergenceKind::SkewKl)
-        .with_skew(0.3)
-        .init();
-    let expected = DivergenceLossConfig::new(DivergenceKind::SkewKl)
-        .with_alpha(0.3)
-        .divergence()
-        .unwrap();
-    assert_eq!(loss.divergence, expected);
+    // The divergence is the configured one; the default is the forward KL.
+    let skew = Divergence::skew_kl(0.3).unwrap();
+    let loss = FusedLinearKdLossConfig::new().with_divergence(skew).init();
+    assert_eq!(loss.divergence, skew);
+    assert_eq!(
+        FusedLinearKdLossConfig::new().init().divergence,
+        Divergence::ForwardKl
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 
 use crate::common::*;
 use burn::tensor::{Bool, Device, Int, Tensor};
-use kd_losses::divergence::{DivergenceKind, DivergenceLossConfig, divergence};
+use kd_losses::divergence::{Divergence, JsdConvention, divergence};
 use kd_losses::fused_linear::{
     FusedLinearKdLoss, FusedLinearKdLossConfig, LinearHead, LinearTeacher,
     fused_linear_distillation,
@@ -204,13 +204,19 @@ fn compare(what: &str, a: &Grads, b: &Grads) {
     assert_rel(&format!("{what}: grad b"), &a.b, &b.b);
 }
 
-const KINDS: [DivergenceKind; 8] = [
-    DivergenceKind::ForwardKl,
-    DivergenceKind::ReverseKl,
-    DivergenceKind::GjsdTrl,
-    DivergenceKind::GjsdContinuous,
-    DivergenceKind::SkewKl,
-    DivergenceKind::SkewReverseKl,
-    DivergenceKind::TotalVariation,
-    DivergenceKind::SymmetricKl,
+const KINDS: [Divergence; 8] = [
+    Divergence::ForwardKl,
+    Divergence::ReverseKl,
+    Divergence::GeneralizedJsd {
+        beta: 0.4,
+        convention: JsdConvention::Trl,
+    },
+    Divergence::GeneralizedJsd {
+        beta: 0.4,
+        convention: JsdConvention::Continuous,
+    },
+    Divergence::SkewKl { alpha: 0.2 },
+    Divergence::SkewReverseKl { alpha: 0.2 },
+    Divergence::TotalVariation,
+    Divergence::SymmetricKl,
 ];

@@ -26,8 +26,6 @@ fn parity_every_divergence_masks_and_chunks() {
                     .with_divergence(kind)
                     .with_temperature(1.5 + k as f64 * 0.25)
                     .with_alpha(0.3)
-                    .with_beta(0.4)
-                    .with_skew(0.2)
                     .with_label_smoothing(if k % 2 == 0 { 0.0 } else { 0.1 })
                     .with_chunk_rows(chunk)
                     .init();
