@@ -59,7 +59,7 @@ fn step(s: &Tensor<2>, t: &Tensor<2>, chunk: Option<usize>) -> (f32, f32) {
         Some(c) => chunked_divergence(x.clone(), t.clone(), d, Temperature::ONE, T2Scaling::Off, c),
         None => divergence(x.clone(), t.clone(), d, Temperature::ONE, T2Scaling::Off),
     };
-    let loss = rows.reduce(Reduction::Mean);
+    let loss = rows.reduce(Reduction::RowMean);
     let value = loss.clone().into_scalar::<f32>();
     let g = x.grad(&loss.backward()).expect("gradient");
     (value, g.sum().into_scalar::<f32>())

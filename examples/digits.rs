@@ -128,7 +128,7 @@ fn train(
         let y = batch_y(labels, &idx, device);
         let (logits, hidden) = model.net.forward_with_hidden(x);
         let hard = cross_entropy(logits.clone(), y, &CrossEntropyOptions::default())
-            .reduce(Reduction::Mean);
+            .reduce(Reduction::RowMean);
         let rows = Tensor::<1, Int>::from_data(
             TensorData::new(
                 idx.iter().map(|&i| i as i64).collect::<Vec<_>>(),
@@ -144,7 +144,7 @@ fn train(
                 temp,
                 T2Scaling::On,
             )
-            .reduce(Reduction::Mean);
+            .reduce(Reduction::RowMean);
             LossTerms::new()
                 .with("soft", kd.alpha, soft)
                 .and_then(|l| l.with("hard", 1.0 - kd.alpha, hard.clone()))

@@ -111,7 +111,7 @@ impl Classifier {
             batch.labels.clone(),
             &CrossEntropyOptions::default(),
         )
-        .reduce(Reduction::Mean);
+        .reduce(Reduction::RowMean);
         ClassificationOutput::new(loss, logits, batch.labels)
     }
 }
@@ -159,7 +159,7 @@ impl Distillation {
                 s_logits.clone(),
                 t_logits,
                 batch.labels.clone(),
-                Reduction::Mean,
+                Reduction::RowMean,
             )
             .into_terms();
         let feature = self

@@ -115,7 +115,7 @@ fn materialized_loss(
         t.reshape([b * sq, v]),
         flat_labels(batch),
         kd,
-        Reduction::Mean,
+        Reduction::RowMean,
     )
     .total
 }
@@ -135,7 +135,7 @@ fn train_teacher(
         let b = sample_batch(ids, batch, seq, &mut rng, device);
         let logits = model.forward(&b).logits;
         let loss = cross_entropy(logits, b.labels.clone(), &CrossEntropyOptions::default())
-            .reduce(Reduction::Mean);
+            .reduce(Reduction::RowMean);
         if step % 50 == 0 || step + 1 == steps {
             println!(
                 "  step {step:>4} ({:.1}s): ce {:.4}",

@@ -113,7 +113,7 @@ fn ce_loss(trace: &Trace, batch: &Batch) -> Tensor<1> {
         batch.labels.clone(),
         &CrossEntropyOptions::default(),
     )
-    .reduce(Reduction::Mean)
+    .reduce(Reduction::RowMean)
 }
 
 /// Trains a language model from labels alone.
@@ -167,7 +167,7 @@ fn train_distilled(
             T2Scaling::On,
         )
         .masked(&rows)
-        .reduce(Reduction::Mean);
+        .reduce(Reduction::RowMean);
         let hidden =
             model
                 .hidden
@@ -179,7 +179,7 @@ fn train_distilled(
             Some(batch.mask.clone()),
             HeadReduce::Match,
             AttentionSpace::Scores,
-            Reduction::Mean,
+            Reduction::RowMean,
         );
         let terms = LossTerms::new()
             .with("ce", w.ce, ce_loss(&s, &batch))

@@ -221,7 +221,7 @@ pub fn chunked_divergence<const D: usize>(
 /// );
 /// let rows = chunked_sparse_divergence(s, teacher, Divergence::ForwardKl,
 ///     SparseOptions::default(), Temperature::ONE, T2Scaling::On, 1);
-/// assert!(rows.reduce(Reduction::Mean).into_scalar::<f32>() > 0.0);
+/// assert!(rows.reduce(Reduction::RowMean).into_scalar::<f32>() > 0.0);
 /// ```
 pub fn chunked_sparse_divergence<const D: usize>(
     student_logits: Tensor<D>,

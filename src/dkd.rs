@@ -79,7 +79,7 @@ fn check_nonneg(name: &'static str, v: f64) -> Result<f64, KdError> {
 /// let t = Tensor::<2>::from_floats([[3.0, 0.0, -2.0], [0.5, 2.0, 0.1]], &device);
 /// let y = Tensor::<1, Int>::from_ints([0, 1], &device);
 /// let rows = dkd(s, t, y, 1.0, 8.0, Temperature::new(4.0).unwrap(), T2Scaling::On, Some(-100));
-/// assert!(rows.loss.reduce(Reduction::Mean).into_scalar::<f32>() > 0.0);
+/// assert!(rows.loss.reduce(Reduction::RowMean).into_scalar::<f32>() > 0.0);
 /// ```
 ///
 /// # References
@@ -213,7 +213,7 @@ impl DkdLossConfig {
 /// let loss = DkdLossConfig::new().init();
 /// let s = Tensor::<2>::from_floats([[1.0, 0.0]], &device);
 /// let y = Tensor::<1, Int>::from_ints([0], &device);
-/// let v = loss.forward(s.clone(), s, y, Reduction::Mean).into_scalar::<f32>();
+/// let v = loss.forward(s.clone(), s, y, Reduction::RowMean).into_scalar::<f32>();
 /// assert!(v.abs() < 1e-6);
 /// ```
 #[derive(Module, Debug)]

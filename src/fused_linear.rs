@@ -18,7 +18,7 @@
 //! [`distillation_loss`] (the fused kernel wherever it runs)
 //! for the forward KL, and [`soft_loss`](crate::divergence::soft_loss) + [`cross_entropy`] for the
 //! other divergences, every chunk reduced with the *global* normalizer (the number of kept tokens
-//! for [`Reduction::Mean`]), so the chunks add up to the loss of the whole batch exactly.
+//! for [`Reduction::RowMean`]), so the chunks add up to the loss of the whole batch exactly.
 //!
 //! The gradients are computed during the forward pass (as Liger-Kernel's fused linear losses
 //! do) and handed to Burn's graph through a first-order surrogate,
@@ -235,7 +235,7 @@ impl Default for FusedLinearKdLossConfig {
 }
 
 /// Module form of [`fused_linear_distillation`], reduced over kept tokens
-/// ([`Reduction::Mean`]).
+/// ([`Reduction::RowMean`]).
 ///
 /// ```
 /// use burn::tensor::{Device, Int, Tensor};
@@ -281,7 +281,7 @@ impl FusedLinearKdLoss {
             labels,
             None,
             self,
-            Reduction::Mean,
+            Reduction::RowMean,
         )
     }
 
@@ -304,7 +304,7 @@ impl FusedLinearKdLoss {
             labels,
             Some(mask),
             self,
-            Reduction::Mean,
+            Reduction::RowMean,
         )
     }
 
@@ -328,7 +328,7 @@ impl FusedLinearKdLoss {
 /// `D` is the configured divergence (`T²` only with `t2_scaling`), the kept tokens are those
 /// whose label is not `ignore_index` (and, with `mask`, where it is `true`), and `n` is the
 /// reduction's denominator over the whole batch: the number of kept tokens for
-/// [`Reduction::Mean`], 1 for `Sum`, `N` for `BatchMean`, kept tokens × `V` for `ElementMean`,
+/// [`Reduction::RowMean`], 1 for `Sum`, `N` for `BatchMean`, kept tokens × `V` for `ElementMean`,
 /// or the given [`Normalizer`]. The value and the gradients of `h_s`, `W_s` and `b_s` equal those
 /// of [`distillation_loss`] on the materialized logits `h_s·W_s + b_s`.
 ///
@@ -359,10 +359,10 @@ impl FusedLinearKdLoss {
 /// let loss = FusedLinearKdLossConfig::new().with_chunk_rows(Some(2)).init();
 /// let teacher = LinearTeacher::Head { hidden: ht.clone(), head: LinearHead::new(wt.clone()) };
 /// let fused = fused_linear_distillation(h.clone(), &LinearHead::new(w.clone()), teacher,
-///     labels.clone(), None, &loss, Reduction::Mean);
+///     labels.clone(), None, &loss, Reduction::RowMean);
 /// // The same loss on the materialized logits.
 /// let full = distillation_loss(h.matmul(w), ht.matmul(wt), labels,
-///     &DistillationLossConfig::new().init(), Reduction::Mean);
+///     &DistillationLossConfig::new().init(), Reduction::RowMean);
 /// let (a, b) = (fused.total.into_scalar::<f32>(), full.total.into_scalar::<f32>());
 /// assert!((a - b).abs() < 1e-5 * b.abs());
 /// ```

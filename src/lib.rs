@@ -16,7 +16,7 @@
 //!
 //! // α · T²·KL(p_teacher ‖ p_student) + (1 − α) · CE(student, labels)
 //! let kd = DistillationLossConfig::new().with_temperature(4.0).with_alpha(0.9).init();
-//! let out = kd.forward(student.clone(), teacher.clone(), labels, Reduction::Mean);
+//! let out = kd.forward(student.clone(), teacher.clone(), labels, Reduction::RowMean);
 //! let grads = out.total.backward();
 //! assert!(student.grad(&grads).is_some());
 //! assert!(teacher.grad(&grads).is_none()); // the teacher never receives a gradient

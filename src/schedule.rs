@@ -303,7 +303,7 @@ impl LearnableTemperatureConfig {
 /// let s = Tensor::<2>::from_floats([[1.0, 0.0]], &device).require_grad();
 /// let t = Tensor::<2>::from_floats([[0.0, 1.0]], &device);
 /// let loss = divergence(s, t, Divergence::ForwardKl, temp.temperature(), T2Scaling::On)
-///     .reduce(Reduction::Mean);
+///     .reduce(Reduction::RowMean);
 /// let grads = loss.backward();
 /// assert!(temp.raw.val().grad(&grads).is_some());
 /// ```

@@ -32,7 +32,7 @@
 //! let labels = Tensor::<1, Int>::from_ints([0, 1], &device);
 //!
 //! let kd = DistillationLossConfig::new().with_temperature(4.0).with_alpha(0.8).init();
-//! let terms = kd.forward(student.clone(), teacher, labels.clone(), Reduction::Mean).into_terms();
+//! let terms = kd.forward(student.clone(), teacher, labels.clone(), Reduction::RowMean).into_terms();
 //! let out = KdClassificationOutput::new(terms, student.clone(), labels);
 //! let grads = out.loss.backward(); // what `TrainStep::step` hands to `TrainOutput::new`
 //! assert!(student.grad(&grads).is_some());

@@ -39,13 +39,13 @@ pub fn check(name: &str, device: &Device, fused: bool) {
         "{name}: fused_available"
     );
     let kd = loss();
-    let out = kd.forward(student.clone(), teacher.clone(), labels.clone(), Reduction::Mean);
+    let out = kd.forward(student.clone(), teacher.clone(), labels.clone(), Reduction::RowMean);
     let reference = kd_losses::distillation_loss_composed(
         student.clone(),
         teacher.clone(),
         labels,
         &kd,
-        Reduction::Mean,
+        Reduction::RowMean,
     );
     for (a, b) in [(out.total.clone(), reference.total), (out.soft, reference.soft), (out.hard, reference.hard)] {
         a.to_data().assert_approx_eq::<f32>(&b.to_data(), tol());
@@ -53,7 +53,7 @@ pub fn check(name: &str, device: &Device, fused: bool) {
     // Reverse KL through the module, and a hidden-state MSE (the squared-error kernel on Flex).
     let rkl = kd_losses::DivergenceLossConfig::new(kd_losses::Divergence::ReverseKl).init();
     let _ = rkl.forward(student.clone(), teacher.clone(), Reduction::BatchMean);
-    let hidden = kd_losses::hidden_mse(student, teacher).reduce(Reduction::Mean);
+    let hidden = kd_losses::hidden_mse(student, teacher).reduce(Reduction::RowMean);
     assert!(hidden.into_scalar::<f32>().is_finite(), "{name}: hidden MSE");
     println!(
         "{name}: {} path, total {:.6} (equal to the composed path)",

@@ -11,25 +11,25 @@ pub fn check_grad(name: &str, device: &Device) {
     let (student, teacher, labels) = inputs(device);
     let student = student.require_grad();
     let kd = loss();
-    let out = kd.forward(student.clone(), teacher.clone(), labels.clone(), Reduction::Mean);
+    let out = kd.forward(student.clone(), teacher.clone(), labels.clone(), Reduction::RowMean);
     let reference = kd_losses::distillation_loss_composed(
         student.clone(),
         teacher.clone(),
         labels.clone(),
         &kd,
-        Reduction::Mean,
+        Reduction::RowMean,
     );
     let g = student.grad(&out.total.backward()).expect("student gradient");
     let g_ref = student.grad(&reference.total.backward()).expect("reference gradient");
     g.to_data().assert_approx_eq::<f32>(&g_ref.to_data(), tol());
     // A second forward: the soft and the hard term differentiated one after the other.
-    let out = kd.forward(student.clone(), teacher.clone(), labels.clone(), Reduction::Mean);
+    let out = kd.forward(student.clone(), teacher.clone(), labels.clone(), Reduction::RowMean);
     let reference = kd_losses::distillation_loss_composed(
         student.clone(),
         teacher.clone(),
         labels,
         &kd,
-        Reduction::Mean,
+        Reduction::RowMean,
     );
     let gs = student.grad(&out.soft.backward()).expect("soft-term gradient");
     let gs_ref = student.grad(&reference.soft.backward()).expect("reference soft gradient");
@@ -37,7 +37,7 @@ pub fn check_grad(name: &str, device: &Device) {
     let grads = out.hard.backward();
     assert!(student.grad(&grads).is_some(), "{name}: hard-term gradient");
     assert!(teacher.grad(&grads).is_none(), "{name}: the teacher got a gradient");
-    let hidden = kd_losses::hidden_mse(student.clone(), teacher).reduce(Reduction::Mean);
+    let hidden = kd_losses::hidden_mse(student.clone(), teacher).reduce(Reduction::RowMean);
     assert!(student.grad(&hidden.backward()).is_some(), "{name}: hidden MSE gradient");
     println!("{name}: backward equal to the composed path (total, soft, hard terms)");
 }

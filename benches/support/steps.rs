@@ -206,7 +206,7 @@ fn fused_linear_step(shape: &[usize], imp: &str, dev: &Device) -> Step {
         let total = if materialized {
             let z = hs.clone().matmul(w.clone());
             let zt = ht.clone().matmul(wt.clone());
-            distillation_loss(z, zt, y.clone(), &kd, Reduction::Mean).total
+            distillation_loss(z, zt, y.clone(), &kd, Reduction::RowMean).total
         } else {
             let teacher = LinearTeacher::Head {
                 hidden: ht.clone(),
@@ -220,7 +220,7 @@ fn fused_linear_step(shape: &[usize], imp: &str, dev: &Device) -> Step {
                 y.clone(),
                 None,
                 &fused,
-                Reduction::Mean,
+                Reduction::RowMean,
             )
             .total
         };

@@ -45,7 +45,7 @@ pub(super) fn kl_rows_from_probs(p: Tensor<2>, q: Tensor<2>) -> Tensor<1> {
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<4>::from_floats([[[[1.0, 2.0], [0.0, 0.0]]]], &device);
-/// let kl = attention_kl_scores(s.clone(), s, None, KlHeads::Match).reduce(Reduction::Mean);
+/// let kl = attention_kl_scores(s.clone(), s, None, KlHeads::Match).reduce(Reduction::RowMean);
 /// assert!(kl.into_scalar::<f32>().abs() < 1e-6);
 /// ```
 ///
@@ -179,7 +179,7 @@ impl AttentionKlLossConfig {
 /// let device = Device::flex();
 /// let loss = AttentionKlLossConfig::new().init();
 /// let s = Tensor::<4>::zeros([1, 2, 3, 3], &device);
-/// assert!(loss.forward_scores(s.clone(), s, None, Reduction::Mean).into_scalar::<f32>().abs() < 1e-6);
+/// assert!(loss.forward_scores(s.clone(), s, None, Reduction::RowMean).into_scalar::<f32>().abs() < 1e-6);
 /// ```
 #[derive(Module, Debug)]
 pub struct AttentionKlLoss {

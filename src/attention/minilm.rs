@@ -48,7 +48,7 @@ fn relation_scores(name: &str, x: Tensor<3>, r: usize) -> Tensor<4> {
 /// let device = Device::flex();
 /// let v_s = Tensor::<3>::random([2, 5, 12], Distribution::Normal(0.0, 1.0), &device);
 /// let v_t = Tensor::<3>::random([2, 5, 32], Distribution::Normal(0.0, 1.0), &device);
-/// let kl = self_relation_kl(v_s, v_t, 4, None).reduce(Reduction::Mean);
+/// let kl = self_relation_kl(v_s, v_t, 4, None).reduce(Reduction::RowMean);
 /// assert!(kl.into_scalar::<f32>() >= 0.0);
 /// ```
 ///
@@ -129,9 +129,9 @@ pub fn minilm_loss(
         padding_mask.clone(),
         KlHeads::Match,
     )
-    .reduce(Reduction::Mean);
-    let vr =
-        self_relation_kl(student.values, teacher.values, h, padding_mask).reduce(Reduction::Mean);
+    .reduce(Reduction::RowMean);
+    let vr = self_relation_kl(student.values, teacher.values, h, padding_mask)
+        .reduce(Reduction::RowMean);
     LossTerms::new()
         .with("attention", 1.0, at)
         .and_then(|t| t.with("value_relation", 1.0, vr))
@@ -196,7 +196,7 @@ pub fn minilm_v2_loss(
     let mut terms = LossTerms::new();
     for (name, s, t) in pairs {
         let v =
-            self_relation_kl(s, t, relation_heads, padding_mask.clone()).reduce(Reduction::Mean);
+            self_relation_kl(s, t, relation_heads, padding_mask.clone()).reduce(Reduction::RowMean);
         terms = terms.with(name, 1.0, v).expect("weight 1 is finite");
     }
     terms

@@ -22,13 +22,13 @@
 //!
 //! # Masks and `-inf`
 //! * MSE: a `(query, key)` pair counts when both tokens are real, `M[b,i,j] = m[b,i]·m[b,j]`;
-//!   [`Reduction::Mean`] then divides by `H' · Σ_b count_b²` (TextBrewer with a mask). Masked
+//!   [`Reduction::RowMean`] then divides by `H' · Σ_b count_b²` (TextBrewer with a mask). Masked
 //!   pairs are set to 0 in both maps **before** the difference, so `-inf` or `-1e4` entries there
-//!   never reach the arithmetic. Without a mask, [`Reduction::Mean`] is the mean over every entry.
+//!   never reach the arithmetic. Without a mask, [`Reduction::RowMean`] is the mean over every entry.
 //! * A `-inf` score (a masked key, a causal mask) in either map is set to 0 in both maps before the
 //!   MSE: it contributes 0 and gets a zero gradient instead of NaN.
 //! * KL: padded keys are set to `-inf` in both score maps before the softmax, and padded queries
-//!   are dropped rows; [`Reduction::Mean`] is the mean over real `(head, query)` rows, MiniLM's
+//!   are dropped rows; [`Reduction::RowMean`] is the mean over real `(head, query)` rows, MiniLM's
 //!   `1/(A_h·|x|)`. A row whose keys are all masked is empty: it gives 0, never NaN.
 //! * Probability inputs are taken as they are: padded keys should already have probability 0
 //!   (as a softmax over masked scores gives); the mask then removes padded queries.

@@ -87,7 +87,7 @@ fn mse_core(
 /// let s = Tensor::<4>::from_floats([[[[1.0, inf], [2.0, inf]]]], &device);
 /// let t = Tensor::<4>::from_floats([[[[0.0, inf], [2.0, inf]]]], &device);
 /// let mask = Tensor::<2, Bool>::from_data([[true, false]], &device);
-/// let loss = attention_mse_scores(s, t, Some(mask), HeadReduce::Match).reduce(Reduction::Mean);
+/// let loss = attention_mse_scores(s, t, Some(mask), HeadReduce::Match).reduce(Reduction::RowMean);
 /// assert_eq!(loss.into_scalar::<f32>(), 1.0); // one real pair (0, 0)
 /// ```
 ///
@@ -132,7 +132,7 @@ pub fn attention_mse_scores(
 /// let device = Device::flex();
 /// let s = Tensor::<4>::from_floats([[[[0.5, 0.5], [1.0, 0.0]]], [[[0.5, 0.5], [1.0, 0.0]]]], &device);
 /// let t = Tensor::<4>::from_floats([[[[1.0, 0.0], [1.0, 0.0]]], [[[0.5, 0.5], [1.0, 0.0]]]], &device);
-/// let loss = attention_mse_probs(s, t, None, HeadReduce::Mean).reduce(Reduction::Mean);
+/// let loss = attention_mse_probs(s, t, None, HeadReduce::Mean).reduce(Reduction::RowMean);
 /// assert!((loss.into_scalar::<f32>() - 0.0625).abs() < 1e-7); // 2 · 0.25 / 8
 /// ```
 pub fn attention_mse_probs(
@@ -172,7 +172,7 @@ pub fn attention_mse_probs(
 /// let device = Device::flex();
 /// let s = Tensor::<4>::from_floats([[[[1.0, -5.0], [2.0, 0.0]]]], &device);
 /// let t = Tensor::<4>::from_floats([[[[0.0, -1.0], [2.0, 0.0]]]], &device);
-/// let loss = attention_mse_textbrewer(s, t, None, HeadReduce::Match, -1e-3).reduce(Reduction::Mean);
+/// let loss = attention_mse_textbrewer(s, t, None, HeadReduce::Match, -1e-3).reduce(Reduction::RowMean);
 /// assert_eq!(loss.into_scalar::<f32>(), 0.25); // the -5 vs -1 entry is zeroed
 /// ```
 pub fn attention_mse_textbrewer(
@@ -212,7 +212,7 @@ pub fn attention_mse_textbrewer(
 /// let map = LayerMap::uniform(2, 4).unwrap(); // attention lists: (0, 1), (1, 3)
 /// let s: Vec<_> = (0..2).map(|_| Tensor::<4>::zeros([1, 2, 3, 3], &device)).collect();
 /// let t: Vec<_> = (0..4).map(|_| Tensor::<4>::zeros([1, 4, 3, 3], &device)).collect();
-/// let terms = attention_layers_mse(&s, &t, &map, None, HeadReduce::Mean, AttentionSpace::Scores, Reduction::Mean);
+/// let terms = attention_layers_mse(&s, &t, &map, None, HeadReduce::Mean, AttentionSpace::Scores, Reduction::RowMean);
 /// assert_eq!(terms.terms()[1].name, "attention s1->t3");
 /// ```
 pub fn attention_layers_mse(
@@ -281,7 +281,7 @@ impl AttentionMseLossConfig {
 /// let loss = AttentionMseLossConfig::new().with_heads(HeadReduce::Mean).init();
 /// let s = Tensor::<4>::zeros([2, 4, 3, 3], &device);
 /// let t = Tensor::<4>::ones([2, 12, 3, 3], &device);
-/// assert_eq!(loss.forward_scores(s, t, None, Reduction::Mean).into_scalar::<f32>(), 1.0);
+/// assert_eq!(loss.forward_scores(s, t, None, Reduction::RowMean).into_scalar::<f32>(), 1.0);
 /// ```
 #[derive(Module, Debug)]
 pub struct AttentionMseLoss {

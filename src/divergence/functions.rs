@@ -40,7 +40,7 @@ use crate::temperature::{RowTemperature, T2Scaling};
 /// let rows = divergence(s, t, Divergence::skew_kl(0.1).unwrap(), Temperature::ONE, T2Scaling::Off);
 /// let per_token = rows.clone().into_shaped::<2>(); // [1, 2]
 /// assert_eq!(per_token.dims(), [1, 2]);
-/// assert!(rows.reduce(Reduction::Mean).into_scalar::<f32>() > 0.0);
+/// assert!(rows.reduce(Reduction::RowMean).into_scalar::<f32>() > 0.0);
 /// ```
 pub fn divergence<const D: usize>(
     student_logits: Tensor<D>,
@@ -153,7 +153,7 @@ pub fn divergence_from_log_probs<const D: usize>(
 /// let device = Device::flex();
 /// let s = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device);
 /// let t = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device);
-/// let v = reverse_kl(s, t, Temperature::ONE, T2Scaling::Off).reduce(Reduction::Mean);
+/// let v = reverse_kl(s, t, Temperature::ONE, T2Scaling::Off).reduce(Reduction::RowMean);
 /// assert!(v.into_scalar::<f32>().abs() < 1e-6);
 /// ```
 pub fn reverse_kl<const D: usize>(
@@ -183,7 +183,7 @@ pub fn reverse_kl<const D: usize>(
 /// # Shapes
 /// - `student_logits`, `teacher_logits`: `[..., V]`; returns a [`RowLoss`]. TRL's `batchmean`
 ///   without labels is [`Reduction::BatchMean`]; with labels, mask with
-///   [`RowMask::from_labels`] and use [`Reduction::Mean`].
+///   [`RowMask::from_labels`] and use [`Reduction::RowMean`].
 ///
 /// # Panics
 /// If the shapes differ, or `beta` is outside `[0, 1]` (message of [`KdError::OutOfRange`]).

@@ -136,7 +136,7 @@ impl DivergenceLossConfig {
 /// let loss = DivergenceLossConfig::new(gjsd).init();
 /// let s = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
 /// let t = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
-/// assert!(loss.forward(s, t, Reduction::Mean).into_scalar::<f32>().abs() < 1e-6);
+/// assert!(loss.forward(s, t, Reduction::RowMean).into_scalar::<f32>().abs() < 1e-6);
 /// ```
 #[derive(Module, Debug)]
 pub struct DivergenceLoss {

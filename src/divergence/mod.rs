@@ -56,7 +56,7 @@
 //! let s = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device);
 //! let t = Tensor::<2>::from_floats([[0.0, 2.0, -1.0]], &device);
 //! let jsd = generalized_jsd(s, t, 0.5, JsdConvention::Trl, Temperature::ONE, T2Scaling::Off);
-//! let v = jsd.reduce(Reduction::Mean).into_scalar::<f32>();
+//! let v = jsd.reduce(Reduction::RowMean).into_scalar::<f32>();
 //! assert!(v > 0.0 && v <= std::f32::consts::LN_2);
 //! ```
 

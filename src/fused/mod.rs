@@ -32,8 +32,14 @@
 //! [`forward_masked`](crate::logits::SoftKlLoss::forward_masked),
 //! [`DivergenceLoss::forward`](crate::divergence::DivergenceLoss::forward) /
 //! [`forward_masked`](crate::divergence::DivergenceLoss::forward_masked) (forward and reverse
-//! KL), and [`soft_loss`] here. Functions that return a [`RowLoss`](crate::reduction::RowLoss)
-//! stay composed: the fused kernel needs the reduction up front.
+//! KL), and [`divergence::soft_loss`](crate::divergence::soft_loss). Functions that return a
+//! [`RowLoss`](crate::reduction::RowLoss) stay composed: the fused kernel needs the reduction up
+//! front.
+//!
+//! # Layering
+//! This module knows no loss type: its crate-level entry points take tensors, per-row weights
+//! and the kernel's numbers, and answer `None` where no kernel runs. Each loss decides beside
+//! itself whether to ask (see `docs/architecture.md`).
 //!
 //! # Gradients
 //! The backward pass hands over the kept gradient when the upstream gradient of the total is 1
@@ -43,7 +49,7 @@
 //! # Numerics
 //! Same conventions as the composed path (`0 · log 0 = 0`, `-inf` logits, all `-inf` rows,
 //! fully masked batches give 0); sums over a row use 8 `f32` partial sums, exponentials a
-//! polynomial with relative error below 3e-7. The parity tests (`tests/parity_fused.rs`) check
+//! polynomial with relative error below 3e-7. The parity tests (`tests/suite/fused/parity_logits/`) check
 //! value and gradient against the composed path on every reduction, masks, `-inf`, ±1e4 and
 //! several temperatures.
 

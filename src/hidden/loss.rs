@@ -18,9 +18,9 @@ use crate::reduction::{Reduction, RowLoss, RowMask};
 pub enum HiddenDistance {
     /// [`hidden_mse`] (TinyBERT, TextBrewer); pair it with [`Reduction::ElementMean`].
     Mse,
-    /// [`hidden_cosine`] (DistilBERT); pair it with [`Reduction::Mean`].
+    /// [`hidden_cosine`] (DistilBERT); pair it with [`Reduction::RowMean`].
     Cosine,
-    /// [`hidden_normalized_mse`] (PKD); pair it with [`Reduction::Mean`] or `Sum`.
+    /// [`hidden_normalized_mse`] (PKD); pair it with [`Reduction::RowMean`] or `Sum`.
     NormalizedMse,
 }
 

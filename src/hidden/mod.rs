@@ -14,7 +14,7 @@
 //! | loss | reduction | value |
 //! |---|---|---|
 //! | MSE, TextBrewer `hid_mse_loss` | [`Reduction::ElementMean`] | `Σ m·(ĥ_s − h_t)² / (max(Σm, 1) · D_t)` |
-//! | cosine, DistilBERT / TextBrewer `cos_loss` | [`Reduction::Mean`] | `Σ m·(1 − cos) / max(Σm, 1)` |
+//! | cosine, DistilBERT / TextBrewer `cos_loss` | [`Reduction::RowMean`] | `Σ m·(1 − cos) / max(Σm, 1)` |
 //! | normalized MSE, PKD | [`Reduction::Sum`] or `Mean` | `Σ m·‖ĥ_s/‖ĥ_s‖ − h_t/‖h_t‖‖²` (÷ `max(Σm,1)`) |
 //!
 //! The projection `W` is a Burn [`Module`] ([`HiddenProjection`], built by
@@ -160,7 +160,7 @@ pub(crate) fn l2_normalize_rows(x: Tensor<2>, eps: f64) -> Tensor<2> {
 /// ```
 ///
 /// PKD (Sun et al. 2019) sums this over the distilled layers' `[CLS]` vectors and averages over
-/// the batch: select the `[CLS]` rows (or mask the others) and use [`Reduction::Mean`]. The
+/// the batch: select the `[CLS]` rows (or mask the others) and use [`Reduction::RowMean`]. The
 /// teacher is detached.
 ///
 /// # Shapes

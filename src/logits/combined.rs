@@ -114,7 +114,7 @@ impl Default for DistillationLossConfig {
 /// total = α · soft + (1 − α) · hard
 /// ```
 /// Rows whose label is the ignore index are dropped from **both** terms (sequence padding), and
-/// both terms use the same `reduction` (with [`Reduction::Mean`], each divides by the number of
+/// both terms use the same `reduction` (with [`Reduction::RowMean`], each divides by the number of
 /// labelled rows; a fully ignored batch gives 0). The teacher is detached.
 ///
 /// # Shapes
@@ -134,7 +134,7 @@ impl Default for DistillationLossConfig {
 /// let student = Tensor::<2>::from_floats([[0.5, 0.1, -0.3], [0.0, 1.0, 0.0]], &device);
 /// let teacher = Tensor::<2>::from_floats([[2.0, 0.3, -1.0], [0.1, 3.0, 0.2]], &device);
 /// let labels = Tensor::<1, Int>::from_ints([0, 1], &device);
-/// let out = distillation_loss(student, teacher, labels, &kd, Reduction::Mean);
+/// let out = distillation_loss(student, teacher, labels, &kd, Reduction::RowMean);
 /// let (t, s, h) = (out.total.into_scalar::<f32>(), out.soft.into_scalar::<f32>(), out.hard.into_scalar::<f32>());
 /// assert!((t - (0.9 * s + 0.1 * h)).abs() < 1e-6);
 /// ```
@@ -197,8 +197,8 @@ pub fn distillation_loss<const D: usize, const DL: usize>(
 /// let s = Tensor::<2>::from_floats([[0.5, 0.1, -0.3]], &device);
 /// let t = Tensor::<2>::from_floats([[2.0, 0.3, -1.0]], &device);
 /// let y = Tensor::<1, Int>::from_ints([0], &device);
-/// let a = distillation_loss(s.clone(), t.clone(), y.clone(), &kd, Reduction::Mean).total;
-/// let b = distillation_loss_composed(s, t, y, &kd, Reduction::Mean).total;
+/// let a = distillation_loss(s.clone(), t.clone(), y.clone(), &kd, Reduction::RowMean).total;
+/// let b = distillation_loss_composed(s, t, y, &kd, Reduction::RowMean).total;
 /// assert!((a.into_scalar::<f32>() - b.into_scalar::<f32>()).abs() < 1e-6);
 /// ```
 pub fn distillation_loss_composed<const D: usize, const DL: usize>(

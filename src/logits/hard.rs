@@ -84,7 +84,7 @@ pub(crate) fn assert_label_shape<const DL: usize>(labels: &Tensor<DL, Int>, logi
 /// r_i   = (1 − ε) · w_{y_i} · (−log q_{i,y_i}) + ε · Σ_c w_c · (−log q_{ic}) / C
 /// ```
 /// with `w ≡ 1` without class weights. Rows whose label is the ignore index give `r = 0`, no
-/// gradient, and leave the denominator: [`Reduction::Mean`] divides by the number of kept rows
+/// gradient, and leave the denominator: [`Reduction::RowMean`] divides by the number of kept rows
 /// (or by `Σ w_{y_i}` over them with class weights), exactly as PyTorch's `mean`. Unlike PyTorch,
 /// a batch whose rows are all ignored gives `0`, not NaN.
 ///
@@ -107,7 +107,7 @@ pub(crate) fn assert_label_shape<const DL: usize>(labels: &Tensor<DL, Int>, logi
 /// let device = Device::flex();
 /// let logits = Tensor::<2>::from_floats([[2.0, 0.0], [0.0, 2.0]], &device);
 /// let labels = Tensor::<1, Int>::from_ints([0, -100], &device);
-/// let loss = cross_entropy(logits, labels, &CrossEntropyOptions::default()).reduce(Reduction::Mean);
+/// let loss = cross_entropy(logits, labels, &CrossEntropyOptions::default()).reduce(Reduction::RowMean);
 /// let expected = (1.0f32 + (-2.0f32).exp()).ln(); // only the first row counts
 /// assert!((loss.into_scalar::<f32>() - expected).abs() < 1e-6);
 /// ```
@@ -235,7 +235,7 @@ impl CrossEntropyLossConfig {
 /// let ce = CrossEntropyLossConfig::new().with_label_smoothing(0.1).init(&device);
 /// let logits = Tensor::<2>::from_floats([[2.0, 0.0, 1.0]], &device);
 /// let labels = Tensor::<1, Int>::from_ints([0], &device);
-/// assert!(ce.forward(logits, labels, Reduction::Mean).into_scalar::<f32>() > 0.0);
+/// assert!(ce.forward(logits, labels, Reduction::RowMean).into_scalar::<f32>() > 0.0);
 /// ```
 #[derive(Module, Debug)]
 pub struct CrossEntropyLoss {

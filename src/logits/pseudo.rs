@@ -39,7 +39,7 @@ use crate::temperature::{Temperature, temperature_softmax};
 /// let student = Tensor::<2>::from_floats([[0.0, 0.0], [0.0, 0.0]], &device);
 /// let teacher = Tensor::<2>::from_floats([[5.0, 0.0], [0.1, 0.0]], &device);
 /// // Only the first row is confident enough.
-/// let loss = pseudo_label_ce(student, teacher, Some(0.9)).reduce(Reduction::Mean);
+/// let loss = pseudo_label_ce(student, teacher, Some(0.9)).reduce(Reduction::RowMean);
 /// assert!((loss.into_scalar::<f32>() - 2.0f32.ln()).abs() < 1e-6);
 /// ```
 pub fn pseudo_label_ce<const D: usize>(

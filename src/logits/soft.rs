@@ -42,7 +42,7 @@ use crate::temperature::{T2Scaling, Temperature, temperature_log_softmax};
 /// let student = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device);
 /// let teacher = Tensor::<2>::from_floats([[2.0, 0.5, -3.0]], &device);
 /// let t = Temperature::new(2.0).unwrap();
-/// let loss = soft_kl(student, teacher, t, T2Scaling::On).reduce(Reduction::Mean);
+/// let loss = soft_kl(student, teacher, t, T2Scaling::On).reduce(Reduction::RowMean);
 /// assert!(loss.into_scalar::<f32>() > 0.0);
 /// ```
 ///
@@ -111,7 +111,7 @@ impl SoftKlLossConfig {
 /// let loss = SoftKlLossConfig::new().with_temperature(4.0).init();
 /// let s = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
 /// let t = Tensor::<2>::from_floats([[0.2, 0.1, 0.0]], &device);
-/// let v = loss.forward(s, t, Reduction::Mean).into_scalar::<f32>();
+/// let v = loss.forward(s, t, Reduction::RowMean).into_scalar::<f32>();
 /// assert!(v.abs() < 1e-6);
 /// ```
 #[derive(Module, Debug)]

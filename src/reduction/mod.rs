@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | [`RowLoss::values`] (no reduction) | `r` per row, `0` at masked rows, shape `[R]` | `reduction="none"` summed over V |
 //! | [`Reduction::Sum`] | `Σ r` | `"sum"` |
-//! | [`Reduction::Mean`] | `Σ r / max(W, 1)` — `W` = number of kept rows (or their weight sum) | `"batchmean"` on 2-D input; TRL with labels |
+//! | [`Reduction::RowMean`] | `Σ r / max(W, 1)` — `W` = number of kept rows (or their weight sum) | `"batchmean"` on 2-D input; TRL with labels |
 //! | [`Reduction::BatchMean`] | `Σ r / shape[0]` | `F.kl_div(.., "batchmean")` on 3-D input, TRL without labels |
 //! | [`Reduction::ElementMean`] | `Σ r / (max(W, 1) · V)` | `F.kl_div(.., "mean")` |
 //! | [`Reduction::Normalizer`]`(n)` | `Σ r / n` | — (global token count) |
@@ -30,7 +30,7 @@
 //! let device = Device::flex();
 //! let rows = RowLoss::new(Tensor::<1>::from_floats([1.0, 2.0, 30.0], &device), &[3], 5);
 //! let mask = RowMask::new(Tensor::<1, Bool>::from_bool([true, true, false], &device));
-//! let mean = rows.clone().masked(&mask).reduce(Reduction::Mean).into_scalar::<f32>();
+//! let mean = rows.clone().masked(&mask).reduce(Reduction::RowMean).into_scalar::<f32>();
 //! assert_eq!(mean, 1.5);
 //! let n = Reduction::Normalizer(Normalizer::new(4.0).unwrap());
 //! assert_eq!(rows.masked(&mask).reduce(n).into_scalar::<f32>(), 0.75);
@@ -72,9 +72,11 @@ impl Normalizer {
 pub enum Reduction {
     /// `Σ r` over kept rows.
     Sum,
-    /// `Σ r / max(W, 1)`: mean over kept rows (token mean), `W` their count or weight sum.
+    /// `Σ r / max(W, 1)`: mean over kept **rows** (the token mean of sequence distillation),
+    /// `W` their count or weight sum. Not Burn's `Reduction::Mean`, which divides by every
+    /// element (here [`ElementMean`](Self::ElementMean)); the name says which.
     #[default]
-    Mean,
+    RowMean,
     /// `Σ r / shape[0]`: PyTorch's `batchmean` (divides by the first dimension only, so for
     /// `[B, S, V]` logits it is `S` times larger than `Mean`).
     BatchMean,
@@ -85,6 +87,14 @@ pub enum Reduction {
 }
 
 impl Reduction {
+    /// The 0.1 name of [`RowMean`](Self::RowMean), renamed so that it cannot be mistaken for
+    /// Burn's `Reduction::Mean` (an element mean, a factor of `V` smaller for `[R, V]` logits).
+    #[deprecated(
+        note = "renamed `Reduction::RowMean` (the mean over rows); Burn's element mean is `Reduction::ElementMean`"
+    )]
+    #[allow(non_upper_case_globals)]
+    pub const Mean: Reduction = Reduction::RowMean;
+
     /// The reduction's denominator as `(counts_rows, factor)`: the reduced loss is
     /// `Σ_kept w·r / (c · factor)` with `c = max(W, 1)` (the kept rows' count or weight sum) when
     /// `counts_rows`, else `c = 1`. `batch` is the first dimension of the rows' shape, `row_size`
@@ -93,7 +103,7 @@ impl Reduction {
     pub(crate) fn denominator_parts(self, batch: usize, row_size: usize) -> (bool, f64) {
         match self {
             Reduction::Sum => (false, 1.0),
-            Reduction::Mean => (true, 1.0),
+            Reduction::RowMean => (true, 1.0),
             Reduction::BatchMean => (false, batch.max(1) as f64),
             Reduction::ElementMean => (true, row_size.max(1) as f64),
             Reduction::Normalizer(n) => (false, n.get()),
@@ -147,7 +157,7 @@ pub(crate) fn row_weights(
 
 /// Burn's reduction, with **Burn's meaning**: `burn::nn::loss::Reduction::Mean` (and `Auto`) is
 /// the mean over every element, which is [`Reduction::ElementMean`] here — not this crate's
-/// [`Reduction::Mean`], the mean over rows (a factor of `V` apart for logits `[R, V]`).
+/// [`Reduction::RowMean`], the mean over rows (a factor of `V` apart for logits `[R, V]`).
 ///
 /// | Burn | kd-losses | denominator |
 /// |---|---|---|

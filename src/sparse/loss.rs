@@ -66,7 +66,7 @@ impl SparseKdLossConfig {
 ///     Tensor::<2, Int>::from_ints([[1, 0]], &device),
 ///     Tensor::<2>::from_floats([[0.5, 1.0]], &device),
 /// );
-/// assert!(loss.forward(s, teacher, Reduction::Mean).into_scalar::<f32>() > 0.0);
+/// assert!(loss.forward(s, teacher, Reduction::RowMean).into_scalar::<f32>() > 0.0);
 /// ```
 #[derive(Module, Debug)]
 pub struct SparseKdLoss {

@@ -42,7 +42,7 @@ use crate::temperature::{RowTemperature, T2Scaling};
 /// );
 /// let t = Temperature::new(2.0).unwrap();
 /// let rows = sparse_divergence(student, teacher, Divergence::ForwardKl, SparseOptions::default(), t, T2Scaling::On);
-/// assert!(rows.reduce(Reduction::Mean).into_scalar::<f32>() > 0.0);
+/// assert!(rows.reduce(Reduction::RowMean).into_scalar::<f32>() > 0.0);
 /// ```
 pub fn sparse_divergence<const D: usize>(
     student_logits: Tensor<D>,

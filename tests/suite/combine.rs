@@ -17,7 +17,7 @@ fn loss_terms_report_each_term() {
     let out = DistillationLossConfig::new()
         .with_alpha(0.7)
         .init()
-        .forward(s, t, labels, Reduction::Mean);
+        .forward(s, t, labels, Reduction::RowMean);
     let total = scalar(out.total.clone());
     let terms = out.into_terms();
     let logged = terms.scalars();

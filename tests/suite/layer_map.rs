@@ -163,6 +163,6 @@ fn layered_attention_rejects_wrong_list_length() {
         None,
         HeadReduce::Match,
         AttentionSpace::Scores,
-        Reduction::Mean,
+        Reduction::RowMean,
     );
 }

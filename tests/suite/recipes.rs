@@ -54,7 +54,7 @@ fn self_distillation_loss(
     y: Tensor<1, burn::tensor::Int>,
 ) -> LossTerms {
     let ce = |logits: Tensor<2>| {
-        cross_entropy(logits, y.clone(), &CrossEntropyOptions::default()).reduce(Reduction::Mean)
+        cross_entropy(logits, y.clone(), &CrossEntropyOptions::default()).reduce(Reduction::RowMean)
     };
     let kd = soft_kl(
         shallow.clone(),
@@ -62,7 +62,7 @@ fn self_distillation_loss(
         Temperature::new(3.0).unwrap(),
         T2Scaling::On,
     )
-    .reduce(Reduction::Mean);
+    .reduce(Reduction::RowMean);
     LossTerms::new()
         .with("ce_deep", 1.0, ce(deep))
         .and_then(|t| t.with("ce_shallow", 1.0, ce(shallow)))
@@ -78,7 +78,7 @@ fn kd_term_trains_the_shallow_exit_only() {
         let (x, _) = batch(&device);
         let (shallow, deep) = net.forward(x);
         let kd = soft_kl(shallow, deep, Temperature::new(3.0).unwrap(), T2Scaling::On)
-            .reduce(Reduction::Mean);
+            .reduce(Reduction::RowMean);
         let grads = kd.backward();
         assert!(
             net.deep_head.weight.val().grad(&grads).is_none(),

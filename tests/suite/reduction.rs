@@ -27,7 +27,7 @@ fn reductions_have_their_documented_denominators() {
     let sum = scalar(rows.clone().reduce(Reduction::Sum));
     let close = |a: f64, b: f64| (a - b).abs() < 1e-6 * b.abs().max(1.0);
     assert!(close(
-        scalar(rows.clone().reduce(Reduction::Mean)),
+        scalar(rows.clone().reduce(Reduction::RowMean)),
         sum / 6.0
     ));
     assert!(close(
@@ -51,7 +51,10 @@ fn reductions_have_their_documented_denominators() {
     ));
     let kept: f64 = to_vec(rows.values())[..2].iter().map(|&v| v as f64).sum();
     let m = rows.masked(&mask);
-    assert!(close(scalar(m.clone().reduce(Reduction::Mean)), kept / 2.0));
+    assert!(close(
+        scalar(m.clone().reduce(Reduction::RowMean)),
+        kept / 2.0
+    ));
     assert!(close(scalar(m.reduce(Reduction::ElementMean)), kept / 8.0));
 }
 
@@ -97,4 +100,28 @@ fn mask_and_shape_panics() {
         [4],
         &d,
     )));
+}
+
+/// Burn's `Reduction` keeps Burn's meaning (`Mean` and `Auto` are element means), and the
+/// crate's row mean has a name that cannot be mistaken for it; the 0.1 name still compiles, as
+/// a deprecated alias of the row mean.
+#[test]
+fn burn_reductions_keep_burn_meaning() {
+    use burn::nn::loss::Reduction as BurnReduction;
+    assert_eq!(Reduction::from(BurnReduction::Mean), Reduction::ElementMean);
+    assert_eq!(Reduction::from(BurnReduction::Auto), Reduction::ElementMean);
+    assert_eq!(Reduction::from(BurnReduction::Sum), Reduction::Sum);
+    assert_eq!(
+        Reduction::from(BurnReduction::BatchMean),
+        Reduction::BatchMean
+    );
+    #[allow(deprecated)]
+    let old = Reduction::Mean;
+    assert_eq!(old, Reduction::RowMean);
+    assert_eq!(Reduction::default(), Reduction::RowMean);
+    // On logits [R, V] Burn's mean is the row mean divided by V.
+    let rows = RowLoss::new(Tensor::<1>::from_floats([1.0, 3.0], &dev()), &[2], 4);
+    let row_mean = rows.clone().reduce(Reduction::RowMean).into_scalar::<f32>();
+    let burn_mean = rows.reduce(BurnReduction::Mean.into()).into_scalar::<f32>();
+    assert_eq!((row_mean, burn_mean), (2.0, 0.5));
 }

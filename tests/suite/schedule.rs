@@ -75,7 +75,7 @@ fn learnable_temperature_moves_and_stays_positive() {
             module.temperature(),
             T2Scaling::Off,
         )
-        .reduce(Reduction::Mean)
+        .reduce(Reduction::RowMean)
         .neg();
         let grads = GradientsParams::from_grads(loss.backward(), &module);
         module = optim.step(0.1, module, grads);

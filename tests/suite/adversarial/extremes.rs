@@ -148,22 +148,22 @@ fn empty_vocab(which: usize, device: &Device) {
             x(),
             labels,
             &kd(2.0, 0.5),
-            Reduction::Mean,
+            Reduction::RowMean,
         )),
         1 => drop(distillation_loss_composed(
             x(),
             x(),
             labels,
             &kd(2.0, 0.5),
-            Reduction::Mean,
+            Reduction::RowMean,
         )),
         2 => drop(
             SoftKlLossConfig::new()
                 .init()
-                .forward(x(), x(), Reduction::Mean),
+                .forward(x(), x(), Reduction::RowMean),
         ),
-        3 => drop(soft_kl(x(), x(), Temperature::ONE, T2Scaling::On).reduce(Reduction::Mean)),
-        4 => drop(fkl(1.0).forward(x(), x(), Reduction::Mean)),
+        3 => drop(soft_kl(x(), x(), Temperature::ONE, T2Scaling::On).reduce(Reduction::RowMean)),
+        4 => drop(fkl(1.0).forward(x(), x(), Reduction::RowMean)),
         _ => drop(cross_entropy(x(), labels, &CrossEntropyOptions::default())),
     }
 }

@@ -37,9 +37,11 @@ fn run(
         let x = typed(s.to_vec(), shape, dtype, device).require_grad();
         let te = typed(t.to_vec(), shape, dtype, device);
         let loss = match (which, fused) {
-            (0, true) => distillation_loss(x.clone(), te, y.clone(), &cfg, Reduction::Mean).total,
+            (0, true) => {
+                distillation_loss(x.clone(), te, y.clone(), &cfg, Reduction::RowMean).total
+            }
             (0, false) => {
-                distillation_loss_composed(x.clone(), te, y.clone(), &cfg, Reduction::Mean).total
+                distillation_loss_composed(x.clone(), te, y.clone(), &cfg, Reduction::RowMean).total
             }
             (_, true) => SoftKlLossConfig::new()
                 .with_temperature(temp)

@@ -19,9 +19,9 @@ fn run_literal(loss: &DistillationLoss, fused: bool) {
     let y = floats(lcg(6, 2, 1.0), [2, 3], &device);
     let labels = ints(vec![0, 1], [2], &device);
     if fused {
-        distillation_loss(x, y, labels, loss, Reduction::Mean);
+        distillation_loss(x, y, labels, loss, Reduction::RowMean);
     } else {
-        distillation_loss_composed(x, y, labels, loss, Reduction::Mean);
+        distillation_loss_composed(x, y, labels, loss, Reduction::RowMean);
     }
 }
 

@@ -146,7 +146,7 @@ fn attention_kl_probs_and_scores_agree() {
     );
     for heads in [KlHeads::Match, KlHeads::Mean] {
         let a = attention_kl_scores(s.clone(), t.clone(), Some(mask.clone()), heads)
-            .reduce(Reduction::Mean);
+            .reduce(Reduction::RowMean);
         // Probabilities of the masked scores: padded keys have probability 0.
         let key = mask
             .clone()
@@ -158,7 +158,7 @@ fn attention_kl_probs_and_scores_agree() {
             3,
         );
         let pt = burn::tensor::activation::softmax(t.clone().mask_fill(key, f32::NEG_INFINITY), 3);
-        let b = attention_kl_probs(ps, pt, Some(mask.clone()), heads).reduce(Reduction::Mean);
+        let b = attention_kl_probs(ps, pt, Some(mask.clone()), heads).reduce(Reduction::RowMean);
         assert!((scalar(a) - scalar(b)).abs() < 1e-5);
     }
 }

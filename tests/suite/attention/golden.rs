@@ -63,7 +63,7 @@ fn golden_g_attention_mse() {
                 }
                 None => attention_mse_probs(a_s.clone(), a_t, mask, heads),
             };
-            let loss = rows.reduce(Reduction::Mean);
+            let loss = rows.reduce(Reduction::RowMean);
             check(case, backend, "loss", Some(to_vec(loss.clone())));
             let grads = loss.backward();
             check(case, backend, "grad_a_s", a_s.grad(&grads).map(to_vec));
@@ -99,7 +99,7 @@ fn golden_g_module_matches_function() {
             let a_t = case.input("a_t").float::<4>(&device);
             let mask = case.inputs.get("mask").map(|m| m.boolean::<2>(&device));
             let loss = AttentionMseLossConfig::new().with_heads(heads).init();
-            let v = to_vec(loss.forward_probs(a_s, a_t, mask, Reduction::Mean));
+            let v = to_vec(loss.forward_probs(a_s, a_t, mask, Reduction::RowMean));
             assert_close(
                 &format!("{backend}/{}/module", case.name),
                 &v,

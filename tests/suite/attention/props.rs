@@ -53,19 +53,19 @@ proptest! {
             let cut = |x: Tensor<4>| { let h = x.dims()[1]; x.slice([0..b, 0..h, 0..keep, 0..keep]) };
             let close = |a: f64, c: f64| (a - c).abs() <= 1e-5 * c.abs().max(1.0);
             for heads in [HeadReduce::Mean, HeadReduce::Sum] {
-                let m = scalar(attention_mse_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), heads).reduce(Reduction::Mean));
-                let c = scalar(attention_mse_scores(cut(a_s.clone()), cut(a_t.clone()), None, heads).reduce(Reduction::Mean));
+                let m = scalar(attention_mse_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), heads).reduce(Reduction::RowMean));
+                let c = scalar(attention_mse_scores(cut(a_s.clone()), cut(a_t.clone()), None, heads).reduce(Reduction::RowMean));
                 prop_assert!(close(m, c), "mse {heads:?}: {m} vs {c}");
             }
-            let m = scalar(attention_kl_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), KlHeads::Mean).reduce(Reduction::Mean));
-            let c = scalar(attention_kl_scores(cut(a_s.clone()), cut(a_t.clone()), None, KlHeads::Mean).reduce(Reduction::Mean));
+            let m = scalar(attention_kl_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), KlHeads::Mean).reduce(Reduction::RowMean));
+            let c = scalar(attention_kl_scores(cut(a_s.clone()), cut(a_t.clone()), None, KlHeads::Mean).reduce(Reduction::RowMean));
             prop_assert!(close(m, c), "kl mean: {m} vs {c}");
             if hs == ht {
-                let m = scalar(attention_mse_probs(a_s.clone(), a_t.clone(), Some(mask.clone()), HeadReduce::Match).reduce(Reduction::Mean));
-                let c = scalar(attention_mse_probs(cut(a_s.clone()), cut(a_t.clone()), None, HeadReduce::Match).reduce(Reduction::Mean));
+                let m = scalar(attention_mse_probs(a_s.clone(), a_t.clone(), Some(mask.clone()), HeadReduce::Match).reduce(Reduction::RowMean));
+                let c = scalar(attention_mse_probs(cut(a_s.clone()), cut(a_t.clone()), None, HeadReduce::Match).reduce(Reduction::RowMean));
                 prop_assert!(close(m, c), "mse probs: {m} vs {c}");
-                let m = scalar(attention_kl_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), KlHeads::Match).reduce(Reduction::Mean));
-                let c = scalar(attention_kl_scores(cut(a_s.clone()), cut(a_t.clone()), None, KlHeads::Match).reduce(Reduction::Mean));
+                let m = scalar(attention_kl_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), KlHeads::Match).reduce(Reduction::RowMean));
+                let c = scalar(attention_kl_scores(cut(a_s.clone()), cut(a_t.clone()), None, KlHeads::Match).reduce(Reduction::RowMean));
                 prop_assert!(close(m, c), "kl match: {m} vs {c}");
             }
         }
@@ -142,21 +142,21 @@ proptest! {
             };
             for heads in [HeadReduce::Match, HeadReduce::Mean] {
                 let a_s = floats(causal(&xs), [b, h, s, s], d).require_grad();
-                check(attention_mse_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), heads).reduce(Reduction::Mean), &a_s)?;
+                check(attention_mse_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), heads).reduce(Reduction::RowMean), &a_s)?;
                 let a_s = floats(causal(&xs), [b, h, s, s], d).require_grad();
-                check(attention_mse_scores(a_s.clone(), a_t.clone(), None, heads).reduce(Reduction::Mean), &a_s)?;
+                check(attention_mse_scores(a_s.clone(), a_t.clone(), None, heads).reduce(Reduction::RowMean), &a_s)?;
             }
             for heads in [KlHeads::Match, KlHeads::Mean] {
                 let a_s = floats(causal(&xs), [b, h, s, s], d).require_grad();
-                check(attention_kl_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), heads).reduce(Reduction::Mean), &a_s)?;
+                check(attention_kl_scores(a_s.clone(), a_t.clone(), Some(mask.clone()), heads).reduce(Reduction::RowMean), &a_s)?;
             }
             // Everything masked: exactly 0.
             let none = bools(vec![false; b * s], [b, s], d);
             let a_s = floats(causal(&xs), [b, h, s, s], d).require_grad();
-            let l = attention_kl_scores(a_s.clone(), a_t.clone(), Some(none.clone()), KlHeads::Match).reduce(Reduction::Mean);
+            let l = attention_kl_scores(a_s.clone(), a_t.clone(), Some(none.clone()), KlHeads::Match).reduce(Reduction::RowMean);
             prop_assert_eq!(scalar(l.clone()), 0.0);
             check(l, &a_s)?;
-            let l = attention_mse_scores(a_s.clone(), a_t.clone(), Some(none), HeadReduce::Match).reduce(Reduction::Mean);
+            let l = attention_mse_scores(a_s.clone(), a_t.clone(), Some(none), HeadReduce::Match).reduce(Reduction::RowMean);
             prop_assert_eq!(scalar(l), 0.0);
         }
     }

@@ -278,7 +278,7 @@ pub struct GoldenFile {
 pub fn golden_reduction(name: &str) -> Option<Reduction> {
     match name {
         "sum" => Some(Reduction::Sum),
-        "batchmean" | "masked_batchmean" | "masked_mean" => Some(Reduction::Mean),
+        "batchmean" | "masked_batchmean" | "masked_mean" => Some(Reduction::RowMean),
         "batchmean_dim0" => Some(Reduction::BatchMean),
         "mean" => Some(Reduction::ElementMean),
         "none" => None,
@@ -431,7 +431,7 @@ pub fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 pub fn reductions() -> Vec<(&'static str, Reduction)> {
     vec![
         ("sum", Reduction::Sum),
-        ("mean", Reduction::Mean),
+        ("mean", Reduction::RowMean),
         ("batchmean", Reduction::BatchMean),
         ("elementmean", Reduction::ElementMean),
         (

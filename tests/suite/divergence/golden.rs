@@ -119,7 +119,7 @@ fn golden_c_skew_kl() {
                     T2Scaling::Off,
                 )
                 .masked(&mask)
-                .reduce(Reduction::Mean);
+                .reduce(Reduction::RowMean);
                 let v = case.input("student").shape[2] as f64;
                 let mean_h = v.ln() - scalar(kl_pu);
                 let ours = case.expected("loss").f64s()[0];

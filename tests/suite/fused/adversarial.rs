@@ -35,9 +35,9 @@ fn item02_soft_and_hard_backward_from_one_forward() {
             let x = floats(s.clone(), [4, 7], &device).require_grad();
             let y = floats(t.clone(), [4, 7], &device);
             let out = if fused {
-                distillation_loss(x.clone(), y, labels.clone(), &cfg, Reduction::Mean)
+                distillation_loss(x.clone(), y, labels.clone(), &cfg, Reduction::RowMean)
             } else {
-                distillation_loss_composed(x.clone(), y, labels.clone(), &cfg, Reduction::Mean)
+                distillation_loss_composed(x.clone(), y, labels.clone(), &cfg, Reduction::RowMean)
             };
             let soft = grad_of(out.soft, &x);
             let hard = grad_of(out.hard, &x);
@@ -77,8 +77,13 @@ fn item05_mixed_dtypes_compute_on_every_route() {
             let labels = ints(vec![0, 1, 4], [3], &device);
             let x = floats(s.clone(), [3, 5], &device).require_grad();
             let y = typed(t.clone(), [3, 5], dtype, &device);
-            let out =
-                distillation_loss(x.clone(), y.clone(), labels.clone(), &cfg, Reduction::Mean);
+            let out = distillation_loss(
+                x.clone(),
+                y.clone(),
+                labels.clone(),
+                &cfg,
+                Reduction::RowMean,
+            );
             let v = scalar(out.total.clone());
             assert!(v.is_finite(), "{name} {dtype:?}: {v}");
             let g = grad_of(out.total, &x);
@@ -86,12 +91,12 @@ fn item05_mixed_dtypes_compute_on_every_route() {
             let loss =
                 SoftKlLossConfig::new()
                     .init()
-                    .forward(x.clone(), y.clone(), Reduction::Mean);
+                    .forward(x.clone(), y.clone(), Reduction::RowMean);
             assert!(scalar(loss).is_finite(), "{name} {dtype:?} SoftKlLoss");
             // A student in a dtype the kernel does not run: the composed path, announced.
             let xs = typed(s.clone(), [3, 5], dtype, &device);
             assert!(!fused_available(&xs), "{name} {dtype:?}: fused_available");
-            let out = distillation_loss(xs, y, labels, &cfg, Reduction::Mean);
+            let out = distillation_loss(xs, y, labels, &cfg, Reduction::RowMean);
             assert!(scalar(out.total).is_finite(), "{name} {dtype:?} student");
         }
         report("item05", name, 1);

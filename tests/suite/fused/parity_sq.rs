@@ -162,13 +162,13 @@ fn sq_fused_nan_and_fully_masked() {
         let s = floats(sv, [b, s_len, d], &dev).require_grad();
         let t = floats(lcg(b * s_len * d, 10, 1.0), [b, s_len, d], &dev);
         // A NaN in a kept row propagates.
-        let v = scalar(hidden_mse(s.clone(), t.clone()).reduce(Reduction::Mean));
+        let v = scalar(hidden_mse(s.clone(), t.clone()).reduce(Reduction::RowMean));
         assert!(v.is_nan(), "{name}: NaN row kept: {v}");
         // Masked, it leaves no trace in the value or the gradient.
         let keep = Tensor::<2, Bool>::from_data([[true, false, true], [true, true, true]], &dev);
         let loss = hidden_mse(s.clone(), t.clone())
             .masked(&RowMask::new(keep))
-            .reduce(Reduction::Mean);
+            .reduce(Reduction::RowMean);
         let grads = loss.backward();
         let v = to_vec(loss)[0];
         let g = to_vec(s.grad(&grads).expect("grad"));
@@ -184,7 +184,7 @@ fn sq_fused_nan_and_fully_masked() {
         let s = floats(lcg(b * s_len * d, 11, 1e4), [b, s_len, d], &dev).require_grad();
         let loss = hidden_mse(s.clone(), t)
             .masked(&RowMask::new(none))
-            .reduce(Reduction::Mean);
+            .reduce(Reduction::RowMean);
         let grads = loss.backward();
         assert_eq!(to_vec(loss)[0], 0.0, "{name}");
         let g = to_vec(s.grad(&grads).expect("grad"));

@@ -125,7 +125,7 @@ fn materialized(
         label_smoothing: cfg.label_smoothing,
         class_weights: None,
     };
-    let hard = cross_entropy(z.clone(), labels_t.clone(), &options).reduce(Reduction::Mean);
+    let hard = cross_entropy(z.clone(), labels_t.clone(), &options).reduce(Reduction::RowMean);
     let mask = RowMask::from_labels(labels_t, -100);
     let soft = divergence(
         z,
@@ -139,7 +139,7 @@ fn materialized(
         },
     )
     .masked(&mask)
-    .reduce(Reduction::Mean);
+    .reduce(Reduction::RowMean);
     let total = soft
         .mul_scalar(cfg.alpha)
         .add(hard.mul_scalar(1.0 - cfg.alpha));
@@ -174,7 +174,7 @@ fn fused(
         labels,
         mask,
         loss,
-        Reduction::Mean,
+        Reduction::RowMean,
     );
     collect(out.total, &h, &w, &b)
 }

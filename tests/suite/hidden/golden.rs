@@ -104,7 +104,7 @@ fn golden_i_cosine() {
             let reduction = case.param_str("reduction").expect("reduction");
             let (loss, value): (Tensor<1>, Vec<f32>) = match reduction {
                 "mean" | "masked_mean" => {
-                    let l = rows.reduce(Reduction::Mean);
+                    let l = rows.reduce(Reduction::RowMean);
                     let v = to_vec(l.clone());
                     (l, v)
                 }
@@ -151,8 +151,8 @@ fn golden_i_cosine_module_with_identity_projection() {
             let h_s = case.input("h_s").float::<3>(&device);
             let h_t = case.input("h_t").float::<3>(&device);
             let v = match mask_of(case, &device) {
-                Some(m) => loss.forward_masked(h_s, h_t, &m, Reduction::Mean),
-                None => loss.forward(h_s, h_t, Reduction::Mean),
+                Some(m) => loss.forward_masked(h_s, h_t, &m, Reduction::RowMean),
+                None => loss.forward(h_s, h_t, Reduction::RowMean),
             };
             assert_close(
                 &format!("{backend}/{}/module", case.name),

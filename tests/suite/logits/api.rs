@@ -228,8 +228,8 @@ fn teacher_never_receives_a_gradient() {
         let t = floats(vec![1.0, 0.2, -1.0, 0.0, 2.0, 0.1], [2, 3], &d).require_grad();
         let labels = ints(vec![0, 1], [2], &d);
         let kd = DistillationLossConfig::new().init();
-        let out = kd.forward(s.clone(), t.clone(), labels, Reduction::Mean);
-        let pl = pseudo_label_ce(s.clone(), t.clone(), Some(0.1)).reduce(Reduction::Mean);
+        let out = kd.forward(s.clone(), t.clone(), labels, Reduction::RowMean);
+        let pl = pseudo_label_ce(s.clone(), t.clone(), Some(0.1)).reduce(Reduction::RowMean);
         let grads = out.total.add(pl).backward();
         assert!(s.grad(&grads).is_some(), "{name}: student got no gradient");
         assert!(
@@ -247,9 +247,10 @@ fn fully_masked_batch_gives_zero() {
     let s = floats(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], [1, 2, 3], &d).require_grad();
     let t = floats(vec![1.0, 0.0, 2.0, 0.0, 4.0, 1.0], [1, 2, 3], &d);
     let labels = ints(vec![-100, -100], [1, 2], &d);
-    let out = DistillationLossConfig::new()
-        .init()
-        .forward(s.clone(), t, labels, Reduction::Mean);
+    let out =
+        DistillationLossConfig::new()
+            .init()
+            .forward(s.clone(), t, labels, Reduction::RowMean);
     assert_eq!(scalar(out.total.clone()), 0.0);
     assert_eq!(scalar(out.soft.clone()), 0.0);
     assert_eq!(scalar(out.hard.clone()), 0.0);
@@ -284,7 +285,7 @@ fn weighted_cross_entropy_matches_torch_weighted_mean() {
             ints(vec![0, 2], [2], &d),
             &opts,
         )
-        .reduce(Reduction::Mean),
+        .reduce(Reduction::RowMean),
     );
     let nll = |row: &[f32], y: usize| {
         let l = row.iter().map(|v| (*v as f64).exp()).sum::<f64>().ln();
@@ -299,13 +300,13 @@ fn pseudo_labels_follow_the_teacher_argmax() {
     let d = dev();
     let s = floats(vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [2, 3], &d);
     let t = floats(vec![0.0, 9.0, 0.0, 0.1, 0.0, 0.0], [2, 3], &d);
-    let all = scalar(pseudo_label_ce(s.clone(), t.clone(), None).reduce(Reduction::Mean));
+    let all = scalar(pseudo_label_ce(s.clone(), t.clone(), None).reduce(Reduction::RowMean));
     assert!((all - 3f64.ln()).abs() < 1e-6);
     // With a threshold only the confident first row is kept; none kept gives 0.
     let rows = pseudo_label_ce(s.clone(), t.clone(), Some(0.9)).values();
     assert_eq!(to_vec(rows)[1], 0.0);
     assert_eq!(
-        scalar(pseudo_label_ce(s, t, Some(1.0)).reduce(Reduction::Mean)),
+        scalar(pseudo_label_ce(s, t, Some(1.0)).reduce(Reduction::RowMean)),
         0.0
     );
 }
@@ -320,12 +321,12 @@ fn pseudo_label_module_forms() {
     let rows = loss.forward_no_reduction(s.clone(), t.clone());
     assert_eq!(rows.row_dims(), &[4, 3]);
     let mask = RowMask::new(bools((0..12).map(|i| i % 4 != 1).collect(), [4, 3], &d));
-    let masked = scalar(loss.forward_masked(s.clone(), t.clone(), &mask, Reduction::Mean));
+    let masked = scalar(loss.forward_masked(s.clone(), t.clone(), &mask, Reduction::RowMean));
     let by_hand = scalar(
         pseudo_label_ce(s.clone(), t.clone(), None)
             .masked(&mask)
-            .reduce(Reduction::Mean),
+            .reduce(Reduction::RowMean),
     );
     assert_eq!(masked, by_hand);
-    assert_ne!(masked, scalar(loss.forward(s, t, Reduction::Mean)));
+    assert_ne!(masked, scalar(loss.forward(s, t, Reduction::RowMean)));
 }

@@ -153,7 +153,7 @@ fn golden_d_cross_entropy() {
                             let rows = cross_entropy(x, labels.clone(), &options);
                             // Family d's "mean" is F.cross_entropy's mean over valid rows.
                             golden_finish(case, rows, &device, |r| match r {
-                                "mean" => Some(Reduction::Mean),
+                                "mean" => Some(Reduction::RowMean),
                                 other => reduction(other),
                             })
                         },
@@ -193,7 +193,7 @@ fn golden_e_combined() {
                         &device,
                         |s| {
                             let out =
-                                kd.forward(s, teacher.clone(), labels.clone(), Reduction::Mean);
+                                kd.forward(s, teacher.clone(), labels.clone(), Reduction::RowMean);
                             let v = to_vec(out.total.clone());
                             (out.total, v)
                         },

@@ -114,7 +114,7 @@ proptest! {
         }
         for (_, d) in case_devices(&DEVICES) {
             let x = floats(s.clone(), [r, c], d).require_grad();
-            let loss = soft(x.clone(), floats(t.clone(), [r, c], d), tt).reduce(Reduction::Mean);
+            let loss = soft(x.clone(), floats(t.clone(), [r, c], d), tt).reduce(Reduction::RowMean);
             let g = to_vec(x.grad(&loss.backward()).unwrap());
             assert_close("grad", &g, &expected, 1e-4);
         }
@@ -155,11 +155,11 @@ proptest! {
         for (_, d) in case_devices(&DEVICES) {
             let rows = soft(floats(s.clone(), [r, c], d), floats(t.clone(), [r, c], d), tt);
             let sum = scalar(rows.clone().reduce(Reduction::Sum));
-            let mean = scalar(rows.reduce(Reduction::Mean));
+            let mean = scalar(rows.reduce(Reduction::RowMean));
             prop_assert!((sum / r as f64 - mean).abs() <= 1e-5 * mean.abs().max(1.0));
             let ce = cross_entropy(floats(s.clone(), [r, c], d), ints(labels.clone(), [r], d), &CrossEntropyOptions::default());
             let sum = scalar(ce.clone().reduce(Reduction::Sum));
-            let mean = scalar(ce.reduce(Reduction::Mean));
+            let mean = scalar(ce.reduce(Reduction::RowMean));
             prop_assert!((sum / r as f64 - mean).abs() <= 1e-5 * mean.abs().max(1.0));
         }
     }
@@ -177,7 +177,7 @@ proptest! {
         for (_, d) in case_devices(&DEVICES) {
             let x = floats(s.clone(), [r, c], d).require_grad();
             let mask = RowMask::new(bools(keep.to_vec(), [r], d));
-            let masked = soft(x.clone(), floats(t.clone(), [r, c], d), tt).masked(&mask).reduce(Reduction::Mean);
+            let masked = soft(x.clone(), floats(t.clone(), [r, c], d), tt).masked(&mask).reduce(Reduction::RowMean);
             let mv = scalar(masked.clone());
             let g = to_vec(x.grad(&masked.backward()).unwrap());
             if kept == 0 {
@@ -186,7 +186,7 @@ proptest! {
                 continue;
             }
             let xs = floats(pick(&s), [kept, c], d).require_grad();
-            let sliced = soft(xs.clone(), floats(pick(&t), [kept, c], d), tt).reduce(Reduction::Mean);
+            let sliced = soft(xs.clone(), floats(pick(&t), [kept, c], d), tt).reduce(Reduction::RowMean);
             let sv = scalar(sliced.clone());
             prop_assert!((mv - sv).abs() <= 1e-5 * sv.abs().max(1.0), "{mv} vs {sv}");
             let gs = to_vec(xs.grad(&sliced.backward()).unwrap());
@@ -206,7 +206,7 @@ proptest! {
         let split = split.min(r);
         let n = Normalizer::new(r as f64).unwrap();
         for (_, d) in case_devices(&DEVICES) {
-            let full = scalar(soft(floats(s.clone(), [r, c], d), floats(t.clone(), [r, c], d), tt).reduce(Reduction::Mean));
+            let full = scalar(soft(floats(s.clone(), [r, c], d), floats(t.clone(), [r, c], d), tt).reduce(Reduction::RowMean));
             let mut total = 0.0;
             for (a, b) in [(0, split), (split, r)] {
                 if a == b { continue; }
@@ -225,7 +225,7 @@ proptest! {
             let x = floats(s.clone(), [r, c], d).require_grad();
             let labels = ints((0..r as i64).map(|i| i % c as i64).collect(), [r], d);
             let kd = DistillationLossConfig::new().with_temperature(tt).init();
-            let out = kd.forward(x.clone(), floats(t.clone(), [r, c], d), labels, Reduction::Mean);
+            let out = kd.forward(x.clone(), floats(t.clone(), [r, c], d), labels, Reduction::RowMean);
             let v = scalar(out.total.clone());
             prop_assert!(v.is_finite(), "loss {v}");
             let g = to_vec(x.grad(&out.total.backward()).unwrap());
@@ -251,7 +251,7 @@ proptest! {
         }
         for (_, d) in case_devices(&DEVICES) {
             let x = floats(s.clone(), [r, c], d).require_grad();
-            let loss = soft(x.clone(), floats(t.clone(), [r, c], d), tt).reduce(Reduction::Mean);
+            let loss = soft(x.clone(), floats(t.clone(), [r, c], d), tt).reduce(Reduction::RowMean);
             let v = scalar(loss.clone());
             prop_assert!(v.is_finite() && v >= -1e-5, "loss {v}");
             let g = to_vec(x.grad(&loss.backward()).unwrap());

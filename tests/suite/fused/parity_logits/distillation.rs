@@ -49,7 +49,7 @@ fn fused_matches_composed_grid() {
                 &dev,
                 &kd,
                 &c,
-                Reduction::Mean,
+                Reduction::RowMean,
             );
             let c = cfg(2.0, 1.0, 0.0, true);
             checks += check_kd(
@@ -57,7 +57,7 @@ fn fused_matches_composed_grid() {
                 &dev,
                 &kd,
                 &c,
-                Reduction::Mean,
+                Reduction::RowMean,
             );
             let c = cfg(2.0, 0.0, 0.0, true);
             checks += check_kd(
@@ -65,7 +65,7 @@ fn fused_matches_composed_grid() {
                 &dev,
                 &kd,
                 &c,
-                Reduction::Mean,
+                Reduction::RowMean,
             );
         }
         report("parity_fused_grid", name, checks);
@@ -120,7 +120,7 @@ fn fused_matches_composed_on_edge_cases() {
             &dev,
             &kd_all,
             &c,
-            Reduction::Mean,
+            Reduction::RowMean,
         );
         let st = floats(s.clone(), [b, sq, v], &dev).require_grad();
         let out = distillation_loss(
@@ -128,7 +128,7 @@ fn fused_matches_composed_on_edge_cases() {
             floats(t.clone(), [b, sq, v], &dev),
             ints(y_all.clone(), [b, sq], &dev),
             &c,
-            Reduction::Mean,
+            Reduction::RowMean,
         );
         assert_eq!(scalar(out.total.clone()), 0.0, "{name}: fully masked total");
         let g = to_vec(st.grad(&out.total.backward()).unwrap());
@@ -162,9 +162,9 @@ fn fused_backward_routes() {
                 let tt = floats(t.clone(), [r, v], &dev);
                 let yt = ints(y.clone(), [r], &dev);
                 let out = if fused {
-                    distillation_loss(st.clone(), tt, yt, &c, Reduction::Mean)
+                    distillation_loss(st.clone(), tt, yt, &c, Reduction::RowMean)
                 } else {
-                    distillation_loss_composed(st.clone(), tt, yt, &c, Reduction::Mean)
+                    distillation_loss_composed(st.clone(), tt, yt, &c, Reduction::RowMean)
                 };
                 to_vec(st.grad(&pick(&out).backward()).unwrap())
             };
@@ -197,14 +197,14 @@ fn fused_untracked_and_nan() {
             floats(t.clone(), [r, v], &inner),
             ints(y.clone(), [r], &inner),
             &c,
-            Reduction::Mean,
+            Reduction::RowMean,
         );
         let b = distillation_loss_composed(
             floats(s.clone(), [r, v], &inner),
             floats(t.clone(), [r, v], &inner),
             ints(y.clone(), [r], &inner),
             &c,
-            Reduction::Mean,
+            Reduction::RowMean,
         );
         close_values(
             &format!("{name} untracked"),
@@ -230,9 +230,15 @@ fn fused_untracked_and_nan() {
                     ints(y.clone(), [r], &inner),
                 );
                 let out = if fused {
-                    distillation_loss(a, b, c, &cfg(2.0, 0.5, 0.0, true), Reduction::Mean)
+                    distillation_loss(a, b, c, &cfg(2.0, 0.5, 0.0, true), Reduction::RowMean)
                 } else {
-                    distillation_loss_composed(a, b, c, &cfg(2.0, 0.5, 0.0, true), Reduction::Mean)
+                    distillation_loss_composed(
+                        a,
+                        b,
+                        c,
+                        &cfg(2.0, 0.5, 0.0, true),
+                        Reduction::RowMean,
+                    )
                 };
                 scalar(out.total)
             };

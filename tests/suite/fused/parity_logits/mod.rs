@@ -58,7 +58,7 @@ fn row_weight_sum(red: Reduction, kept: usize, batch: usize, v: usize) -> f64 {
     let k = kept as f64;
     match red {
         Reduction::Sum => k,
-        Reduction::Mean => (kept > 0) as u8 as f64,
+        Reduction::RowMean => (kept > 0) as u8 as f64,
         Reduction::BatchMean => k / batch.max(1) as f64,
         Reduction::ElementMean => (kept > 0) as u8 as f64 / v.max(1) as f64,
         Reduction::Normalizer(n) => k / n.get(),
@@ -96,7 +96,7 @@ fn max_row_weight(red: Reduction, kept: usize, batch: usize, v: usize) -> f64 {
     let kept = kept.max(1) as f64;
     match red {
         Reduction::Sum => 1.0,
-        Reduction::Mean => 1.0 / kept,
+        Reduction::RowMean => 1.0 / kept,
         Reduction::BatchMean => 1.0 / batch.max(1) as f64,
         Reduction::ElementMean => 1.0 / (kept * v as f64),
         Reduction::Normalizer(n) => 1.0 / n.get(),

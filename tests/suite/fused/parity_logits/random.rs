@@ -29,7 +29,7 @@ proptest! {
         let t = lcg(r * v, seed + 7, scale);
         let y: Vec<i64> = (0..r).map(|i| ((seed as usize + i * 5) % v) as i64).collect();
         let kd = Kd { s: &s, t: &t, y: &y, lead: vec![r], v };
-        check_kd("random", &dev, &kd, &cfg(temp, alpha, 0.0, true), Reduction::Mean);
+        check_kd("random", &dev, &kd, &cfg(temp, alpha, 0.0, true), Reduction::RowMean);
     }
 }
 
@@ -100,7 +100,7 @@ fn fused_matches_composed_found_cases() {
             &dev,
             &kd,
             &cfg(temp, alpha, 0.0, true),
-            Reduction::Mean,
+            Reduction::RowMean,
         );
     }
 }

@@ -91,11 +91,11 @@ fn fused_soft_loss_matches_divergence() {
                     let st = floats(s.clone(), [b, sq, v], &dev).require_grad();
                     let te = floats(t.clone(), [b, sq, v], &dev);
                     let out = if fused {
-                        soft_loss(st.clone(), te, d, tt, T2Scaling::On, m, Reduction::Mean)
+                        soft_loss(st.clone(), te, d, tt, T2Scaling::On, m, Reduction::RowMean)
                     } else {
                         divergence(st.clone(), te, d, tt, T2Scaling::On)
                             .masked_opt(m)
-                            .reduce(Reduction::Mean)
+                            .reduce(Reduction::RowMean)
                     };
                     let value = scalar(out.clone()) as f32;
                     (value, to_vec(st.grad(&out.backward()).unwrap()))
