@@ -33,11 +33,17 @@
 //!
 //! # Memory model
 //! Per chunk: the two `[chunk, V]` logits, the loss kernel's `[chunk, V]` gradient and one
-//! `[chunk, V]` temporary; across chunks: `∂L/∂W_s` (`[H, V]`, as large as `W_s`, and what any
-//! backward pass produces) and `∂L/∂h_s` (`[N, H]`). The materialized path holds `[N, V]` student
-//! and teacher logits, the softmax stash and an `[N, V]` gradient. With the default chunk (see
-//! [`auto_chunk_rows`]) at `N = 8 192, H = 1 024, V = 32 000` in f32 that is about 0.3 GB against
-//! more than 3 GB; `compare_peers` measures both (`fused_linear_8192x1024x32000`).
+//! `[chunk, V]` temporary (the logits are dropped before the gradient products); across chunks:
+//! `∂L/∂W_s` (`[H, V]`, as large as `W_s`, and what any backward pass produces), to which each
+//! chunk's `h_cᵀ·g` is added 4 096 columns at a time (no second head-sized product), and
+//! `∂L/∂h_s` (`[N, H]`, written in place chunk by chunk). The backward pass then writes the
+//! gradient of `W_s` (`[H, V]`) from the accumulator. With the `cpu-kernel` feature the fused
+//! kernel's buffer cache (`kd_losses::fused::clear_buffer_cache`) is emptied after the chunks, so
+//! that its last chunk-sized buffer does not stay through the backward pass. The materialized
+//! path holds `[N, V]` student and teacher logits, the softmax stash and an `[N, V]` gradient.
+//! With the default chunk (see [`auto_chunk_rows`]) at `N = 8 192, H = 1 024, V = 32 000` in f32
+//! the step peaks at 0.36 GB over its inputs against 3.3 GB (11 %); `compare_peers` measures both
+//! (`fused_linear_8192x1024x32000`).
 //!
 //! # Limits
 //! * Gradients reach the student's hidden states, head weight and bias, not the temperature.
@@ -143,14 +149,25 @@ pub struct FusedLinearOutput {
 /// 1.9× the time of the materialized path, 256-row chunks 0.95×).
 pub const MIN_AUTO_CHUNK_ROWS: usize = 256;
 
+/// glibc's largest mmap threshold on 64-bit targets (`DEFAULT_MMAP_THRESHOLD_MAX`, 32 MiB):
+/// blocks from this size up are always mapped on their own and unmapped when freed; smaller ones
+/// (once a freed mapping has raised the threshold) come from the heap, which keeps them when freed.
+const MMAP_THRESHOLD_MAX_BYTES: usize = 32 << 20;
+
 /// The default rows per chunk for `n` tokens, vocabulary `v` and hidden size `h`:
-/// `max(next_pow2(⌈n / ⌈v / h⌉⌉), 256)`, at most `n`. The first term is Liger-Kernel's rule (a
-/// chunk's logits `chunk × V` are then about the size of the hidden states `N × H`); the floor
-/// ([`MIN_AUTO_CHUNK_ROWS`]) keeps the matrix products efficient.
+/// `r = max(next_pow2(⌈n / ⌈v / h⌉⌉), 256)`, raised to the first multiple of 8 whose `[r, V]`
+/// f32 tensor reaches 32 MiB when that at most doubles `r`, and at most `n`. The first term is
+/// Liger-Kernel's rule (a chunk's logits `chunk × V` are then about the size of the hidden
+/// states `N × H`); the floor ([`MIN_AUTO_CHUNK_ROWS`]) keeps the matrix products efficient; the
+/// raise keeps a chunk's tensors above glibc's largest mmap threshold, so that they are returned
+/// to the system when the chunk is done instead of staying in the heap (at `V = 32 000`, 256
+/// rows are 31.25 MiB: the chunks' tensors kept in the heap added 130 MB to the peak at
+/// `[8192, 1024, 32000]`).
 ///
 /// ```
 /// use kd_losses::fused_linear::auto_chunk_rows;
-/// assert_eq!(auto_chunk_rows(8192, 1024, 32000), 256);
+/// assert_eq!(auto_chunk_rows(8192, 1024, 32000), 264);
+/// assert_eq!(auto_chunk_rows(2048, 512, 16000), 256);
 /// assert_eq!(auto_chunk_rows(8192, 4096, 128256), 256);
 /// assert_eq!(auto_chunk_rows(65536, 4096, 32000), 8192);
 /// assert_eq!(auto_chunk_rows(3, 8, 5), 3);
@@ -160,10 +177,19 @@ pub fn auto_chunk_rows(n: usize, h: usize, v: usize) -> usize {
         return 1;
     }
     let ratio = v.div_ceil(h.max(1)).max(1);
-    n.div_ceil(ratio)
+    let rows = n
+        .div_ceil(ratio)
         .next_power_of_two()
-        .max(MIN_AUTO_CHUNK_ROWS)
-        .clamp(1, n)
+        .max(MIN_AUTO_CHUNK_ROWS);
+    let mapped = MMAP_THRESHOLD_MAX_BYTES
+        .div_ceil(4 * v.max(1))
+        .next_multiple_of(8);
+    let rows = if rows < mapped && mapped <= 2 * rows {
+        mapped
+    } else {
+        rows
+    };
+    rows.clamp(1, n)
 }
 
 /// Configuration of [`FusedLinearKdLoss`].
@@ -506,7 +532,9 @@ pub fn fused_linear_distillation(
     let acc = DType::F32;
     let mut grad_w: Option<Tensor<2>> = None;
     let mut grad_b: Option<Tensor<1>> = None;
-    let mut grad_h = Vec::new();
+    // `∂L/∂h_s`, written one chunk of rows at a time in place (no list of parts to concatenate).
+    let mut grad_h =
+        (track_h && n > 0).then(|| same_dtype(Tensor::<2>::zeros([n, h], &inner_device), acc));
     let mut values: Option<(Tensor<1>, Tensor<1>, Tensor<1>)> = None;
     // `W_sᵀ` in the accumulator dtype, for `∂L/∂h_s` only.
     let ws_acc_t = track_h.then(|| same_dtype(ws.clone(), acc).transpose());
@@ -539,39 +567,44 @@ pub fn fused_linear_distillation(
             z_t
         };
         let (total, soft, hard) = chunk_loss(loss, leaf.clone(), z_t, y_c, chunk_norm);
-        if tracked {
-            let g = if total.is_tracked() {
+        let g = tracked.then(|| {
+            if total.is_tracked() {
                 leaf.grad(&total.clone().backward())
             } else {
                 None
             }
-            .unwrap_or_else(|| Tensor::<2>::zeros([rows, v], &inner_device));
+            .unwrap_or_else(|| Tensor::<2>::zeros([rows, v], &inner_device))
+        });
+        let (total, soft, hard) = (total.inner(), soft.inner(), hard.inner());
+        // The chunk's logits (and the graph that held them) go before the gradient products.
+        drop(leaf);
+        values = Some(match values {
+            Some((t, s, hh)) => (t.add(total), s.add(soft), hh.add(hard)),
+            None => (total, soft, hard),
+        });
+        if let Some(g) = g {
             let g = same_dtype(g, acc);
-            if let Some(wt) = &ws_acc_t {
-                grad_h.push(g.clone().matmul(wt.clone()));
-            }
-            if track_w {
-                let gw = same_dtype(h_c, acc).transpose().matmul(g.clone());
-                grad_w = Some(match grad_w {
-                    Some(a) => a.add(gw),
-                    None => gw,
-                });
+            if let (Some(wt), Some(gh)) = (&ws_acc_t, grad_h.take()) {
+                let part = g.clone().matmul(wt.clone());
+                grad_h = Some(gh.slice_assign([first..first + rows, 0..h], part));
             }
             if track_b {
-                let gb = g.sum_dim(0).reshape([v]);
+                let gb = g.clone().sum_dim(0).reshape([v]);
                 grad_b = Some(match grad_b {
                     Some(a) => a.add(gb),
                     None => gb,
                 });
             }
+            if track_w {
+                grad_w = Some(add_outer(grad_w, same_dtype(h_c, acc).transpose(), g));
+            }
         }
-        let (total, soft, hard) = (total.inner(), soft.inner(), hard.inner());
-        values = Some(match values {
-            Some((t, s, hh)) => (t.add(total), s.add(soft), hh.add(hard)),
-            None => (total, soft, hard),
-        });
         first += rows;
     }
+    // The fused CPU kernel hands each chunk's gradient buffer to its cache when the chunk is
+    // done; the last one would stay beside the head-sized gradients through the backward pass.
+    #[cfg(feature = "cpu-kernel")]
+    crate::fused::clear_buffer_cache();
     let (total, soft, hard) = values.unwrap_or_else(|| {
         let z = || Tensor::<1>::zeros([1], &inner_device);
         (z(), z(), z())
@@ -597,8 +630,8 @@ pub fn fused_linear_distillation(
 
     // λ = ⟨h_s, ∂L/∂h_s⟩ + ⟨W_s, ∂L/∂W_s⟩ + ⟨b_s, ∂L/∂b_s⟩; L = ℓ + (λ − λ̄).
     let mut parts = Vec::new();
-    if track_h && n > 0 {
-        let g = same_dtype(Tensor::cat(grad_h, 0), dtype).autodiff();
+    if let Some(g) = grad_h {
+        let g = same_dtype(g, dtype).autodiff();
         parts.push(dot(student_hidden, g));
     }
     // (An empty batch has no chunk: zero gradients, still connected to the graph.)
@@ -637,6 +670,32 @@ fn dot(x: Tensor<2>, g: Tensor<2>) -> Tensor<1> {
         _ => (x, g),
     };
     x.reshape([1, n]).matmul(g.reshape([n, 1])).reshape([1])
+}
+
+/// Columns of `∂L/∂W_s` per product in [`add_outer`]: `H × 4 096` f32 (16.8 MB at `H = 1 024`)
+/// instead of a second head-sized product per chunk.
+const OUTER_BLOCK_COLS: usize = 4096;
+
+/// `acc + hᵀ·g` (`hᵀ`: `[H, rows]`, `g`: `[rows, V]`), the product formed `OUTER_BLOCK_COLS`
+/// columns at a time and added into `acc`'s block: on Flex, whose binary ops and `slice_assign`
+/// reuse a uniquely owned buffer, `acc` is updated in place and the only temporary is one block.
+/// Without `acc`, the product itself.
+fn add_outer(acc: Option<Tensor<2>>, ht: Tensor<2>, g: Tensor<2>) -> Tensor<2> {
+    let Some(mut acc) = acc else {
+        return ht.matmul(g);
+    };
+    let [h, v] = acc.dims();
+    let mut col = 0;
+    while col < v {
+        let cols = OUTER_BLOCK_COLS.min(v - col);
+        let part = ht.clone().matmul(g.clone().narrow(1, col, cols));
+        // `view + part` is written into `part` (the view is shared, `part` is not); once the view
+        // is gone `acc` is uniquely owned again and `slice_assign` writes into it.
+        let sum = acc.clone().narrow(1, col, cols).add(part);
+        acc = acc.slice_assign([0..h, col..col + cols], sum);
+        col += cols;
+    }
+    acc
 }
 
 /// `x` in `dtype` (no cast when it already is).

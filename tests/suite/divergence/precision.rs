@@ -18,8 +18,14 @@ fn divergences() -> Vec<(&'static str, Divergence)> {
     vec![
         ("forward_kl", Divergence::ForwardKl),
         ("reverse_kl", Divergence::ReverseKl),
-        ("gjsd_trl_0.5", Divergence::generalized_jsd(0.5, JsdConvention::Trl).unwrap()),
-        ("gjsd_cont_0.3", Divergence::generalized_jsd(0.3, JsdConvention::Continuous).unwrap()),
+        (
+            "gjsd_trl_0.5",
+            Divergence::generalized_jsd(0.5, JsdConvention::Trl).unwrap(),
+        ),
+        (
+            "gjsd_cont_0.3",
+            Divergence::generalized_jsd(0.3, JsdConvention::Continuous).unwrap(),
+        ),
         ("skew_kl_0.1", Divergence::skew_kl(0.1).unwrap()),
         ("skew_rkl_0.1", Divergence::skew_reverse_kl(0.1).unwrap()),
         ("tvd", Divergence::TotalVariation),
@@ -44,7 +50,8 @@ fn eval<const D: usize>(
     dtype: DType,
     loss: impl Fn(Tensor<D>, Tensor<D>) -> Tensor<1>,
 ) -> (f64, Vec<f64>) {
-    let make = |x: &[f32]| Tensor::<D>::from_data(TensorData::new(x.to_vec(), shape), (device, dtype));
+    let make =
+        |x: &[f32]| Tensor::<D>::from_data(TensorData::new(x.to_vec(), shape), (device, dtype));
     let student = make(s).require_grad();
     let value = loss(student.clone(), make(t));
     let grads = value.backward();
@@ -79,7 +86,10 @@ fn check<const D: usize>(shape: [usize; D], seed: u64) {
             let (v64, g64) = eval((&s, &t), shape, &reference, DType::F64, composed);
             for (path, f32_result) in [
                 ("fused", eval((&s, &t), shape, &device, DType::F32, fused)),
-                ("composed", eval((&s, &t), shape, &device, DType::F32, composed)),
+                (
+                    "composed",
+                    eval((&s, &t), shape, &device, DType::F32, composed),
+                ),
             ] {
                 let (v, g) = f32_result;
                 let ev = ((v - v64) / v64).abs();

@@ -185,3 +185,55 @@ fn empty_batch_is_zero() {
     let g = to_vec(w.grad(&out.total.backward()).unwrap());
     assert!(g.iter().all(|x| *x == 0.0));
 }
+
+/// A vocabulary wider than one column block of the head-gradient accumulation (4 096 columns):
+/// `∂L/∂W` is added into the accumulator block by block, uneven last block included.
+#[test]
+fn wide_vocabulary_head_gradient_in_blocks() {
+    use kd_losses::logits::{DistillationLossConfig, distillation_loss};
+    const WIDE: usize = 9_000;
+    let (n, h) = (5, 3);
+    for (name, dev) in DEVICES.iter().filter(|(name, _)| *name != "wgpu") {
+        let leaves = || {
+            (
+                floats(values(n * h, 41, 1.5), [n, h], dev).require_grad(),
+                floats(values(h * WIDE, 42, 1.0), [h, WIDE], dev).require_grad(),
+                floats(values(WIDE, 43, 0.5), [WIDE], dev).require_grad(),
+            )
+        };
+        let ht = floats(values(n * h, 44, 1.5), [n, h], dev);
+        let wt = floats(values(h * WIDE, 45, 1.2), [h, WIDE], dev);
+        let labels = || ints(vec![17, 8_999, -100, 4_096, 0], [n], dev);
+
+        let (hs, w, b) = leaves();
+        let loss = FusedLinearKdLossConfig::new()
+            .with_chunk_rows(Some(2))
+            .init();
+        let out = fused_linear_distillation(
+            hs.clone(),
+            &LinearHead::new(w.clone()).with_bias(b.clone()),
+            LinearTeacher::Head {
+                hidden: ht.clone(),
+                head: LinearHead::new(wt.clone()),
+            },
+            labels(),
+            None,
+            &loss,
+            Reduction::RowMean,
+        );
+        let a = collect(out.total, &hs, &w, &b);
+
+        let (hs, w, b) = leaves();
+        let z = hs.clone().matmul(w.clone()).add(b.clone().unsqueeze_dim(0));
+        let total = distillation_loss(
+            z,
+            ht.matmul(wt),
+            labels(),
+            &DistillationLossConfig::new().init(),
+            Reduction::RowMean,
+        )
+        .total;
+        let e = collect(total, &hs, &w, &b);
+        compare(&format!("{name} V = {WIDE}"), &a, &e);
+    }
+}
