@@ -2,6 +2,7 @@
 
 use super::mask::*;
 use super::*;
+use crate::reduction::{InfEntries, SquareRows};
 
 // ---------------------------------------------------------------------------------------------
 // MSE
@@ -30,8 +31,12 @@ fn mse_core(
             t.reshape([b * h * q, k]),
             &[b, h, q, k],
             1,
-            zero_inf,
-            true,
+            if zero_inf {
+                InfEntries::AsZero
+            } else {
+                InfEntries::Kept
+            },
+            SquareRows::PerElement,
         );
     }
     if let Some(th) = threshold {

@@ -31,7 +31,7 @@ pub use loss::{
 };
 pub use projection::{HiddenProjection, HiddenProjectionConfig, ProjectionInit};
 
-use crate::reduction::RowLoss;
+use crate::reduction::{InfEntries, RowLoss, SquareRows};
 use crate::rows::{flatten_rows, same_dtype};
 
 /// ε inside the cosine's square root (PyTorch `cosine_embedding_loss`).
@@ -91,7 +91,7 @@ pub fn hidden_mse<const D: usize>(student_hidden: Tensor<D>, teacher_hidden: Ten
     let (student_hidden, teacher_hidden) = same_dtype(student_hidden, teacher_hidden);
     let (s, rows, d) = flatten_rows(student_hidden);
     let (t, _, _) = flatten_rows(teacher_hidden.detach());
-    RowLoss::squares(s, t, &rows, d, false, false)
+    RowLoss::squares(s, t, &rows, d, InfEntries::Kept, SquareRows::RowSums)
 }
 
 /// Cosine distance per token (DistilBERT): `r = 1 − cos(h_s, h_t)`.

@@ -23,6 +23,24 @@ pub struct RowLoss {
     weights: Option<Tensor<1>>,
 }
 
+/// How [`RowLoss::squares`] treats `±inf` entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InfEntries {
+    /// As they are (an infinite square).
+    Kept,
+    /// As 0 in both inputs (masked attention scores).
+    AsZero,
+}
+
+/// What one row of [`RowLoss::squares`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SquareRows {
+    /// Each row sums its squares (hidden states).
+    RowSums,
+    /// Every entry is a row (attention maps).
+    PerElement,
+}
+
 impl RowLoss {
     /// Wraps per-row `values` (`[R]`, with `R = Π row_dims`) of rows of `row_size` elements.
     ///
@@ -44,17 +62,19 @@ impl RowLoss {
     }
 
     /// Rows of squared differences of `student` and `teacher` (`[M, K]`, the teacher detached),
-    /// evaluated lazily: `per_element` makes every entry a row (`R = M·K`, `row_size = 1`,
+    /// evaluated lazily: [`SquareRows::PerElement`] makes every entry a row (`R = M·K`, `row_size = 1`,
     /// attention maps), otherwise each of the `M` rows sums its `K` squares (hidden states).
-    /// With `zero_inf`, entries that are `±inf` in either input count as 0 in both.
+    /// With [`InfEntries::AsZero`], entries that are `±inf` in either input count as 0 in both.
     pub(crate) fn squares(
         student: Tensor<2>,
         teacher: Tensor<2>,
         row_dims: &[usize],
         row_size: usize,
-        zero_inf: bool,
-        per_element: bool,
+        inf: InfEntries,
+        rows: SquareRows,
     ) -> Self {
+        let zero_inf = inf == InfEntries::AsZero;
+        let per_element = rows == SquareRows::PerElement;
         let sq = SquaredRows {
             student,
             teacher: teacher.detach(),
