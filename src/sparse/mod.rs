@@ -42,6 +42,7 @@ mod loss;
 mod rows;
 
 pub use loss::{SparseKdLoss, SparseKdLossConfig};
+#[cfg(feature = "chunked")]
 pub(crate) use rows::{check_sparse_inputs, sparse_rows};
 pub use rows::{sparse_divergence, topk_kd};
 
