@@ -1,4 +1,4 @@
-//! The divergence functions: [`divergence`] for any [`Divergence`] from logits and a
+//! The divergence functions: [`divergence`] for any [`Divergence`](crate::divergence::Divergence) from logits and a
 //! temperature, [`divergence_from_log_probs`], and one named function per divergence.
 
 use burn::tensor::Tensor;
@@ -8,24 +8,24 @@ use crate::reduction::RowLoss;
 use crate::rows::{assert_same_shape, flatten_rows, same_dtype};
 use crate::temperature::{RowTemperature, T2Scaling};
 
-/// Any [`Divergence`] between the temperature softmaxes of student and teacher logits, per row.
+/// Any [`Divergence`](crate::divergence::Divergence) between the temperature softmaxes of student and teacher logits, per row.
 ///
 /// ```text
 /// q = softmax(student / T),  p = softmax(teacher / T)          (over the last dimension)
 /// r_i = s_i · D(q_i, p_i)        s_i = T_i² with T2Scaling::On, else 1
 /// ```
 ///
-/// The teacher logits are detached. `temperature` is a [`Temperature`] or a per-row tensor
+/// The teacher logits are detached. `temperature` is a [`Temperature`](crate::temperature::Temperature) or a per-row tensor
 /// (see [`RowTemperature`]); a per-row temperature that requires a gradient receives one.
 ///
 /// # Shapes
 /// - `student_logits`, `teacher_logits`: `[..., V]`
 /// - returns a [`RowLoss`] of `R = Π leading dims` rows; mask it and reduce it with any
-///   [`Reduction`].
+///   [`Reduction`](crate::reduction::Reduction).
 ///
 /// # Panics
 /// If the two shapes differ (align vocabularies first with
-/// [`align_vocab`]), a per-row temperature has the wrong length, or
+/// [`align_vocab`](crate::vocab::align_vocab)), a per-row temperature has the wrong length, or
 /// the divergence's parameter is invalid.
 ///
 /// # Example
@@ -79,7 +79,7 @@ pub(crate) fn dense_rows(
     temperature.scale(values, scaling)
 }
 
-/// Any [`Divergence`] from log-probabilities (no temperature, no `T²`): for distributions you
+/// Any [`Divergence`](crate::divergence::Divergence) from log-probabilities (no temperature, no `T²`): for distributions you
 /// already normalised, e.g. a teacher's stored `log_softmax`.
 ///
 /// ```text
@@ -178,15 +178,15 @@ pub fn reverse_kl<const D: usize>(
 /// Trl:        r = β KL(p‖m) + (1−β) KL(q‖m);  β = 0 → KL(p‖q),  β = 1 → KL(q‖p)
 /// Continuous: r = (1−β) KL(p‖m) + β KL(q‖m)
 /// ```
-/// times `T²` with [`T2Scaling::On`] (TRL: off).
+/// times `T²` with [`T2Scaling::On`](crate::temperature::T2Scaling::On) (TRL: off).
 ///
 /// # Shapes
 /// - `student_logits`, `teacher_logits`: `[..., V]`; returns a [`RowLoss`]. TRL's `batchmean`
-///   without labels is [`Reduction::BatchMean`]; with labels, mask with
-///   [`RowMask::from_labels`] and use [`Reduction::RowMean`].
+///   without labels is [`Reduction::BatchMean`](crate::reduction::Reduction::BatchMean); with labels, mask with
+///   [`RowMask::from_labels`](crate::reduction::RowMask::from_labels) and use [`Reduction::RowMean`](crate::reduction::Reduction::RowMean).
 ///
 /// # Panics
-/// If the shapes differ, or `beta` is outside `[0, 1]` (message of [`KdError::OutOfRange`]).
+/// If the shapes differ, or `beta` is outside `[0, 1]` (message of [`KdError::OutOfRange`](crate::error::KdError::OutOfRange)).
 ///
 /// # Example
 /// ```
@@ -223,7 +223,7 @@ pub fn generalized_jsd<const D: usize>(
 /// ```
 ///
 /// Unlike DistiLLM's code, the value excludes the teacher entropy (see the
-/// [module docs](self#distillms-cross-entropy-offset)) and stays finite for logits of ±1e4.
+/// [module docs](mod@crate::divergence#distillms-cross-entropy-offset)) and stays finite for logits of ±1e4.
 ///
 /// # Shapes
 /// - `student_logits`, `teacher_logits`: `[..., V]`; returns a [`RowLoss`].

@@ -30,9 +30,9 @@
 //!
 //! # Temperature and `T²`
 //! Every divergence divides both sides' logits by the same temperature ([`RowTemperature`]: a
-//! number, or one value per row) and takes a [`T2Scaling`]. The configs default to
-//! [`T2Scaling::Off`], as TRL and DistiLLM (whose golden values this crate reproduces) do; pass
-//! [`T2Scaling::On`] for Hinton's factor.
+//! number, or one value per row) and takes a [`T2Scaling`](crate::temperature::T2Scaling). The configs default to
+//! [`T2Scaling::Off`](crate::temperature::T2Scaling::Off), as TRL and DistiLLM (whose golden values this crate reproduces) do; pass
+//! [`T2Scaling::On`](crate::temperature::T2Scaling::On) for Hinton's factor.
 //!
 //! # Gradients at the endpoints
 //! * Forward/reverse/symmetric KL: unbounded where one side has no mass and the other has some

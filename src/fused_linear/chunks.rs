@@ -13,7 +13,7 @@ use crate::reduction::{Normalizer, Reduction, RowMask};
 use crate::vocab::{VocabAlignment, align_vocab};
 
 /// The distillation loss of a student's LM head against a teacher, one row chunk at a time,
-/// without materializing the `[N, V]` logits; see the [module docs](self).
+/// without materializing the `[N, V]` logits; see the [module docs](crate::fused_linear).
 ///
 /// ```text
 /// z_s = h_s·W_s + b_s,   z_t = h_t·W_t + b_t (or given)

@@ -32,7 +32,7 @@ pub struct FusedLinearKdLossConfig {
     /// Tokens with this label are left out of both terms.
     #[config(default = -100)]
     pub ignore_index: i64,
-    /// Rows per chunk; `None`: [`auto_chunk_rows`].
+    /// Rows per chunk; `None`: [`auto_chunk_rows`](crate::fused_linear::auto_chunk_rows).
     #[config(default = "None")]
     pub chunk_rows: Option<usize>,
     /// What to do when the student's and teacher's vocabularies differ. Default: error.
@@ -44,7 +44,7 @@ impl FusedLinearKdLossConfig {
     /// Builds the loss, validating every parameter.
     ///
     /// # Errors
-    /// [`KdError::InvalidTemperature`], [`KdError::OutOfRange`] (`alpha`, `label_smoothing`,
+    /// [`KdError::InvalidTemperature`], [`KdError::OutOfRange`](crate::error::KdError::OutOfRange) (`alpha`, `label_smoothing`,
     /// the divergence's parameter) or [`KdError::NotPositive`] (`chunk_rows = Some(0)`).
     pub fn try_init(&self) -> Result<FusedLinearKdLoss, KdError> {
         Temperature::new(self.temperature)?;
@@ -80,7 +80,7 @@ impl Default for FusedLinearKdLossConfig {
 }
 
 /// Module form of [`fused_linear_distillation`], reduced over kept tokens
-/// ([`Reduction::RowMean`]).
+/// ([`Reduction::RowMean`](crate::reduction::Reduction::RowMean)).
 ///
 /// ```
 /// use burn::tensor::{Device, Int, Tensor};

@@ -15,10 +15,10 @@
 //! ```
 //!
 //! so that nothing of size `chunk × V` outlives its chunk. The loss of a chunk is the crate's
-//! [`distillation_loss`] (the fused kernel wherever it runs)
-//! for the forward KL, and [`soft_loss`](crate::divergence::soft_loss) + [`cross_entropy`] for the
+//! [`distillation_loss`](crate::logits::distillation_loss) (the fused kernel wherever it runs)
+//! for the forward KL, and [`soft_loss`](crate::divergence::soft_loss) + [`cross_entropy`](crate::logits::cross_entropy) for the
 //! other divergences, every chunk reduced with the *global* normalizer (the number of kept tokens
-//! for [`Reduction::RowMean`]), so the chunks add up to the loss of the whole batch exactly.
+//! for [`Reduction::RowMean`](crate::reduction::Reduction::RowMean)), so the chunks add up to the loss of the whole batch exactly.
 //!
 //! The gradients are computed during the forward pass (as Liger-Kernel's fused linear losses
 //! do) and handed to Burn's graph through a first-order surrogate,

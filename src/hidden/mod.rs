@@ -1,5 +1,5 @@
 //! Hidden-state distillation: MSE with a learnable projection (TinyBERT, TextBrewer), cosine
-//! (DistilBERT) and normalized MSE (PKD), for one layer or for many through a [`LayerMap`].
+//! (DistilBERT) and normalized MSE (PKD), for one layer or for many through a [`LayerMap`](crate::layer_map::LayerMap).
 //!
 //! ```text
 //! ĥ_s = h_s · W + b                     (W: [D_s, D_t], stored [in, out]; identity when absent)
@@ -13,11 +13,11 @@
 //!
 //! | loss | reduction | value |
 //! |---|---|---|
-//! | MSE, TextBrewer `hid_mse_loss` | [`Reduction::ElementMean`] | `Σ m·(ĥ_s − h_t)² / (max(Σm, 1) · D_t)` |
-//! | cosine, DistilBERT / TextBrewer `cos_loss` | [`Reduction::RowMean`] | `Σ m·(1 − cos) / max(Σm, 1)` |
-//! | normalized MSE, PKD | [`Reduction::Sum`] or `Mean` | `Σ m·‖ĥ_s/‖ĥ_s‖ − h_t/‖h_t‖‖²` (÷ `max(Σm,1)`) |
+//! | MSE, TextBrewer `hid_mse_loss` | [`Reduction::ElementMean`](crate::reduction::Reduction::ElementMean) | `Σ m·(ĥ_s − h_t)² / (max(Σm, 1) · D_t)` |
+//! | cosine, DistilBERT / TextBrewer `cos_loss` | [`Reduction::RowMean`](crate::reduction::Reduction::RowMean) | `Σ m·(1 − cos) / max(Σm, 1)` |
+//! | normalized MSE, PKD | [`Reduction::Sum`](crate::reduction::Reduction::Sum) or `Mean` | `Σ m·‖ĥ_s/‖ĥ_s‖ − h_t/‖h_t‖‖²` (÷ `max(Σm,1)`) |
 //!
-//! The projection `W` is a Burn [`Module`] ([`HiddenProjection`], built by
+//! The projection `W` is a Burn [`Module`](burn::module::Module) ([`HiddenProjection`], built by
 //! [`HiddenProjectionConfig`]): put it in the student's module tree (or hand it to the optimizer
 //! together with the student) and it trains with the student. The teacher is always detached.
 
@@ -160,7 +160,7 @@ pub(crate) fn l2_normalize_rows(x: Tensor<2>, eps: f64) -> Tensor<2> {
 /// ```
 ///
 /// PKD (Sun et al. 2019) sums this over the distilled layers' `[CLS]` vectors and averages over
-/// the batch: select the `[CLS]` rows (or mask the others) and use [`Reduction::RowMean`]. The
+/// the batch: select the `[CLS]` rows (or mask the others) and use [`Reduction::RowMean`](crate::reduction::Reduction::RowMean). The
 /// teacher is detached.
 ///
 /// # Shapes

@@ -4,7 +4,7 @@
 //! A [`TopkTeacher`] holds `indices` (`Int`, `[..., k]`) and either the raw teacher **logits** at
 //! those ids ([`TopkTeacher::from_logits`]) or the teacher's full-vocabulary
 //! **log-probabilities** there ([`TopkTeacher::from_log_probs`], `log_softmax(teacher)` at
-//! `T = 1`). Every [`Divergence`] works with it ([`sparse_divergence`]).
+//! `T = 1`). Every [`Divergence`](crate::divergence::Divergence) works with it ([`sparse_divergence`]).
 //!
 //! # The common support
 //! The loss compares two distributions over `k + 1` bins: the `k` kept ids and one **tail** bin

@@ -9,8 +9,8 @@ use crate::reduction::RowLoss;
 use crate::rows::{flatten_rows, row_logsumexp};
 use crate::temperature::{RowTemperature, T2Scaling};
 
-/// Any [`Divergence`] between the student and a top-k teacher, per row; see the
-/// [module docs](self) for the bins.
+/// Any [`Divergence`](crate::divergence::Divergence) between the student and a top-k teacher, per row; see the
+/// [module docs](crate::sparse) for the bins.
 ///
 /// ```text
 /// bins: the k ids + a tail;  p = teacher bins (MissingMass), q = student bins (StudentNorm)
@@ -24,7 +24,7 @@ use crate::temperature::{RowTemperature, T2Scaling};
 ///
 /// # Panics
 /// If the leading shapes differ, `k > V`, an index is out of range or repeated (messages of
-/// [`KdError::TopkTooLarge`] / [`KdError::InvalidTopkIndex`]), `TailBucket` is combined with
+/// [`KdError::TopkTooLarge`](crate::error::KdError::TopkTooLarge) / [`KdError::InvalidTopkIndex`](crate::error::KdError::InvalidTopkIndex)), `TailBucket` is combined with
 /// logits or with `StudentNorm::Support`, or the divergence's parameter is invalid.
 ///
 /// # Example
