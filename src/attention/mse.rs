@@ -2,7 +2,7 @@
 
 use super::mask::*;
 use super::*;
-use crate::reduction::{InfEntries, SquareRows};
+use crate::hidden::squares::{InfEntries, SquareRows, squared_rows};
 
 // ---------------------------------------------------------------------------------------------
 // MSE
@@ -26,7 +26,7 @@ fn mse_core(
     if threshold.is_none() && padding_mask.is_none() {
         // Kept lazily: a reduction runs the fused squared-error kernel where it exists.
         let [b, h, q, k] = s.dims();
-        return RowLoss::squares(
+        return squared_rows(
             s.reshape([b * h * q, k]),
             t.reshape([b * h * q, k]),
             &[b, h, q, k],

@@ -25,14 +25,16 @@ use burn::tensor::Tensor;
 
 mod loss;
 mod projection;
+pub(crate) mod squares;
 
 pub use loss::{
     HiddenDistance, HiddenLoss, HiddenLossConfig, LayeredHiddenLoss, ProjectionSharing,
 };
 pub use projection::{HiddenProjection, HiddenProjectionConfig, ProjectionInit};
 
-use crate::reduction::{InfEntries, RowLoss, SquareRows};
+use crate::reduction::RowLoss;
 use crate::rows::{flatten_rows, same_dtype};
+use squares::{InfEntries, SquareRows, squared_rows};
 
 /// ε inside the cosine's square root (PyTorch `cosine_embedding_loss`).
 pub const COSINE_EPS: f64 = 1e-12;
@@ -91,7 +93,7 @@ pub fn hidden_mse<const D: usize>(student_hidden: Tensor<D>, teacher_hidden: Ten
     let (student_hidden, teacher_hidden) = same_dtype(student_hidden, teacher_hidden);
     let (s, rows, d) = flatten_rows(student_hidden);
     let (t, _, _) = flatten_rows(teacher_hidden.detach());
-    RowLoss::squares(s, t, &rows, d, InfEntries::Kept, SquareRows::RowSums)
+    squared_rows(s, t, &rows, d, InfEntries::Kept, SquareRows::RowSums)
 }
 
 /// Cosine distance per token (DistilBERT): `r = 1 − cos(h_s, h_t)`.

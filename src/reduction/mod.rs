@@ -45,7 +45,6 @@ mod row_loss;
 
 pub use mask::RowMask;
 pub use row_loss::RowLoss;
-pub(crate) use row_loss::{InfEntries, SquareRows};
 
 /// A validated global normalizer: finite and strictly positive.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -4,41 +4,24 @@ use std::sync::Arc;
 
 use burn::tensor::{Bool, FloatDType, Tensor};
 
-use super::{Reduction, RowMask, row_weights};
+use super::{Reduction, RowMask};
 use crate::rows::{assert_same_dims, select_rows};
 
 /// One loss value per row, with what its reductions need to know.
 ///
 /// Rows are flattened in row-major order of the leading dimensions.
 ///
-/// The squared-error losses (hidden-state and attention-map MSE) keep their inputs instead of
-/// computing the rows up front where the fused CPU kernel runs ([`crate::fused`]): a
+/// Most losses keep their row-aligned inputs and compute the rows on demand, so that a mask
+/// replaces dropped rows first; the squared-error losses (hidden-state and attention-map MSE)
+/// also offer a fused reduction where the fused CPU kernel runs ([`crate::fused`]): a
 /// [`reduce`](Self::reduce) then computes the reduced loss and its gradient in one pass, and
-/// [`values`](Self::values) computes the rows on demand. Results are the same either way.
+/// [`values`](Self::values) computes the rows. Results are the same either way.
 #[derive(Debug, Clone)]
 pub struct RowLoss {
     values: Values,
     row_dims: Vec<usize>,
     row_size: usize,
     weights: Option<Tensor<1>>,
-}
-
-/// How [`RowLoss::squares`] treats `±inf` entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InfEntries {
-    /// As they are (an infinite square).
-    Kept,
-    /// As 0 in both inputs (masked attention scores).
-    AsZero,
-}
-
-/// What one row of [`RowLoss::squares`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SquareRows {
-    /// Each row sums its squares (hidden states).
-    RowSums,
-    /// Every entry is a row (attention maps).
-    PerElement,
 }
 
 impl RowLoss {
@@ -61,59 +44,6 @@ impl RowLoss {
         }
     }
 
-    /// Rows of squared differences of `student` and `teacher` (`[M, K]`, the teacher detached),
-    /// evaluated lazily: [`SquareRows::PerElement`] makes every entry a row (`R = M·K`, `row_size = 1`,
-    /// attention maps), otherwise each of the `M` rows sums its `K` squares (hidden states).
-    /// With [`InfEntries::AsZero`], entries that are `±inf` in either input count as 0 in both.
-    pub(crate) fn squares(
-        student: Tensor<2>,
-        teacher: Tensor<2>,
-        row_dims: &[usize],
-        row_size: usize,
-        inf: InfEntries,
-        rows: SquareRows,
-    ) -> Self {
-        let zero_inf = inf == InfEntries::AsZero;
-        let per_element = rows == SquareRows::PerElement;
-        let sq = SquaredRows {
-            student,
-            teacher: teacher.detach(),
-            zero_inf,
-            per_element,
-            keep: None,
-        };
-        if !crate::fused::sq_available(&sq.student) {
-            // Composed: computed on demand, so that a mask replaces dropped rows first. Per
-            // element, every entry is a row of one.
-            let SquaredRows {
-                student, teacher, ..
-            } = sq;
-            let (student, teacher) = if per_element {
-                let [m, k] = student.dims();
-                (student.reshape([m * k, 1]), teacher.reshape([m * k, 1]))
-            } else {
-                (student, teacher)
-            };
-            return RowLoss::from_rows(vec![student, teacher], row_dims, row_size, move |x| {
-                let [student, teacher] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
-                SquaredRows {
-                    student,
-                    teacher,
-                    zero_inf,
-                    per_element: false,
-                    keep: None,
-                }
-                .values()
-            });
-        }
-        RowLoss {
-            values: Values::Squares(sq),
-            row_dims: row_dims.to_vec(),
-            row_size,
-            weights: None,
-        }
-    }
-
     /// Rows computed on demand by `rows` from row-aligned inputs (`[R, K_i]` each, `R` =
     /// `Π row_dims`). [`masked`](Self::masked) then *replaces* the dropped rows of every input by
     /// a finite constant before `rows` runs (select, not multiply): whatever a dropped row holds
@@ -128,6 +58,7 @@ impl RowLoss {
             values: Values::Lazy(LazyRows {
                 inputs,
                 rows: Arc::new(rows),
+                fused: None,
                 keep: None,
             }),
             row_dims: row_dims.to_vec(),
@@ -136,13 +67,21 @@ impl RowLoss {
         }
     }
 
+    /// Rows from [`from_rows`](Self::from_rows) with a fused reduction beside them:
+    /// [`reduce`](Self::reduce) asks `fused` first (with the kept rows and the reduction, whose
+    /// per-row weights the family computes with [`row_weights`](super::row_weights)) and
+    /// computes the rows only when it answers `None`. The two must agree (parity tests). On
+    /// rows that are already computed, `fused` is not used.
+    pub(crate) fn with_fused_reduction(mut self, fused: FusedReduction) -> Self {
+        if let Values::Lazy(lazy) = &mut self.values {
+            lazy.fused = Some(fused);
+        }
+        self
+    }
+
     /// The rows as a tensor, computing them if they were kept lazily.
     fn materialized(self) -> Self {
         match self.values {
-            Values::Squares(sq) => RowLoss {
-                values: Values::Ready(sq.values()),
-                ..self
-            },
             Values::Lazy(lazy) => RowLoss {
                 values: Values::Ready(lazy.values()),
                 ..self
@@ -154,7 +93,6 @@ impl RowLoss {
     fn ready(&self) -> Tensor<1> {
         match &self.values {
             Values::Ready(v) => v.clone(),
-            Values::Squares(sq) => sq.values(),
             Values::Lazy(lazy) => lazy.values(),
         }
     }
@@ -177,20 +115,6 @@ impl RowLoss {
         let keep = mask.mask.clone();
         let drop = keep.clone().bool_not();
         let this = match self.values {
-            // Row-aligned squares stay lazy: the kernel takes the mask as row weights.
-            Values::Squares(sq) if !sq.per_element => {
-                let keep = match &sq.keep {
-                    Some(k) => k.clone().bool_and(keep.clone()),
-                    None => keep.clone(),
-                };
-                RowLoss {
-                    values: Values::Squares(SquaredRows {
-                        keep: Some(keep),
-                        ..sq
-                    }),
-                    ..self
-                }
-            }
             // Rows computed on demand: the dropped rows' inputs are replaced before the rows
             // are computed, so nothing in them (NaN, ±inf) reaches the gradient.
             Values::Lazy(lazy) => {
@@ -294,8 +218,9 @@ impl RowLoss {
     /// Works in every float dtype: the result has the dtype of the rows (`f32` or `f64`: the
     /// losses compute `f16`/`bf16` inputs in `f32`).
     pub fn reduce(self, reduction: Reduction) -> Tensor<1> {
-        if let Values::Squares(sq) = &self.values
-            && let Some(value) = sq.reduce_fused(&self.row_dims, self.row_size, reduction)
+        if let Values::Lazy(lazy) = &self.values
+            && let Some(fused) = &lazy.fused
+            && let Some(value) = fused(&lazy.inputs, lazy.keep.as_ref(), reduction)
         {
             return value;
         }
@@ -310,26 +235,34 @@ impl RowLoss {
     }
 }
 
-/// The rows of a [`RowLoss`]: computed, squared differences kept for the fused kernel, or
-/// computed on demand from row-aligned inputs (so a mask can replace dropped rows first).
+/// The rows of a [`RowLoss`]: computed, or computed on demand from row-aligned inputs (so a
+/// mask can replace dropped rows first, and a fused reduction can skip them).
 // One per loss call, moved rather than copied in bulk: boxing the lazy variants would only add
 // an allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Values {
     Ready(Tensor<1>),
-    Squares(SquaredRows),
     Lazy(LazyRows),
 }
 
 /// What [`Values::Lazy`] computes rows with.
 type RowsFn = Arc<dyn Fn(Vec<Tensor<2>>) -> Tensor<1> + Send + Sync>;
 
+/// A fused reduction that a loss family offers for its lazy rows (see
+/// [`RowLoss::with_fused_reduction`]): from the row-aligned inputs, the kept rows and the
+/// reduction, the reduced value with its gradient, or `None` where no kernel runs.
+pub(crate) type FusedReduction = Arc<
+    dyn Fn(&[Tensor<2>], Option<&Tensor<1, Bool>>, Reduction) -> Option<Tensor<1>> + Send + Sync,
+>;
+
 /// Rows computed on demand (see [`RowLoss::from_rows`]).
 #[derive(Clone)]
 struct LazyRows {
     inputs: Vec<Tensor<2>>,
     rows: RowsFn,
+    /// The family's fused reduction of the same rows, if it has one here.
+    fused: Option<FusedReduction>,
     /// Kept rows; the others are replaced before `rows` runs and set to 0 after.
     keep: Option<Tensor<1, Bool>>,
 }
@@ -357,71 +290,5 @@ impl LazyRows {
                 (self.rows)(inputs).mask_fill(drop, 0.0)
             }
         }
-    }
-}
-
-/// Squared differences of `[M, K]` maps, not yet computed (see [`RowLoss::squares`]).
-#[derive(Debug, Clone)]
-struct SquaredRows {
-    student: Tensor<2>,
-    teacher: Tensor<2>,
-    zero_inf: bool,
-    per_element: bool,
-    /// Kept rows (only for row-aligned squares).
-    keep: Option<Tensor<1, Bool>>,
-}
-
-impl SquaredRows {
-    /// The rows, composed: `[M·K]` per element or `[M]` row sums, `0` at dropped rows.
-    fn values(&self) -> Tensor<1> {
-        let (mut s, mut t) = (self.student.clone(), self.teacher.clone());
-        if let Some(keep) = &self.keep {
-            // Select, don't multiply: a NaN in a dropped row must not reach the gradient.
-            let drop = keep.clone().bool_not();
-            s = select_rows(s, &drop);
-            t = select_rows(t, &drop);
-        }
-        if self.zero_inf {
-            let inf = s.clone().is_inf().bool_or(t.clone().is_inf());
-            s = s.mask_fill(inf.clone(), 0.0);
-            t = t.mask_fill(inf, 0.0);
-        }
-        let sq = s.sub(t).square();
-        let [m, k] = sq.dims();
-        let v = if self.per_element {
-            sq.reshape([m * k])
-        } else {
-            sq.sum_dim(1).reshape([m])
-        };
-        match &self.keep {
-            Some(keep) => v.mask_fill(keep.clone().bool_not(), 0.0),
-            None => v,
-        }
-    }
-
-    /// The reduced loss through the fused kernel: per-row weights from the reduction (and the
-    /// mask), exactly as [`RowLoss::reduce`] divides; `None` where the kernel does not run.
-    fn reduce_fused(
-        &self,
-        row_dims: &[usize],
-        row_size: usize,
-        reduction: Reduction,
-    ) -> Option<Tensor<1>> {
-        let device = self.student.device();
-        let m = self.student.dims()[0];
-        let weights = if self.per_element {
-            let r = row_dims.iter().product::<usize>() as f64;
-            let batch = row_dims.first().copied().unwrap_or(1);
-            let c = 1.0 / reduction.denominator(r, batch, row_size);
-            Tensor::<1>::full([m], c, &device)
-        } else {
-            row_weights(self.keep.clone(), row_dims, row_size, reduction, &device)
-        };
-        crate::fused::sq_reduced(
-            self.student.clone(),
-            self.teacher.clone(),
-            weights,
-            self.zero_inf,
-        )
     }
 }
