@@ -7,28 +7,6 @@
 use crate::common::*;
 use kd_losses::prelude::*;
 
-fn check(case: &Case, backend: &str, key: &str, got: Option<Vec<f32>>) {
-    let got = got.unwrap_or_else(|| panic!("{backend}/{}: no value for {key}", case.name));
-    assert_close(
-        &format!("{backend}/{}/{key}", case.name),
-        &got,
-        &case.expected(key).f64s(),
-        F32_GOLDEN_RTOL,
-    );
-}
-
-fn assert_known_params(case: &Case, known: &[&str]) {
-    if let Some(obj) = case.params.as_object() {
-        for k in obj.keys() {
-            assert!(
-                known.contains(&k.as_str()),
-                "golden case {}: unmapped param {k:?}",
-                case.name
-            );
-        }
-    }
-}
-
 #[test]
 fn golden_g_attention_mse() {
     let g = load_golden("g_attention_mse.json");
@@ -64,9 +42,9 @@ fn golden_g_attention_mse() {
                 None => attention_mse_probs(a_s.clone(), a_t, mask, heads),
             };
             let loss = rows.reduce(Reduction::RowMean);
-            check(case, backend, "loss", Some(to_vec(loss.clone())));
+            check_golden_output(case, backend, "loss", Some(to_vec(loss.clone())));
             let grads = loss.backward();
-            check(case, backend, "grad_a_s", a_s.grad(&grads).map(to_vec));
+            check_golden_output(case, backend, "grad_a_s", a_s.grad(&grads).map(to_vec));
             assert_eq!(
                 case.expected.len(),
                 2,

@@ -338,6 +338,39 @@ pub fn golden_row_mask(case: &Case, device: &Device) -> Option<RowMask> {
     })
 }
 
+/// Checks one expected output of a golden case (`got` is `None` when the loss gave no value or
+/// gradient for it) at [`F32_GOLDEN_RTOL`].
+pub fn check_golden_output(case: &Case, backend: &str, key: &str, got: Option<Vec<f32>>) {
+    let got = got.unwrap_or_else(|| panic!("{backend}/{}: no value for {key}", case.name));
+    assert_close(
+        &format!("{backend}/{}/{key}", case.name),
+        &got,
+        &case.expected(key).f64s(),
+        F32_GOLDEN_RTOL,
+    );
+}
+
+/// Checks a golden case's `loss` and `grad_student` at [`F32_GOLDEN_RTOL`].
+pub fn check_golden_loss_grad(case: &Case, backend: &str, value: &[f32], grad: Option<Tensor<1>>) {
+    check_golden_output(case, backend, "loss", Some(value.to_vec()));
+    let grad = grad.unwrap_or_else(|| panic!("{backend}/{}: no gradient", case.name));
+    check_golden_output(case, backend, "grad_student", Some(to_vec(grad)));
+}
+
+/// Fails on a golden parameter the test does not map (a new reference case must not be skipped
+/// silently).
+pub fn assert_known_params(case: &Case, known: &[&str]) {
+    if let Some(obj) = case.params.as_object() {
+        for k in obj.keys() {
+            assert!(
+                known.contains(&k.as_str()),
+                "golden case {}: unmapped param {k:?}",
+                case.name
+            );
+        }
+    }
+}
+
 /// The golden folder: `$KD_GOLDEN_DIR`, or the vendored `tests/golden`.
 pub fn golden_dir() -> PathBuf {
     match std::env::var_os("KD_GOLDEN_DIR") {

@@ -16,22 +16,6 @@ fn mask_of(case: &Case, device: &Device) -> Option<RowMask> {
     golden_row_mask(case, device)
 }
 
-fn check(case: &Case, backend: &str, value: &[f32], grad: Option<Tensor<1>>) {
-    assert_close(
-        &format!("{backend}/{}/loss", case.name),
-        value,
-        &case.expected("loss").f64s(),
-        F32_GOLDEN_RTOL,
-    );
-    let grad = grad.unwrap_or_else(|| panic!("{backend}/{}: no gradient", case.name));
-    assert_close(
-        &format!("{backend}/{}/grad_student", case.name),
-        &to_vec(grad),
-        &case.expected("grad_student").f64s(),
-        F32_GOLDEN_RTOL,
-    );
-}
-
 /// Runs a dense divergence case of rank 2 or 3.
 fn run_dense(case: &Case, backend: &str, device: &Device, d: Divergence) {
     let t = Temperature::new(case.param_f64("T")).unwrap();
@@ -43,7 +27,7 @@ fn run_dense(case: &Case, backend: &str, device: &Device, d: Divergence) {
             let rows = divergence(s.clone(), te, d, t, T2Scaling::Off).masked_opt(mask.as_ref());
             let (loss, v) = finish(case, rows, device);
             let g = s.grad(&loss.backward()).map(|g| g.flatten::<1>(0, $d - 1));
-            check(case, backend, &v, g);
+            check_golden_loss_grad(case, backend, &v, g);
         }};
     }
     match case.input("student").rank() {
