@@ -6,6 +6,15 @@
 //! cargo run --release --example compare_peers -- --cases kd_ce_4096x32000 --impls flex-fused
 //! cargo run --release --example compare_peers -- --peers ~/.cache/kdref/results.json   # + table
 //! cargo run --example compare_peers -- --quick                      # CI smoke run (small cases)
+//! cargo run --release --example compare_peers -- --gpu --gpu-peers gpu_peers.jsonl  # on a GPU
+//! ```
+//!
+//! `--gpu` runs the GPU cases (`kd_ce_*`, `jsd_2048x128000`, each also `_f16` / `_bf16`) with
+//! `wgpu-fused` and `wgpu-composed`; `--gpu-peers FILE` reads the JSON lines of
+//! `scripts/bench_gpu.py` (PyTorch eager and torch.compile on CUDA, run on the same machine) and
+//! prints the table with the memory floor. `scripts/gpu_check.sh` runs the whole GPU check.
+//!
+//! ```text
 //! ```
 //!
 //! Forward + backward (gradient w.r.t. the student inputs), f32, like the Python script:
@@ -47,6 +56,23 @@ const CASES: [(&str, &[usize]); 6] = [
     ("attn_mse_8x12x128x128", &[8, 12, 128, 128]),
     ("fused_linear_8192x1024x32000", &[8192, 1024, 32000]),
 ];
+/// `--gpu`: the cases of `scripts/bench_gpu.py` (PyTorch CUDA), with `wgpu-fused` and
+/// `wgpu-composed` by default. A `_f16` / `_bf16` suffix casts the logits (wgpu has no `bf16`:
+/// those cases report the error; they run on Burn's CUDA / ROCm backends).
+const GPU_CASES: [&str; 11] = [
+    "kd_ce_256x1000",
+    "kd_ce_4096x32000",
+    "kd_ce_2048x128000",
+    "kd_ce_8192x128000",
+    "kd_ce_4096x32000_f16",
+    "kd_ce_4096x32000_bf16",
+    "kd_ce_2048x128000_f16",
+    "kd_ce_2048x128000_bf16",
+    "jsd_2048x128000",
+    "jsd_2048x128000_f16",
+    "jsd_2048x128000_bf16",
+];
+const GPU_IMPLS: &str = "wgpu-fused,wgpu-composed";
 const QUICK_CASES: [(&str, &[usize]); 4] = [
     ("kd_ce_64x1000", &[64, 1000]),
     ("hidden_mse_2x16_32to48", &[2, 16, 32, 48]),
@@ -80,6 +106,19 @@ fn worker(case: &str, imp: &str, quick: bool) {
         .chain(QUICK_CASES.iter())
         .find(|(c, _)| *c == case)
         .map(|(_, s)| s.to_vec())
+        .or_else(|| {
+            // Any kd_ce_RxV / soft_kl_RxV / reverse_kl_RxV / jsd_RxV, with a dtype suffix.
+            let base = case.trim_end_matches("_bf16").trim_end_matches("_f16");
+            let dims = base.rsplit('_').next()?;
+            let dims: Vec<usize> = dims
+                .split('x')
+                .map(|d| d.parse().ok())
+                .collect::<Option<_>>()?;
+            let logit_case = ["kd_ce_", "soft_kl_", "reverse_kl_", "jsd_"]
+                .iter()
+                .any(|p| base.starts_with(p));
+            (logit_case && dims.len() == 2).then_some(dims)
+        })
         .or_else(|| {
             // Any fused_linear_NxHxV.
             let dims: Vec<usize> = case
@@ -209,6 +248,63 @@ fn read_peers(path: &str) -> (Vec<(String, String, f64)>, Option<f64>) {
     (out, floor)
 }
 
+/// The GPU table: ours next to `scripts/bench_gpu.py`'s JSON lines (PyTorch eager and
+/// torch.compile on CUDA, the measured copy bandwidth and each case's floor).
+fn gpu_table(path: &str, cases: &[String], ours: &[String]) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("--gpu-peers {path}: {e}"));
+    let peers: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    if let Some(head) = peers.iter().find(|l| l.contains("bandwidth_GBps")) {
+        println!(
+            "\nGPU peers: {} (torch {}), copy bandwidth {} GB/s",
+            field(head, "device").unwrap_or_default(),
+            field(head, "torch").unwrap_or_default(),
+            field(head, "bandwidth_GBps").unwrap_or_default()
+        );
+    }
+    let median = |l: &str| field(l, "median_ms").and_then(|v| v.parse::<f64>().ok());
+    let peer = |case: &str, imp: &str| {
+        peers
+            .iter()
+            .find(|l| {
+                field(l, "case").as_deref() == Some(case)
+                    && field(l, "impl").as_deref() == Some(imp)
+            })
+            .copied()
+    };
+    println!("\n| case | impl | median ms | × floor | vs torch.compile | vs torch eager |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for case in cases {
+        let floor =
+            peer(case, "cuda-compile").and_then(|l| field(l, "floor_ms")?.parse::<f64>().ok());
+        let compile = peer(case, "cuda-compile").and_then(median);
+        let eager = peer(case, "cuda-eager").and_then(median);
+        let rows = ours
+            .iter()
+            .filter(|l| field(l, "case").as_deref() == Some(case.as_str()))
+            .map(|l| (field(l, "impl").unwrap_or_default(), median(l)))
+            .chain([
+                ("torch.compile".to_string(), compile),
+                ("torch eager".to_string(), eager),
+            ]);
+        for (imp, med) in rows {
+            let Some(med) = med else { continue };
+            let ratio =
+                |p: Option<f64>| p.map_or("–".to_string(), |p| format!("{:.2}×", p / med));
+            let of_floor = floor.map_or("–".to_string(), |f| format!("{:.2}", med / f));
+            println!(
+                "| {case} | {imp} | {med:.3} | {of_floor} | {} | {} |",
+                ratio(compile),
+                ratio(eager)
+            );
+        }
+        if let Some(f) = floor {
+            println!(
+                "| {case} | HBM floor (3 tensors at the copy bandwidth) | {f:.3} | 1.00 | | |"
+            );
+        }
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let args: Vec<String> = std::env::args().collect();
@@ -216,14 +312,17 @@ fn main() {
         worker(&args[i + 1], &args[i + 2], quick);
         return;
     }
+    let gpu = std::env::args().any(|a| a == "--gpu");
     let cases: Vec<String> = match arg("--cases") {
         Some(c) => c.split(',').map(str::to_string).collect(),
         None if quick => QUICK_CASES.iter().map(|c| c.0.to_string()).collect(),
+        None if gpu => GPU_CASES.iter().map(|c| c.to_string()).collect(),
         None => CASES.iter().map(|c| c.0.to_string()).collect(),
     };
     let explicit = arg("--impls");
     let list = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
-    let impls = list(explicit.as_deref().unwrap_or(DEFAULT_IMPLS));
+    let default_impls = if gpu { GPU_IMPLS } else { DEFAULT_IMPLS };
+    let impls = list(explicit.as_deref().unwrap_or(default_impls));
     let exe = std::env::current_exe().expect("own path");
     println!("# built with {}", steps::BURN_FEATURES);
     let mut lines = Vec::new();
@@ -238,8 +337,15 @@ fn main() {
             if linear_case != (imp.ends_with("-fused-linear") || imp.ends_with("-materialized")) {
                 continue;
             }
-            // The squared-error kernel of the feature losses runs on flex only.
-            if imp.ends_with("-fused") && !imp.starts_with("flex") && !case.starts_with("kd_ce") {
+            // The squared-error kernel of the feature losses runs on flex only; the CPU kernel
+            // computes the KL directions only (JSD runs composed there).
+            let logit_case = ["kd_ce", "soft_kl", "reverse_kl", "jsd"]
+                .iter()
+                .any(|p| case.starts_with(p));
+            if imp.ends_with("-fused") && !imp.starts_with("flex") && !logit_case {
+                continue;
+            }
+            if imp == "flex-fused" && case.starts_with("jsd") {
                 continue;
             }
             let mut cmd = Command::new(&exe);
@@ -272,6 +378,9 @@ fn main() {
                 }
             }
         }
+    }
+    if let Some(path) = arg("--gpu-peers") {
+        gpu_table(&path, &cases, &lines);
     }
     if let Some(path) = arg("--peers") {
         let (peers, floor) = read_peers(&path);

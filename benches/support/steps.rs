@@ -46,8 +46,30 @@ fn path(rows: RowLoss, composed: bool) -> RowLoss {
 /// One timed step: forward + backward + device sync.
 pub type Step = Box<dyn FnMut()>;
 
-/// Builds the inputs of `case` (`kd_ce_*`, `soft_kl_*`, `reverse_kl_*`, `hidden_mse_*`,
-/// `attn_mse_*`, `fused_linear_*`) on `dev` and returns its step; `imp` ending in `-composed`
+/// The dtype of a case: a `_f16` or `_bf16` suffix, `f32` otherwise.
+pub fn case_dtype(case: &str) -> burn::tensor::DType {
+    if case.ends_with("_bf16") {
+        burn::tensor::DType::BF16
+    } else if case.ends_with("_f16") {
+        burn::tensor::DType::F16
+    } else {
+        burn::tensor::DType::F32
+    }
+}
+
+/// `2·N(0, 1)` logits in the case's dtype (as `bench_torch.py` / `bench_gpu.py`).
+fn logits(shape: [usize; 2], case: &str, dev: &Device) -> Tensor<2> {
+    let x = Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), dev).mul_scalar(2.0);
+    let dtype = case_dtype(case);
+    if dtype == burn::tensor::DType::F32 {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}
+
+/// Builds the inputs of `case` (`kd_ce_*`, `soft_kl_*`, `reverse_kl_*`, `jsd_*` — each with an
+/// optional `_f16` / `_bf16` suffix —, `hidden_mse_*`, `attn_mse_*`, `fused_linear_*`) on `dev` and returns its step; `imp` ending in `-composed`
 /// forces the composed path.
 ///
 /// # Panics
@@ -60,8 +82,8 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
     }
     if case.starts_with("kd_ce") {
         let (n, v) = (shape[0], shape[1]);
-        let s = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
-        let t = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
+        let s = logits([n, v], case, dev);
+        let t = logits([n, v], case, dev);
         let y = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), dev);
         let kd = DistillationLossConfig::new()
             .with_temperature(2.0)
@@ -88,17 +110,25 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
             drop(g);
         });
     }
-    if case.starts_with("soft_kl") || case.starts_with("reverse_kl") {
+    if case.starts_with("soft_kl") || case.starts_with("reverse_kl") || case.starts_with("jsd") {
         let (n, v) = (shape[0], shape[1]);
-        let s = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
-        let t = Tensor::<2>::random([n, v], normal, dev).mul_scalar(2.0);
-        let d = if case.starts_with("soft_kl") {
-            Divergence::ForwardKl
+        let s = logits([n, v], case, dev);
+        let t = logits([n, v], case, dev);
+        // `jsd_*`: TRL's generalized JSD (GKD's default β = 0.5) at T = 1, as `bench_gpu.py`.
+        let (d, temp) = if case.starts_with("soft_kl") {
+            (Divergence::ForwardKl, 2.0)
+        } else if case.starts_with("reverse_kl") {
+            (Divergence::ReverseKl, 2.0)
         } else {
-            Divergence::ReverseKl
+            let jsd = Divergence::generalized_jsd(0.5, kd_losses::divergence::JsdConvention::Trl);
+            (jsd.expect("valid beta"), 1.0)
         };
-        let temp = Temperature::new(2.0).expect("valid temperature");
-        assert_fused_runs(composed, imp, &s);
+        let temp = Temperature::new(temp).expect("valid temperature");
+        assert!(
+            composed || d.fused_available(&s),
+            "{imp}: the fused kernel does not compute {} on this device",
+            d.name()
+        );
         let dev = dev.clone();
         return Box::new(move || {
             let s = s.clone().require_grad();
@@ -122,7 +152,7 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
             drop(g);
         });
     }
-    if !case.starts_with("kd_ce") && !composed {
+    if !composed {
         assert!(
             imp.starts_with("flex"),
             "{imp}: the fused squared-error kernel runs on flex only"

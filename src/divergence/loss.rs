@@ -57,19 +57,17 @@ pub fn soft_loss<const D: usize>(
     if let Err(e) = divergence.validate() {
         panic!("{e}");
     }
-    if let Some(direction) = divergence.kl_direction()
-        && let Some((total, _, _)) = fused_kd(
-            &student_logits,
-            &teacher_logits,
-            None,
-            mask.map(RowMask::flat),
-            direction,
-            temperature,
-            scaling,
-            (1.0, 0.0),
-            reduction,
-        )
-    {
+    if let Some((total, _, _)) = fused_kd(
+        &student_logits,
+        &teacher_logits,
+        None,
+        mask.map(RowMask::flat),
+        divergence.kernel_kind(),
+        temperature,
+        scaling,
+        (1.0, 0.0),
+        reduction,
+    ) {
         return total;
     }
     super::divergence(

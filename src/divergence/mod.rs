@@ -77,7 +77,7 @@ pub use functions::{
 pub use loss::{DivergenceLoss, DivergenceLossConfig, soft_loss};
 
 use crate::error::{KdError, check_range};
-use crate::fused::KlDirection;
+use crate::fused::SoftKind;
 use crate::rows::{kl_rows_from_log_probs, kl_rows_normalized, log_mix};
 
 /// Which weighting of the generalized Jensen–Shannon divergence; see the
@@ -136,19 +136,50 @@ pub enum Divergence {
 }
 
 impl Divergence {
-    /// The fused logit kernel's divergence for this one, if it has one: the forward and
-    /// reverse KL, and the parametrised divergences at the endpoints where they are one of the
-    /// two (the generalized JSD at `β = 0` and `β = 1` in both conventions, the skew KLs at
-    /// `α = 0`).
-    pub(crate) fn kl_direction(&self) -> Option<KlDirection> {
+    /// Whether a fused kernel computes this divergence for `logits` (their backend and dtype):
+    /// the CubeCL kernel computes every divergence on `f32`, `f16` and `bf16`; the CPU kernel
+    /// (Flex, `f32`) the forward and reverse KL. `false` means the composed path, with the same
+    /// results. Used by [`soft_loss`] and [`DivergenceLoss`].
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Tensor};
+    /// use kd_losses::divergence::Divergence;
+    /// let x = Tensor::<2>::zeros([2, 3], &Device::flex());
+    /// assert!(Divergence::ReverseKl.fused_available(&x));
+    /// assert!(!Divergence::TotalVariation.fused_available(&x)); // composed on the CPU
+    /// ```
+    pub fn fused_available<const D: usize>(&self, logits: &Tensor<D>) -> bool {
+        crate::fused::serves(logits, self.kernel_kind())
+    }
+
+    /// The fused logit kernel's form of this divergence: the KL directions where it is one of
+    /// them (the generalized JSD at `β = 0` and `β = 1` in both conventions, the skew KLs at
+    /// `α = 0`), otherwise a weighted pair of KLs to the mixture, or the TVD / symmetric KL.
+    pub(crate) fn kernel_kind(&self) -> SoftKind {
+        let mixture = |w: f64, a: f64, b: f64| SoftKind::Mixture {
+            teacher_share: w as f32,
+            teacher_coef: a as f32,
+            student_coef: b as f32,
+        };
         match *self {
-            Divergence::ForwardKl => Some(KlDirection::Forward),
-            Divergence::ReverseKl => Some(KlDirection::Reverse),
-            Divergence::GeneralizedJsd { beta, .. } if beta == 0.0 => Some(KlDirection::Forward),
-            Divergence::GeneralizedJsd { beta, .. } if beta == 1.0 => Some(KlDirection::Reverse),
-            Divergence::SkewKl { alpha } if alpha == 0.0 => Some(KlDirection::Forward),
-            Divergence::SkewReverseKl { alpha } if alpha == 0.0 => Some(KlDirection::Reverse),
-            _ => None,
+            Divergence::ForwardKl => SoftKind::ForwardKl,
+            Divergence::ReverseKl => SoftKind::ReverseKl,
+            Divergence::GeneralizedJsd { beta, .. } if beta == 0.0 => SoftKind::ForwardKl,
+            Divergence::GeneralizedJsd { beta, .. } if beta == 1.0 => SoftKind::ReverseKl,
+            Divergence::SkewKl { alpha } if alpha == 0.0 => SoftKind::ForwardKl,
+            Divergence::SkewReverseKl { alpha } if alpha == 0.0 => SoftKind::ReverseKl,
+            Divergence::GeneralizedJsd {
+                beta,
+                convention: JsdConvention::Trl,
+            } => mixture(beta, beta, 1.0 - beta),
+            Divergence::GeneralizedJsd {
+                beta,
+                convention: JsdConvention::Continuous,
+            } => mixture(beta, 1.0 - beta, beta),
+            Divergence::SkewKl { alpha } => mixture(alpha, 1.0, 0.0),
+            Divergence::SkewReverseKl { alpha } => mixture(1.0 - alpha, 0.0, 1.0),
+            Divergence::TotalVariation => SoftKind::TotalVariation,
+            Divergence::SymmetricKl => SoftKind::SymmetricKl,
         }
     }
 

@@ -1,11 +1,32 @@
-//! The CubeCL kernel of the fused logit losses (wgpu, CUDA, ROCm, Metal, the CubeCL CPU runtime):
-//! one cube (workgroup) of [`CUBE`] units per row, block reductions in shared memory.
+//! The CubeCL kernel of the fused logit losses (CUDA, ROCm, Metal, Vulkan, wgpu; generic over the
+//! CubeCL runtime): one cube (workgroup) per row, block reductions in shared memory, `f32`
+//! arithmetic whatever the input dtype (`f32`, `f16`, `bf16` where the runtime has it), the
+//! gradient written in the input dtype.
 //!
-//! Per row: a max pass, a pass for the sums of exponentials, and a pass for the divergence that
-//! also writes the gradient (reverse KL: one more gradient pass, as it needs the row's value).
-//! Exponentials are recomputed in each pass rather than stored: on a GPU the row stays in cache
-//! and arithmetic is cheaper than shared memory of `V` floats.
+//! # Passes over a row (see `docs/performance.md`, "GPU kernel design")
+//! 1. **Online maxima and sums**: each unit keeps a running maximum and a running sum of
+//!    `exp((x − m)/T)` for the teacher and the student (and `exp(s − m)` for the hard term when
+//!    `T ≠ 1`), rescaled when its maximum grows; the cube combines them in shared memory. The
+//!    row is read from memory once here.
+//! 2. **Value** (and, for forward KL, the gradient `(q − p)/T` in the same pass): the divergence
+//!    terms, the cancellation-free companion sum of the KL, and for the other divergences
+//!    `G = Σ_k q_k g_k` (`g = ∂D/∂q`).
+//! 3. **Gradient** for the divergences other than forward KL:
+//!    `∂D/∂s_j = q_j (g_j − G) / T`.
+//!
+//! A second, one-cube kernel sums the per-row values into `[α·S + β·H, S, H]` on the device:
+//! no host round-trip anywhere.
+//!
+//! # Hostile input (the composed path's conventions, tested in `tests/suite/adversarial`)
+//! `-inf` logits are empty entries (`0 · log 0 = 0`), an all `-inf` row an empty distribution; a
+//! `+inf` logit is a point mass (the row becomes 0 at its `+inf` entries and `-inf` elsewhere,
+//! one extra pass for such rows only, and the student's `+inf` entries get a zero gradient); NaN
+//! propagates. The KL value is `D1 + log1p(D2 − D1)` with `D2 = Σ_{a>0} a·φ(d) + Σ_{a=0} b`,
+//! `φ(d) = e^{−d} − 1 + d` (see `kernel::row::refine_divergence`): insensitive to the rounding of
+//! the log-normalisers, which the plain sum `D1` carries in full (large temperatures, nearly
+//! equal rows, denormal logits); a value left below 0 by rounding is lifted to 0.
 
+use burn::backend::DType;
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -17,11 +38,21 @@ use cubecl::prelude::*;
 
 use super::ext::KdFusedBackend;
 use super::kernel::{KernelParams, SoftKind};
+use super::route::KernelCaps;
 
-/// Units per cube (one row per cube).
-const CUBE: u32 = 256;
-/// Stand-in for `-inf` as the identity of `max` (WGSL has no infinite literals).
-const LOWEST: f32 = -3.0e38;
+/// Units per cube for long rows (one row per cube).
+const UNITS: u32 = 256;
+/// Units per cube for rows of at most [`SHORT_ROW`] entries.
+const UNITS_SHORT: u32 = 64;
+/// Rows up to this length use [`UNITS_SHORT`] units.
+const SHORT_ROW: usize = 2048;
+
+/// The comptime divergence of the kernel.
+const KIND_FORWARD: u32 = 0;
+const KIND_REVERSE: u32 = 1;
+const KIND_MIXTURE: u32 = 2;
+const KIND_TVD: u32 = 3;
+const KIND_SYMMETRIC: u32 = 4;
 
 #[cube]
 fn block_max<F: Float>(shared: &mut Shared<[F]>, value: F) -> F {
@@ -59,9 +90,9 @@ fn block_sum<F: Float>(shared: &mut Shared<[F]>, value: F) -> F {
     out
 }
 
-// NaN must survive: GPU `max` drops it, so it reaches the sums of exponentials, and from there
-// only branches taken on `x == 0` (false for NaN) keep it; `x != 0` may be compiled as an ordered
-// comparison, false for NaN too.
+// NaN must survive: GPU `max` may drop it, so comparisons are written so that NaN takes the
+// branch that keeps it (`x == c` is false for NaN; `x != c` may be compiled as an ordered
+// comparison, false for NaN too, so it is never used).
 #[cube]
 fn ln_or_zero<F: Float>(s: F) -> F {
     let mut out = F::ln(s);
@@ -80,24 +111,203 @@ fn recip_or_one<F: Float>(s: F) -> F {
     out
 }
 
+/// `ln(1 + x)`, accurate for small `|x|` (CubeCL's `log1p` is `ln(1 + x)`, and Vulkan's `ln`
+/// promises only 2⁻²¹ absolute near 1): a Taylor polynomial below 1e-2 (error below 1e-14
+/// relative).
+#[cube]
+fn log1p_f<F: Float>(x: F) -> F {
+    let mut out = F::ln(F::new(1.0) + x);
+    if F::abs(x) < F::new(0.01) {
+        let h = F::new(0.2) - x * F::new(1.0 / 6.0);
+        let h = F::new(0.25) - x * h;
+        let h = F::new(1.0 / 3.0) - x * h;
+        let h = F::new(0.5) - x * h;
+        out = x * (F::new(1.0) - x * h);
+    }
+    out
+}
+
+/// `ln(e^a + e^b)`, `-inf` when both are.
+#[cube]
+fn log_add_exp<F: Float>(a: F, b: F, neg_inf: F) -> F {
+    let hi = F::max(a, b);
+    let lo = F::min(a, b);
+    let mut out = hi + log1p_f::<F>(F::exp(lo - hi));
+    if hi == neg_inf {
+        out = neg_inf;
+    }
+    out
+}
+
+/// `φ(d)/d² = (e^{−d} − 1 + d)/d²` for `|d| ≤ ½` by its Taylor series
+/// (`crate::numerics::PHI_OVER_D2_TAYLOR`).
+#[cube]
+fn phi_over_d2<F: Float>(d: F) -> F {
+    let mut h = F::new(-1.0 / 362_880.0);
+    h = h * d + F::new(1.0 / 40_320.0);
+    h = h * d + F::new(-1.0 / 5040.0);
+    h = h * d + F::new(1.0 / 720.0);
+    h = h * d + F::new(-1.0 / 120.0);
+    h = h * d + F::new(1.0 / 24.0);
+    h = h * d + F::new(-1.0 / 6.0);
+    h * d + F::new(0.5)
+}
+
+/// The companion term of `a·d` in `D2`: `a·φ(d)`, or `b` where `a = 0`.
+#[cube]
+fn phi_term<F: Float>(a: F, b: F, d: F) -> F {
+    let mut out = b;
+    if a == F::new(0.0) {
+    } else {
+        out = b - a + a * d;
+        if F::abs(d) <= F::new(0.5) {
+            out = a * d * d * phi_over_d2::<F>(d);
+        }
+    }
+    out
+}
+
+/// A logit as `f32` (or the arithmetic type `F`), made a point mass when its row has `+inf`
+/// (`point`): `0` at `+inf`, `-inf` elsewhere.
+#[cube]
+fn load<E: Float, F: Float>(x: &Tensor<E>, i: usize, point: bool, neg_inf: F) -> F {
+    let v = F::cast_from(x[i]);
+    let mut out = v;
+    if point {
+        out = neg_inf;
+        if v == F::new(0.0) - neg_inf {
+            out = F::new(0.0);
+        }
+    }
+    out
+}
+
+/// The number of `+inf` entries of a row slice seen by this unit.
+#[cube]
+fn count_pos_inf<E: Float, F: Float>(x: &Tensor<E>, base: usize, v: usize, pos_inf: F) -> F {
+    let mut n = F::new(0.0);
+    let mut i = UNIT_POS_X as usize;
+    while i < v {
+        if F::cast_from(x[base + i]) == pos_inf {
+            n += F::new(1.0);
+        }
+        i += CUBE_DIM_X as usize;
+    }
+    n
+}
+
+/// The hard term's gradient at one entry: `c_h (softmax(s)_j − ε/V − (1 − ε)·[j = y])`.
+#[cube]
+fn hard_grad<F: Float>(x1: F, inv_s1: F, smooth_c: F, eps: F, ch: F, is_label: bool) -> F {
+    let mut g = ch * (F::exp(x1) * inv_s1 - smooth_c);
+    if is_label {
+        g -= ch * (F::new(1.0) - eps);
+    }
+    g
+}
+
+/// The launch's scalars, read from a small `f32` tensor (`[SCALARS]`) rather than passed as
+/// launch scalars: the kernel is generic over its input dtype, and a tensor reads the same on
+/// every runtime.
+const SCALARS: usize = 12;
+const SC_INV_T: usize = 0;
+const SC_SOFT_SCALE: usize = 1;
+const SC_SMOOTHING: usize = 2;
+const SC_COEF_SOFT: usize = 3;
+const SC_COEF_HARD: usize = 4;
+/// `1 − w`, `ln w`, `ln(1 − w)` of the mixture `m = w·p + (1 − w)·q`.
+const SC_SHARE_Q: usize = 5;
+const SC_LN_SHARE_P: usize = 6;
+const SC_LN_SHARE_Q: usize = 7;
+/// Factors of `KL(p ‖ m)` and `KL(q ‖ m)`.
+const SC_COEF_P: usize = 8;
+const SC_COEF_Q: usize = 9;
+/// `-inf` (WGSL has no infinite literals), `α`, `β` of the total.
+const SC_NEG_INF: usize = 10;
+
+/// The divergence's per-entry value and `q·g` (`g = ∂D/∂q`, up to a constant that cancels) for
+/// the kinds other than forward KL (`kind` is comptime); `lp`, `lq` are the log-probabilities,
+/// `pt`, `qs` the probabilities.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn entry_terms<F: Float>(
+    lp: F,
+    lq: F,
+    pt: F,
+    qs: F,
+    sc: &Tensor<F>,
+    neg_inf: F,
+    #[comptime] kind: u32,
+) -> (F, F) {
+    let zero = F::new(0.0);
+    let mut val = zero;
+    let mut qg = zero;
+    if comptime!(kind == KIND_REVERSE) {
+        if qs == zero {
+        } else {
+            val = qs * (lq - lp);
+            qg = val;
+        }
+    } else if comptime!(kind == KIND_MIXTURE) {
+        let (cp, cq) = (sc[SC_COEF_P], sc[SC_COEF_Q]);
+        let w1 = sc[SC_SHARE_Q];
+        let lm = log_add_exp::<F>(sc[SC_LN_SHARE_P] + lp, sc[SC_LN_SHARE_Q] + lq, neg_inf);
+        if cp == zero {
+        } else if pt == zero {
+        } else {
+            val += cp * pt * (lp - lm);
+        }
+        if qs == zero {
+        } else {
+            if cq == zero {
+            } else {
+                val += cq * qs * (lq - lm);
+                qg += cq * qs * (lq - lm);
+            }
+            if w1 == zero {
+            } else {
+                qg -= w1 * F::exp(lq - lm) * (cp * pt + cq * qs);
+            }
+        }
+    } else if comptime!(kind == KIND_TVD) {
+        val = F::new(0.5) * F::abs(pt - qs);
+        if qs > pt {
+            qg = F::new(0.5) * qs;
+        }
+        if qs < pt {
+            qg = F::new(-0.5) * qs;
+        }
+    } else {
+        // Symmetric KL: (p − q)(log p − log q); q·g = −p + q (log q − log p).
+        if pt == qs {
+        } else {
+            val = (pt - qs) * (lp - lq);
+        }
+        qg = zero - pt;
+        if qs == zero {
+        } else {
+            qg += qs * (lq - lp);
+        }
+    }
+    (val, qg)
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn kd_rows_kernel<F: Float, I: Numeric>(
-    student: &Tensor<F>,      // [R, V]
-    teacher: &Tensor<F>,      // [R, V]
+fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
+    student: &Tensor<E>,      // [R, V]
+    teacher: &Tensor<E>,      // [R, V]
     labels: &Tensor<I>,       // [R]
     weights: &Tensor<F>,      // [R]
     rows_out: &mut Tensor<F>, // [2R]: w · soft_r at r, w · hard_r at R + r
-    grad: &mut Tensor<F>,     // [R, V] (or [1] when no gradient is written)
-    inv_t: f32,
-    soft_scale: f32,
-    smoothing: f32,
-    coef_soft: f32,
-    coef_hard: f32,
+    grad: &mut Tensor<E>,     // [R, V] (or [1, 1] when no gradient is written)
+    sc: &Tensor<F>,           // [SCALARS]
+    #[comptime] units: u32,
+    #[comptime] kind: u32,
     #[comptime] has_hard: bool,
+    #[comptime] need_s1: bool,
     #[comptime] write_grad: bool,
-    #[comptime] reverse: bool,
-    #[define(F, I)] _dtypes: [ElemType; 2],
+    #[define(E, F, I)] _dtypes: [ElemType; 3],
 ) {
     // Linear cube index: the grid may be 2D for more than 65 535 rows.
     let r = CUBE_POS;
@@ -111,13 +321,14 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
     let base = r * v;
     let w = weights[r];
     let zero = F::new(0.0);
-    let mut shared = Shared::<[F]>::new_slice(CUBE as usize);
+    let one = F::new(1.0);
+    let mut shared = Shared::<[F]>::new_slice(units as usize);
 
     if w == zero {
         if write_grad {
             let mut i = u;
             while i < v {
-                grad[base + i] = zero;
+                grad[base + i] = E::cast_from(zero);
                 i += step;
             }
         }
@@ -128,134 +339,245 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
         terminate!();
     }
 
-    let inv_t = F::cast_from(inv_t);
-    let lowest = F::new(LOWEST);
+    let inv_t = sc[SC_INV_T];
+    let neg_inf = sc[SC_NEG_INF];
+    let pos_inf = zero - neg_inf;
 
-    // Pass A: maxima.
-    let mut ms = lowest;
-    let mut mt = lowest;
-    let mut i = u;
-    while i < v {
-        ms = F::max(ms, student[base + i]);
-        mt = F::max(mt, teacher[base + i]);
-        i += step;
-    }
-    let mut ms = block_max::<F>(&mut shared, ms);
-    let mut mt = block_max::<F>(&mut shared, mt);
-    // All -inf: an empty distribution, shifted by 0 (the composed path's convention).
-    if ms <= lowest {
-        ms = zero;
-    }
-    if mt <= lowest {
-        mt = zero;
-    }
-
-    // Pass B: sums of exponentials.
+    // Pass 1: online maxima and sums of exponentials (one read of the row).
+    let mut mt = neg_inf;
     let mut st = zero;
+    let mut ms = neg_inf;
     let mut ss = zero;
-    let mut s1_part = zero;
-    let mut sum_s_part = zero;
+    let mut s1 = zero;
+    let mut sum_s = zero;
     let mut i = u;
     while i < v {
-        let sv = student[base + i];
-        st += F::exp((teacher[base + i] - mt) * inv_t);
-        ss += F::exp((sv - ms) * inv_t);
+        let tv = F::cast_from(teacher[base + i]);
+        if tv > mt {
+            st = st * F::exp((mt - tv) * inv_t) + one;
+            mt = tv;
+        } else if tv == neg_inf {
+        } else {
+            st += F::exp((tv - mt) * inv_t);
+        }
+        let sv = F::cast_from(student[base + i]);
+        if sv > ms {
+            ss = ss * F::exp((ms - sv) * inv_t) + one;
+            if need_s1 {
+                s1 = s1 * F::exp(ms - sv) + one;
+            }
+            ms = sv;
+        } else if sv == neg_inf {
+        } else {
+            ss += F::exp((sv - ms) * inv_t);
+            if need_s1 {
+                s1 += F::exp(sv - ms);
+            }
+        }
         if has_hard {
-            s1_part += F::exp(sv - ms);
-            sum_s_part += sv;
+            sum_s += sv;
         }
         i += step;
     }
-    let st = block_sum::<F>(&mut shared, st);
-    let ss = block_sum::<F>(&mut shared, ss);
-    let mut s1 = zero;
-    let mut sum_s = zero;
-    if has_hard {
-        s1 = block_sum::<F>(&mut shared, s1_part);
-        sum_s = block_sum::<F>(&mut shared, sum_s_part);
+    let mut mt_row = block_max::<F>(&mut shared, mt);
+    let mut ms_row = block_max::<F>(&mut shared, ms);
+    // Each unit's sums rescaled to the row's maxima (a unit that saw only -inf has sums 0).
+    if mt == neg_inf {
+    } else {
+        st *= F::exp((mt - mt_row) * inv_t);
     }
+    if ms == neg_inf {
+    } else {
+        ss *= F::exp((ms - ms_row) * inv_t);
+        if need_s1 {
+            s1 *= F::exp(ms - ms_row);
+        }
+    }
+    let mut st = block_sum::<F>(&mut shared, st);
+    let mut ss = block_sum::<F>(&mut shared, ss);
+    if need_s1 {
+        s1 = block_sum::<F>(&mut shared, s1);
+    }
+    if has_hard {
+        sum_s = block_sum::<F>(&mut shared, sum_s);
+    }
+    // A +inf logit is a point mass: the row is recounted as 0 at its +inf entries, -inf
+    // elsewhere (one more pass, for such rows only).
+    let point_t = mt_row == pos_inf;
+    let point_s = ms_row == pos_inf;
+    if point_t {
+        st = block_sum::<F>(
+            &mut shared,
+            count_pos_inf::<E, F>(teacher, base, v, pos_inf),
+        );
+        mt_row = zero;
+    }
+    if point_s {
+        ss = block_sum::<F>(
+            &mut shared,
+            count_pos_inf::<E, F>(student, base, v, pos_inf),
+        );
+        ms_row = zero;
+        // Σ of the point-mass row: 0 when every entry is +inf, -inf otherwise.
+        sum_s = zero;
+        if ss < F::cast_from(v as u32) {
+            sum_s = neg_inf;
+        }
+    }
+    if !need_s1 {
+        s1 = ss;
+    }
+    if point_s {
+        s1 = ss;
+    }
+    // All -inf: an empty distribution, shifted by 0 (the composed path's convention).
+    if mt_row == neg_inf {
+        mt_row = zero;
+    }
+    if ms_row == neg_inf {
+        ms_row = zero;
+    }
+    let (mt, ms) = (mt_row, ms_row);
+
     let inv_st = recip_or_one::<F>(st);
     let inv_ss = recip_or_one::<F>(ss);
     let inv_s1 = recip_or_one::<F>(s1);
-    // log p − log q = ((t − mt) − (s − ms))/T + ln Ss − ln St, shifted as in the sums.
-    let dln = ln_or_zero::<F>(ss) - ln_or_zero::<F>(st);
-    let mut cs = F::cast_from(coef_soft) * w * F::cast_from(soft_scale) * inv_t;
-    // An empty teacher row (all -inf) has no forward-KL terms: a zero soft gradient, as composed.
-    if !reverse && st == zero {
+    let ln_st = ln_or_zero::<F>(st);
+    let ln_ss = ln_or_zero::<F>(ss);
+    // The first distribution of a KL empty (an all -inf row): no terms, a zero soft gradient.
+    let mut first_empty = false;
+    if comptime!(kind == KIND_FORWARD) {
+        first_empty = st == zero;
+    }
+    if comptime!(kind == KIND_REVERSE) {
+        first_empty = ss == zero;
+    }
+    let mut cs = sc[SC_COEF_SOFT] * w * sc[SC_SOFT_SCALE] * inv_t;
+    if first_empty {
         cs = zero;
     }
-    let ch = F::cast_from(coef_hard) * w;
-    let eps = F::cast_from(smoothing);
+    let ch = sc[SC_COEF_HARD] * w;
+    let eps = sc[SC_SMOOTHING];
     let smooth_c = eps / F::cast_from(v as u32);
     let mut y = v; // no label: matches no column
     if has_hard {
         y = u32::cast_from(labels[r]) as usize;
     }
 
-    // Pass C: the divergence; forward KL also writes the gradient.
-    let mut acc = zero;
+    // Pass 2: the divergence (D1 and its companion D2 for the KLs, Σ q·g for the others);
+    // forward KL writes the gradient here.
+    let mut d1 = zero;
+    let mut d2 = zero;
     let mut i = u;
     while i < v {
-        let sv = student[base + i];
-        let tv = teacher[base + i];
-        let d = ((tv - mt) - (sv - ms)) * inv_t + dln;
-        let pt = F::exp((tv - mt) * inv_t) * inv_st;
-        let qs = F::exp((sv - ms) * inv_t) * inv_ss;
-        if reverse {
-            if qs == zero {
-            } else {
-                acc -= qs * d;
-            }
-        } else {
+        let tv = load::<E, F>(teacher, base + i, point_t, neg_inf);
+        let sv = load::<E, F>(student, base + i, point_s, neg_inf);
+        let lt = (tv - mt) * inv_t;
+        let ls = (sv - ms) * inv_t;
+        let pt = F::exp(lt) * inv_st;
+        let qs = F::exp(ls) * inv_ss;
+        let lp = lt - ln_st;
+        let lq = ls - ln_ss;
+        if comptime!(kind == KIND_FORWARD) {
+            let d = lp - lq;
             if pt == zero {
             } else {
-                acc += pt * d;
+                d1 += pt * d;
             }
+            d2 += phi_term::<F>(pt, qs, d);
             if write_grad {
                 let mut g = cs * (qs - pt);
                 if has_hard {
-                    g += ch * (F::exp(sv - ms) * inv_s1 - smooth_c);
-                    if i == y {
-                        g -= ch * (F::new(1.0) - eps);
+                    g += hard_grad::<F>(sv - ms, inv_s1, smooth_c, eps, ch, i == y);
+                }
+                if point_s {
+                    if F::cast_from(student[base + i]) == pos_inf {
+                        g = zero;
                     }
                 }
-                grad[base + i] = g;
+                grad[base + i] = E::cast_from(g);
+            }
+        } else {
+            let (val, qg) = entry_terms::<F>(lp, lq, pt, qs, sc, neg_inf, kind);
+            d1 += val;
+            if comptime!(kind == KIND_REVERSE) {
+                d2 += phi_term::<F>(qs, pt, lq - lp);
+            } else {
+                d2 += qg;
             }
         }
         i += step;
     }
-    let div = block_sum::<F>(&mut shared, acc);
+    let d1 = block_sum::<F>(&mut shared, d1);
+    let d2 = block_sum::<F>(&mut shared, d2);
 
-    // Pass D (reverse KL): ∂/∂s_j = q_j (log q_j − log p_j − D) / T.
-    if reverse && write_grad {
-        let mut i = u;
-        while i < v {
-            let sv = student[base + i];
-            let tv = teacher[base + i];
-            let d = ((tv - mt) - (sv - ms)) * inv_t + dln;
-            let qs = F::exp((sv - ms) * inv_t) * inv_ss;
-            let mut g = cs * qs * (zero - d - div);
-            if qs == zero {
-                g = zero;
+    // Pass 3 (every divergence but forward KL): ∂D/∂s_j = q_j (g_j − G) / T with G = Σ q·g
+    // (for reverse KL, G = D1).
+    if comptime!(kind != KIND_FORWARD) {
+        if write_grad {
+            let mut g_row = d2;
+            if comptime!(kind == KIND_REVERSE) {
+                g_row = d1;
             }
-            if has_hard {
-                g += ch * (F::exp(sv - ms) * inv_s1 - smooth_c);
-                if i == y {
-                    g -= ch * (F::new(1.0) - eps);
+            let mut i = u;
+            while i < v {
+                let tv = load::<E, F>(teacher, base + i, point_t, neg_inf);
+                let sv = load::<E, F>(student, base + i, point_s, neg_inf);
+                let lt = (tv - mt) * inv_t;
+                let ls = (sv - ms) * inv_t;
+                let pt = F::exp(lt) * inv_st;
+                let qs = F::exp(ls) * inv_ss;
+                let (_val, qg) =
+                    entry_terms::<F>(lt - ln_st, ls - ln_ss, pt, qs, sc, neg_inf, kind);
+                let mut g = zero;
+                if qs == zero {
+                } else {
+                    g = cs * (qg - qs * g_row);
                 }
+                if has_hard {
+                    g += hard_grad::<F>(sv - ms, inv_s1, smooth_c, eps, ch, i == y);
+                }
+                if point_s {
+                    if F::cast_from(student[base + i]) == pos_inf {
+                        g = zero;
+                    }
+                }
+                grad[base + i] = E::cast_from(g);
+                i += step;
             }
-            grad[base + i] = g;
-            i += step;
         }
     }
 
     if u == 0 {
-        rows_out[r] = w * F::cast_from(soft_scale) * div;
+        // The KL's value, free of the log-normalisers' rounding: D1 + log1p(D2 − D1), for a
+        // finite D1 below 1 (above it that rounding is below 1e-6 relative).
+        let mut value = d1;
+        if comptime!(kind == KIND_FORWARD || kind == KIND_REVERSE) {
+            if d1 < one {
+                if d1 > neg_inf {
+                    let corr = log1p_f::<F>(d2 - d1);
+                    let kl = d1 + corr;
+                    let tol = F::new(4.0 * f32::EPSILON) * (F::abs(d1) + F::abs(corr));
+                    value = kl;
+                    if kl < zero {
+                        if kl >= zero - tol {
+                            value = zero;
+                        }
+                    }
+                }
+            }
+        }
+        if first_empty {
+            value = zero;
+        }
+        rows_out[r] = w * sc[SC_SOFT_SCALE] * value;
         let mut ce = zero;
         if has_hard {
+            let sy = load::<E, F>(student, base + y, point_s, neg_inf);
             let lse1 = ln_or_zero::<F>(s1);
-            ce = (F::new(1.0) - eps) * (lse1 - (student[base + y] - ms));
-            if eps != zero {
+            ce = (one - eps) * (lse1 - (sy - ms));
+            if eps == zero {
+            } else {
                 ce += eps * (lse1 + ms - sum_s / F::cast_from(v as u32));
             }
         }
@@ -263,7 +585,71 @@ fn kd_rows_kernel<F: Float, I: Numeric>(
     }
 }
 
+/// `[α·S + β·H, S, H]` (`f32`) from the per-row values: one cube, no host round-trip.
+#[cube(launch)]
+fn reduce_rows_kernel<F: Float>(
+    rows_out: &Tensor<F>, // [2R]
+    out: &mut Tensor<F>,  // [3]
+    ab: &Tensor<F>,       // [2]: α, β
+    #[comptime] units: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let rows = rows_out.shape(0) / 2;
+    let u = UNIT_POS_X as usize;
+    let mut shared = Shared::<[F]>::new_slice(units as usize);
+    let mut soft = F::new(0.0);
+    let mut hard = F::new(0.0);
+    let mut i = u;
+    while i < rows {
+        soft += rows_out[i];
+        hard += rows_out[rows + i];
+        i += CUBE_DIM_X as usize;
+    }
+    let soft = block_sum::<F>(&mut shared, soft);
+    let hard = block_sum::<F>(&mut shared, hard);
+    if u == 0 {
+        out[0] = ab[0] * soft + ab[1] * hard;
+        out[1] = soft;
+        out[2] = hard;
+    }
+}
+
 type CubeFloat = FloatTensor<CubeBackend>;
+
+/// The launch scalars (`[SCALARS]`, see [`SC_INV_T`] and the following) and comptime kind of `p`.
+fn scalars(p: &KernelParams) -> (Vec<f32>, u32) {
+    let (kind, (share_p, coef_p, coef_q)) = match p.kind {
+        SoftKind::ForwardKl => (KIND_FORWARD, (0.0, 1.0, 0.0)),
+        SoftKind::ReverseKl => (KIND_REVERSE, (1.0, 0.0, 1.0)),
+        SoftKind::Mixture {
+            teacher_share,
+            teacher_coef,
+            student_coef,
+        } => (KIND_MIXTURE, (teacher_share, teacher_coef, student_coef)),
+        SoftKind::TotalVariation => (KIND_TVD, (0.0, 0.0, 0.0)),
+        SoftKind::SymmetricKl => (KIND_SYMMETRIC, (0.0, 0.0, 0.0)),
+    };
+    let share_q = 1.0 - share_p;
+    let mut s = vec![0.0f32; SCALARS];
+    s[SC_INV_T] = 1.0 / p.temperature;
+    s[SC_SOFT_SCALE] = p.soft_scale;
+    s[SC_SMOOTHING] = p.smoothing;
+    s[SC_COEF_SOFT] = p.grad_soft;
+    s[SC_COEF_HARD] = p.grad_hard;
+    s[SC_SHARE_Q] = share_q;
+    s[SC_LN_SHARE_P] = share_p.ln();
+    s[SC_LN_SHARE_Q] = share_q.ln();
+    s[SC_COEF_P] = coef_p;
+    s[SC_COEF_Q] = coef_q;
+    s[SC_NEG_INF] = f32::NEG_INFINITY;
+    (s, kind)
+}
+
+/// An `f32` tensor of `values` on `device`.
+fn host_f32(values: Vec<f32>, device: &burn_cubecl::CubeDevice) -> CubeFloat {
+    let n = values.len();
+    CubeBackend::float_from_data(burn::tensor::TensorData::new(values, [n]), device)
+}
 
 fn run(
     student: CubeFloat,
@@ -281,7 +667,13 @@ fn run(
     let client = student.client.clone();
     let device = student.device.clone();
     let dtype = student.dtype;
-    let rows_out = empty_device_dtype(client.clone(), device.clone(), Shape::new([2 * r]), dtype);
+    let f32_storage = dtype_to_storage_type(DType::F32);
+    let rows_out = empty_device_dtype(
+        client.clone(),
+        device.clone(),
+        Shape::new([2 * r]),
+        DType::F32,
+    );
     let grad_shape = if want_grad { [r, v] } else { [1, 1] };
     let grad = empty_device_dtype(
         client.clone(),
@@ -289,48 +681,67 @@ fn run(
         Shape::new(grad_shape),
         dtype,
     );
+    let values = empty_device_dtype(client.clone(), device.clone(), Shape::new([3]), DType::F32);
+    let units = if v <= SHORT_ROW { UNITS_SHORT } else { UNITS };
+    let (sc, kind) = scalars(&p);
+    let sc = host_f32(sc, &device);
+    let ab = host_f32(vec![p.alpha, p.beta], &device);
     if r > 0 {
         kd_rows_kernel::launch(
             &client,
             // One cube per row, spread over the grid's dimensions when the rows exceed the
             // per-dimension limit of a dispatch (65 535 on wgpu); extra cubes exit at once.
             cubecl::server::CubeCountSelection::new(&client, r as u32).cube_count(),
-            CubeDim::new_1d(CUBE),
+            CubeDim::new_1d(units),
             student.into_tensor_arg(),
             teacher.into_tensor_arg(),
             labels.clone().into_tensor_arg(),
             weights.into_tensor_arg(),
             rows_out.clone().into_tensor_arg(),
             grad.clone().into_tensor_arg(),
-            1.0 / p.temperature,
-            p.soft_scale,
-            p.smoothing,
-            p.grad_soft,
-            p.grad_hard,
+            sc.into_tensor_arg(),
+            units,
+            kind,
             p.has_hard,
+            p.has_hard && p.temperature != 1.0,
             want_grad,
-            p.kind == SoftKind::ReverseKl,
             [
                 dtype_to_storage_type(dtype),
+                f32_storage,
                 dtype_to_storage_type(labels.dtype),
             ],
         );
     }
-    // Whole-tensor sums of each half: Burn 0.22's `sum_dim` on wgpu returns 65 532 for 65 535 or
-    // more rows of ones (seen on lavapipe), `sum` is right.
-    let half = |k: usize| {
-        CubeBackend::float_sum(CubeBackend::float_slice(
-            rows_out.clone(),
-            &[burn::tensor::Slice::from(k * r..(k + 1) * r)],
-        ))
-    };
-    let (soft, hard) = (half(0), half(1));
-    let total = CubeBackend::float_add(
-        CubeBackend::float_mul_scalar(soft.clone(), p.alpha.into()),
-        CubeBackend::float_mul_scalar(hard.clone(), p.beta.into()),
+    reduce_rows_kernel::launch(
+        &client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(UNITS),
+        rows_out.into_tensor_arg(),
+        values.clone().into_tensor_arg(),
+        ab.into_tensor_arg(),
+        UNITS,
+        f32_storage,
     );
-    let values = CubeBackend::float_cat(vec![total, soft, hard], 0);
     (values, want_grad.then_some(grad))
+}
+
+/// The dtypes this kernel reads: the float types Burn's CubeCL backends hold tensors in (a
+/// runtime without `bf16`, such as wgpu, has no `bf16` tensors to begin with). `f64` takes the
+/// composed path, which computes in `f64`.
+fn computes(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+impl KernelCaps for CubeBackend {
+    fn computes(dtype: DType, _kind: SoftKind) -> bool {
+        computes(dtype)
+    }
+}
+
+impl KernelCaps for burn_fusion::Fusion<CubeBackend> {
+    fn computes(dtype: DType, _kind: SoftKind) -> bool {
+        computes(dtype)
+    }
 }
 
 impl KdFusedBackend for CubeBackend {
@@ -353,5 +764,119 @@ impl KdFusedBackend for CubeBackend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (values, grad) = run(student, teacher, labels, weights, params, true);
         (values, grad.expect("gradient requested"))
+    }
+}
+
+/// The kernel on the plain CubeCL backend (an application's Burn without `fusion`), on wgpu,
+/// against the composed path (Flex, `f64`-free Burn operations): every divergence, value and
+/// gradient, with `-inf` entries, a `+inf` point mass and a dropped row. The test suite runs the
+/// kernel under Burn's `fusion` (the default) through the public API.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::divergence::Divergence;
+    use crate::prelude::*;
+    use burn::backend::ops::IntTensorOps;
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    fn host(t: CubeFloat) -> Vec<f32> {
+        burn::tensor::try_read_sync(CubeBackend::float_into_data(t))
+            .expect("synchronous read")
+            .expect("read")
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32")
+    }
+
+    #[test]
+    fn plain_cube_backend_matches_composed_for_every_divergence() {
+        let dev: burn_cubecl::CubeDevice = cubecl::Device::Wgpu(Default::default());
+        let (r, v) = (4usize, 7usize);
+        let mut s: Vec<f32> = (0..r * v)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 4.0)
+            .collect();
+        let mut t: Vec<f32> = (0..r * v)
+            .map(|i| ((i * 53 % 19) as f32 - 9.0) / 3.0)
+            .collect();
+        // Shared -inf entries (every divergence stays finite), and a row where both have a +inf
+        // point mass.
+        for i in [3, v + 2, v + 6] {
+            s[i] = f32::NEG_INFINITY;
+            t[i] = f32::NEG_INFINITY;
+        }
+        s[2 * v + 5] = f32::INFINITY;
+        t[2 * v + 5] = f32::INFINITY;
+        let weights = vec![1.0f32, 0.5, 2.0, 0.0];
+        let divergences = [
+            Divergence::ForwardKl,
+            Divergence::ReverseKl,
+            Divergence::generalized_jsd(0.5, JsdConvention::Trl).unwrap(),
+            Divergence::generalized_jsd(0.2, JsdConvention::Continuous).unwrap(),
+            Divergence::skew_kl(0.1).unwrap(),
+            Divergence::skew_reverse_kl(0.3).unwrap(),
+            Divergence::TotalVariation,
+            Divergence::SymmetricKl,
+        ];
+        let temp = 1.5f32;
+        for d in divergences {
+            let cube = |x: &[f32], shape: Vec<usize>| {
+                CubeBackend::float_from_data(TensorData::new(x.to_vec(), shape), &dev)
+            };
+            let labels = CubeBackend::int_from_data(TensorData::new(vec![0i32; r], [r]), &dev);
+            let p = KernelParams {
+                kind: d.kernel_kind(),
+                temperature: temp,
+                soft_scale: temp * temp,
+                has_hard: false,
+                smoothing: 0.0,
+                alpha: 1.0,
+                beta: 0.0,
+                grad_soft: 1.0,
+                grad_hard: 0.0,
+            };
+            let (values, grad) = <CubeBackend as KdFusedBackend>::kd_fused_values_grad(
+                cube(&s, vec![r, v]),
+                cube(&t, vec![r, v]),
+                labels,
+                cube(&weights, vec![r]),
+                p,
+            );
+            let (values, grad) = (host(values), host(grad));
+
+            let flex = Device::flex().autodiff();
+            let st =
+                Tensor::<2>::from_data(TensorData::new(s.clone(), [r, v]), &flex).require_grad();
+            let te = Tensor::<2>::from_data(TensorData::new(t.clone(), [r, v]), &flex);
+            let w = Tensor::<1>::from_data(TensorData::new(weights.clone(), [r]), &flex);
+            let rows = crate::divergence::divergence(
+                st.clone(),
+                te,
+                d,
+                Temperature::new(f64::from(temp)).unwrap(),
+                T2Scaling::On,
+            );
+            let want = (rows.values() * w).sum();
+            let want_value = want.clone().into_scalar::<f32>();
+            let want_grad = st
+                .grad(&want.backward())
+                .unwrap()
+                .to_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let what = d.name();
+            assert!(
+                (values[1] - want_value).abs() <= 2e-5 * want_value.abs().max(1.0),
+                "{what}: plain CubeCL {} vs composed {want_value}",
+                values[1]
+            );
+            assert_eq!(values[0], values[1], "{what}: total = α·soft");
+            let scale = want_grad.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            for (i, (a, b)) in grad.iter().zip(&want_grad).enumerate() {
+                assert!(
+                    (a - b).abs() <= 2e-5 * scale.max(1e-3),
+                    "{what}: grad[{i}] plain CubeCL {a} vs composed {b}"
+                );
+            }
+        }
     }
 }

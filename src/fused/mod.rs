@@ -74,23 +74,13 @@ pub use pool::clear_buffer_cache;
 
 use burn::tensor::{Int, Tensor};
 
-use crate::rows::flatten_rows;
-
-use kernel::{KernelParams, SoftKind};
+use kernel::KernelParams;
+pub(crate) use kernel::SoftKind;
 use route::{KdInputs, SqInputs, for_each_probe};
 
 /// Whether the `KD_FUSED=0` environment variable turns the fused kernels off.
 fn forced_off() -> bool {
     std::env::var("KD_FUSED").is_ok_and(|v| v == "0")
-}
-
-/// Whether the CubeCL kernel may run: only with `KD_GPU_KERNEL=1` for now. It does not yet meet
-/// the hostile-input contract of the composed path and the CPU kernel (`+inf` logits as point
-/// masses, the cancellation-free KL at large temperatures and for denormal rows; see
-/// `docs/performance.md`), so by default CubeCL tensors take the composed path, with the same
-/// answers as every other path.
-pub(crate) fn gpu_kernel_enabled() -> bool {
-    std::env::var("KD_GPU_KERNEL").is_ok_and(|v| v == "1")
 }
 
 /// Whether the fused kernel runs for `logits` (its backend, dtype, and this build's kernels);
@@ -109,56 +99,48 @@ pub(crate) fn gpu_kernel_enabled() -> bool {
 /// assert!(!kd_losses::fused::fused_available(&y)); // f64: the composed path
 /// ```
 pub fn fused_available<const D: usize>(logits: &Tensor<D>) -> bool {
-    if forced_off() || logits.dtype() != burn::tensor::DType::F32 {
+    serves(logits, SoftKind::ForwardKl)
+}
+
+/// Whether a kernel computes `kind` for `logits` (backend, dtype, divergence); `false` means
+/// the composed path.
+pub(crate) fn serves<const D: usize>(logits: &Tensor<D>, kind: SoftKind) -> bool {
+    if forced_off() {
         return false;
     }
+    let dtype = logits.dtype();
     let probe = Tensor::<2>::zeros([1, 1], &logits.device());
     let mut found = false;
-    for_each_probe!(|p| found = found || p.holds(&probe));
+    for_each_probe!(|p| found = found || p.serves(&probe, dtype, kind));
     if !found {
         notice_missing_gpu_kernel(&logits.device());
     }
     found
 }
 
-/// Says once, on stderr, that a CubeCL tensor takes the composed path although a GPU kernel
-/// exists: this build lacks the `gpu-kernel` feature (CubeCL compiles only with a runtime, so it
-/// cannot be a default), or the kernel is not switched on ([`gpu_kernel_enabled`]).
+/// Says once, on stderr, that a CubeCL tensor takes the composed path because this build lacks
+/// the `gpu-kernel` feature (CubeCL compiles only with a runtime, so it cannot be a default).
 fn notice_missing_gpu_kernel(device: &burn::tensor::Device) {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    if forced_off() || (cfg!(feature = "gpu-kernel") && gpu_kernel_enabled()) {
+    if forced_off() || cfg!(feature = "gpu-kernel") {
         return;
     }
     let inner = format!("{:?}", device.clone().inner().as_dispatch());
     if inner.starts_with("Cube") {
-        let why = if cfg!(feature = "gpu-kernel") {
-            "is off by default until it meets the hostile-input contract (set KD_GPU_KERNEL=1)"
-        } else {
-            "is not compiled in (enable the `gpu-kernel` feature of kd-losses)"
-        };
         ONCE.call_once(|| {
             eprintln!(
-                "kd-losses: the fused GPU kernel {why}; {inner} runs the composed path, with \
-                 the same results"
+                "kd-losses: the fused GPU kernel is not compiled in (enable the `gpu-kernel` \
+                 feature of kd-losses); {inner} runs the composed path, with the same results"
             );
         });
     }
-}
-
-/// The soft divergence of the logit kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KlDirection {
-    /// `KL(p_teacher ‖ p_student)` (Hinton).
-    Forward,
-    /// `KL(p_student ‖ p_teacher)` (MiniLLM, GKD's reverse mode).
-    Reverse,
 }
 
 /// The logit kernel's numbers: what it computes besides its input tensors.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct KdParams {
     /// The soft divergence.
-    pub direction: KlDirection,
+    pub kind: SoftKind,
     /// Temperature `T` (> 0, finite).
     pub temperature: f64,
     /// Factor of the soft row value (`T²` or `1`).
@@ -187,22 +169,13 @@ pub(crate) fn kd_terms<const D: usize>(
         return None;
     }
     let device = student_logits.device();
-    // `[R, V]` logits go to the kernel as they are: a reshape would add one graph node shared by
-    // the three terms, and the first term's backward would consume it (per-term backward).
-    let s = if D == 2 {
-        Tensor::<2>::from_bridge(student_logits.clone().into_bridge())
-    } else {
-        flatten_rows(student_logits.clone()).0
-    };
-    let (t, _, _) = flatten_rows(teacher_logits.clone().detach());
+    let s = as_rows(student_logits.clone());
+    let t = as_rows(teacher_logits.clone().detach());
     let r = s.dims()[0];
     let has_hard = labels.is_some();
     let labels = labels.unwrap_or_else(|| Tensor::<1, Int>::zeros([r], &device));
     let params = KernelParams {
-        kind: match params.direction {
-            KlDirection::Forward => SoftKind::ForwardKl,
-            KlDirection::Reverse => SoftKind::ReverseKl,
-        },
+        kind: params.kind,
         temperature: params.temperature as f32,
         soft_scale: params.soft_scale as f32,
         has_hard,
@@ -224,6 +197,19 @@ pub(crate) fn kd_terms<const D: usize>(
         out = p.kd(&inputs, params);
     });
     out.map(|t: route::Terms| (t.total, t.soft, t.hard))
+}
+
+/// `[..., V]` logits as `[R, V]` rows in their own dtype (the kernels read `f16`/`bf16` as they
+/// are, unlike `rows::flatten_rows`, which widens them for the composed path). `[R, V]` logits
+/// go as they are: a reshape would add one graph node shared by the three terms, and the first
+/// term's backward would consume it (per-term backward).
+fn as_rows<const D: usize>(x: Tensor<D>) -> Tensor<2> {
+    let dims = x.dims();
+    match D {
+        2 => Tensor::<2>::from_bridge(x.into_bridge()),
+        1 => x.reshape([1, dims[0]]),
+        _ => x.flatten::<2>(0, D - 2),
+    }
 }
 
 /// Whether the fused squared-error kernel (hidden-state and attention-map MSE) runs for `x`:

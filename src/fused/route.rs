@@ -22,7 +22,14 @@ use burn::backend::{DispatchKindConversion, DispatchTensor};
 use burn::tensor::{Int, Tensor};
 
 use super::ext::{KdFusedBackend, KdSqBackend};
-use super::kernel::KernelParams;
+use super::kernel::{KernelParams, SoftKind};
+
+/// What a backend's logit kernel computes: its input dtypes and divergences (the CPU kernel:
+/// `f32` and the KL directions; the CubeCL kernel: `f32`, `f16`, `bf16` and every divergence).
+pub(crate) trait KernelCaps {
+    /// Whether the kernel computes `kind` on `dtype` logits.
+    fn computes(dtype: burn::tensor::DType, kind: SoftKind) -> bool;
+}
 
 /// A backend type `B` a kernel may be routed to.
 pub(crate) struct Probe<B>(pub(crate) PhantomData<B>);
@@ -54,8 +61,8 @@ pub(crate) struct SqInputs {
 /// A backend that Burn can convert to and that has the fused logit kernel: the specialised
 /// answer.
 pub(crate) trait Kernel {
-    /// Whether `x` lives on this backend.
-    fn holds(&self, x: &Tensor<2>) -> bool;
+    /// Whether `x` lives on this backend and the kernel computes `kind` on `dtype` logits.
+    fn serves(&self, x: &Tensor<2>, dtype: burn::tensor::DType, kind: SoftKind) -> bool;
     /// The fused logit operation on this backend, or `None` if an input lives elsewhere.
     fn kd(&self, inputs: &KdInputs, params: KernelParams) -> Option<Terms>;
 }
@@ -67,7 +74,7 @@ pub(crate) trait Kernel {
 #[allow(dead_code)]
 pub(crate) trait NoKernel {
     /// `false`.
-    fn holds(&self, _x: &Tensor<2>) -> bool {
+    fn serves(&self, _x: &Tensor<2>, _dtype: burn::tensor::DType, _kind: SoftKind) -> bool {
         false
     }
     /// `None`.
@@ -113,14 +120,17 @@ where
 
 impl<B> Kernel for Probe<B>
 where
-    B: KdFusedBackend,
+    B: KdFusedBackend + KernelCaps,
     DispatchTensor: DispatchKindConversion<B>,
 {
-    fn holds(&self, x: &Tensor<2>) -> bool {
-        primitive::<B, 2, _>(x).is_some()
+    fn serves(&self, x: &Tensor<2>, dtype: burn::tensor::DType, kind: SoftKind) -> bool {
+        B::computes(dtype, kind) && primitive::<B, 2, _>(x).is_some()
     }
 
     fn kd(&self, inputs: &KdInputs, params: KernelParams) -> Option<Terms> {
+        if !B::computes(inputs.student.dtype(), params.kind) {
+            return None;
+        }
         let s = primitive::<B, 2, _>(&inputs.student)?;
         let t = primitive::<B, 2, _>(&inputs.teacher)?;
         let y = primitive::<B, 1, _>(&inputs.labels)?;
@@ -184,7 +194,7 @@ macro_rules! for_each_probe {
             }
         }
         #[cfg(feature = "gpu-kernel")]
-        if $crate::fused::gpu_kernel_enabled() {
+        {
             {
                 let $p = &Probe::<burn_cubecl::Cube>(PhantomData);
                 $body;

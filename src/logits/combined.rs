@@ -6,7 +6,7 @@ use burn::tensor::{Int, Tensor};
 
 use crate::combine::LossTerms;
 use crate::error::{KdError, check_range};
-use crate::fused::KlDirection;
+use crate::fused::SoftKind;
 use crate::logits::hard::{CrossEntropyOptions, assert_label_shape, check_labels, cross_entropy};
 use crate::logits::soft::{fused_kd, soft_kl};
 use crate::reduction::{Reduction, RowMask};
@@ -167,7 +167,7 @@ pub fn distillation_loss<const D: usize, const DL: usize>(
             &teacher_logits,
             Some(safe),
             Some(keep),
-            KlDirection::Forward,
+            SoftKind::ForwardKl,
             t,
             scaling,
             (loss.alpha, loss.label_smoothing),

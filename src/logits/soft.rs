@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::fused::{KdParams, KlDirection, fused_available, kd_terms};
+use crate::fused::{KdParams, SoftKind, kd_terms, serves};
 
 use crate::error::KdError;
 use crate::reduction::{Reduction, RowLoss, RowMask, row_weights};
@@ -145,7 +145,7 @@ impl SoftKlLoss {
             &teacher_logits,
             None,
             keep,
-            KlDirection::Forward,
+            SoftKind::ForwardKl,
             t,
             s,
             (1.0, 0.0),
@@ -224,13 +224,13 @@ pub(crate) fn fused_kd<const D: usize>(
     teacher_logits: &Tensor<D>,
     labels: Option<Tensor<1, Int>>,
     keep: Option<Tensor<1, Bool>>,
-    direction: KlDirection,
+    kind: SoftKind,
     temperature: Temperature,
     scaling: T2Scaling,
     (alpha, smoothing): (f64, f64),
     reduction: Reduction,
 ) -> Option<(Tensor<1>, Tensor<1>, Tensor<1>)> {
-    if !fused_available(student_logits) || teacher_logits.dtype() != student_logits.dtype() {
+    if !serves(student_logits, kind) || teacher_logits.dtype() != student_logits.dtype() {
         return None;
     }
     let dims = student_logits.dims();
@@ -242,7 +242,7 @@ pub(crate) fn fused_kd<const D: usize>(
         &student_logits.device(),
     );
     let params = KdParams {
-        direction,
+        kind,
         temperature: temperature.get(),
         soft_scale: scaling.factor(temperature),
         alpha,

@@ -72,6 +72,14 @@ impl<B: KdFusedBackend> Backward<B, 1> for KdFusedBackward {
     }
 }
 
+impl<B: crate::fused::route::KernelCaps, C: CheckpointStrategy> crate::fused::route::KernelCaps
+    for Autodiff<B, C>
+{
+    fn computes(dtype: burn::tensor::DType, kind: crate::fused::SoftKind) -> bool {
+        B::computes(dtype, kind)
+    }
+}
+
 impl<B: KdFusedBackend, C: CheckpointStrategy> KdFusedBackend for Autodiff<B, C> {
     fn kd_fused_values(
         student: FloatTensor<Self>,

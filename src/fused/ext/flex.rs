@@ -116,6 +116,12 @@ impl KdSqBackend for Flex {
     }
 }
 
+impl crate::fused::route::KernelCaps for Flex {
+    fn computes(dtype: DType, kind: crate::fused::SoftKind) -> bool {
+        dtype == DType::F32 && kind.is_kl()
+    }
+}
+
 impl KdFusedBackend for Flex {
     fn kd_fused_values(
         student: FloatTensor<Self>,

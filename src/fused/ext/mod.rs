@@ -43,13 +43,15 @@ mod decl {
 
     /// Fused logit-distillation operation over `[R, V]` student and teacher logits.
     ///
-    /// Inputs: `student`, `teacher` `[R, V]` (f32), `labels` `[R]` (read only when
-    /// `params.has_hard`), `weights` `[R]` (per-row reduction weights, `0` = dropped row).
-    /// Output `[3]`: `[α·S + β·H, S, H]` with `S = Σ_r w_r · soft_r`, `H = Σ_r w_r · hard_r`.
+    /// Inputs: `student`, `teacher` `[R, V]` (`f32`; `f16`/`bf16` on the CubeCL backends),
+    /// `labels` `[R]` (read only when `params.has_hard`), `weights` `[R]` (`f32` per-row
+    /// reduction weights, `0` = dropped row). Output `[3]`, `f32` (the dtype of the composed
+    /// path, which widens narrow floats): `[α·S + β·H, S, H]` with `S = Σ_r w_r · soft_r`,
+    /// `H = Σ_r w_r · hard_r`. The gradient is in the student's dtype.
     #[backend_extension(Fusion: cfg(feature = "gpu-kernel"))]
     pub(crate) trait KdFusedBackend: Backend {
         /// Values only.
-        #[fusion(dtype = student, shape = burn::backend::Shape::new([3]))]
+        #[fusion(dtype = weights, shape = burn::backend::Shape::new([3]))]
         fn kd_fused_values(
             student: FloatTensor<Self>,
             teacher: FloatTensor<Self>,
@@ -59,8 +61,8 @@ mod decl {
         ) -> FloatTensor<Self>;
 
         /// Values and the gradient of `grad_soft · S + grad_hard · H` w.r.t. the student, `[R, V]`.
-        #[fusion(meta = |student, _teacher, _labels, _weights, _params| (
-            burn::backend::fusion::custom::TensorSpec::new(burn::backend::Shape::new([3]), student.dtype),
+        #[fusion(meta = |student, _teacher, _labels, weights, _params| (
+            burn::backend::fusion::custom::TensorSpec::new(burn::backend::Shape::new([3]), weights.dtype),
             student.clone(),
         ))]
         fn kd_fused_values_grad(

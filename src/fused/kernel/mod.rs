@@ -18,13 +18,35 @@ use passes::{RowValues, Scratch, row_maxima};
 use row::row;
 pub(crate) use schedule::par_row_blocks;
 
-/// Which divergence the soft term is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which divergence the soft term is. The CPU kernel computes the two KL directions; the
+/// CubeCL kernel computes all of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum SoftKind {
     /// `KL(p_teacher ‖ p_student)` (Hinton).
     ForwardKl,
     /// `KL(p_student ‖ p_teacher)` (MiniLLM, GKD's reverse mode).
     ReverseKl,
+    /// `a·KL(p ‖ m) + b·KL(q ‖ m)` with the mixture `m = w·p + (1 − w)·q`: the generalized JSD
+    /// (both conventions) and the skew KLs.
+    Mixture {
+        /// `w`, the teacher's share of the mixture.
+        teacher_share: f32,
+        /// `a`, the factor of `KL(p ‖ m)`.
+        teacher_coef: f32,
+        /// `b`, the factor of `KL(q ‖ m)`.
+        student_coef: f32,
+    },
+    /// `½ Σ |p − q|`.
+    TotalVariation,
+    /// `KL(p ‖ q) + KL(q ‖ p)`.
+    SymmetricKl,
+}
+
+impl SoftKind {
+    /// Whether this is one of the two KL directions (the kinds the CPU kernel computes).
+    pub(crate) fn is_kl(self) -> bool {
+        matches!(self, SoftKind::ForwardKl | SoftKind::ReverseKl)
+    }
 }
 
 /// Everything the kernel needs besides the tensors.

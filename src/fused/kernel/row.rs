@@ -139,6 +139,7 @@ pub(super) fn row<L: Lanes>(
     let first_empty = match p.kind {
         SoftKind::ForwardKl => st == 0.0,
         SoftKind::ReverseKl => ss == 0.0,
+        other => unreachable!("the CPU kernel computes the KL directions, not {other:?}"),
     };
     let coef_s = if first_empty {
         0.0
@@ -193,6 +194,7 @@ pub(super) fn row<L: Lanes>(
                 }
             }
             SoftKind::ReverseKl => pass_c_rev_block(l, sb, tb, esb, &mut dacc, &kc),
+            other => unreachable!("the CPU kernel computes the KL directions, not {other:?}"),
         }
     }
     let div = if p.kind == SoftKind::ForwardKl {
@@ -312,6 +314,7 @@ pub(super) fn refine_divergence(
     let (ea, eb, sa, sb, sign) = match kind {
         SoftKind::ForwardKl => (et, es, st, ss, 1.0f64),
         SoftKind::ReverseKl => (es, et, ss, st, -1.0f64),
+        other => unreachable!("the CPU kernel computes the KL directions, not {other:?}"),
     };
     let (inv_sa, inv_sb) = (1.0 / f64::from(sa), 1.0 / f64::from(sb));
     let (mut sum_d, mut sum_phi) = (0.0f64, 0.0f64);

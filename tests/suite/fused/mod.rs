@@ -1,6 +1,6 @@
 //! `kd_losses::fused`: the fused kernels against the composed reference path.
 //!
-//! * `parity_logits`: the logit losses' kernel (Flex, CubeCL with `KD_GPU_KERNEL=1`), values and
+//! * `parity_logits`: the logit losses' kernel (Flex, CubeCL with and without Burn's `fusion`), values and
 //!   student gradients; the automatic fallback elsewhere.
 //! * `parity_sq`: the squared-error kernel (hidden-state and attention-map MSE) on Flex.
 //! * `adversarial`: items 2 and 5 of the issue "Correctness under hostile input" (per-term
