@@ -225,43 +225,34 @@ const SC_COEF_Q: usize = 9;
 /// `-inf` (WGSL has no infinite literals), `α`, `β` of the total.
 const SC_NEG_INF: usize = 10;
 
-/// The divergence's per-entry value and `q·g` (`g = ∂D/∂q`, up to a constant that cancels) for
-/// the kinds other than forward KL (`kind` is comptime); `lp`, `lq` are the log-probabilities,
-/// `pt`, `qs` the probabilities.
+/// `q·g` at one entry (`g = ∂D/∂q`, up to a constant that cancels) for the kinds other than
+/// forward KL (`kind` is comptime): `lp`, `lq` are the log-probabilities, `pt`, `qs` the
+/// probabilities, `lm` the log-mixture (mixture kind only).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn entry_terms<F: Float>(
+fn entry_qg<F: Float>(
     lp: F,
     lq: F,
+    lm: F,
     pt: F,
     qs: F,
     sc: &Tensor<F>,
-    neg_inf: F,
     #[comptime] kind: u32,
-) -> (F, F) {
+) -> F {
     let zero = F::new(0.0);
-    let mut val = zero;
     let mut qg = zero;
     if comptime!(kind == KIND_REVERSE) {
         if qs == zero {
         } else {
-            val = qs * (lq - lp);
-            qg = val;
+            qg = qs * (lq - lp);
         }
     } else if comptime!(kind == KIND_MIXTURE) {
         let (cp, cq) = (sc[SC_COEF_P], sc[SC_COEF_Q]);
         let w1 = sc[SC_SHARE_Q];
-        let lm = log_add_exp::<F>(sc[SC_LN_SHARE_P] + lp, sc[SC_LN_SHARE_Q] + lq, neg_inf);
-        if cp == zero {
-        } else if pt == zero {
-        } else {
-            val += cp * pt * (lp - lm);
-        }
         if qs == zero {
         } else {
             if cq == zero {
             } else {
-                val += cq * qs * (lq - lm);
                 qg += cq * qs * (lq - lm);
             }
             if w1 == zero {
@@ -270,7 +261,6 @@ fn entry_terms<F: Float>(
             }
         }
     } else if comptime!(kind == KIND_TVD) {
-        val = F::new(0.5) * F::abs(pt - qs);
         if qs > pt {
             qg = F::new(0.5) * qs;
         }
@@ -278,18 +268,53 @@ fn entry_terms<F: Float>(
             qg = F::new(-0.5) * qs;
         }
     } else {
-        // Symmetric KL: (p − q)(log p − log q); q·g = −p + q (log q − log p).
-        if pt == qs {
-        } else {
-            val = (pt - qs) * (lp - lq);
-        }
+        // Symmetric KL: q·g = −p + q (log q − log p).
         qg = zero - pt;
         if qs == zero {
         } else {
             qg += qs * (lq - lp);
         }
     }
-    (val, qg)
+    qg
+}
+
+/// The log-mixture `ln(w·p + (1 − w)·q)` (mixture kind), `0` for the other kinds.
+#[cube]
+fn log_mixture<F: Float>(lp: F, lq: F, sc: &Tensor<F>, neg_inf: F, #[comptime] kind: u32) -> F {
+    let mut lm = F::new(0.0);
+    if comptime!(kind == KIND_MIXTURE) {
+        lm = log_add_exp::<F>(sc[SC_LN_SHARE_P] + lp, sc[SC_LN_SHARE_Q] + lq, neg_inf);
+    }
+    lm
+}
+
+/// A KL from its sums (see `rows::kl_rows_normalized`, which the composed path uses): `0` when its
+/// first distribution is empty; `D1 + log1p(D2 − D1)` when `D1` is finite, lifted to 0 within 4
+/// ulp of its parts; `D1` otherwise (`+inf`, NaN).
+#[cube]
+fn refined_kl<F: Float>(d1: F, d2: F, first_empty: bool, neg_inf: F) -> F {
+    let zero = F::new(0.0);
+    let mut value = d1;
+    let x = d2 - d1;
+    if d1 < zero - neg_inf {
+        if d1 > neg_inf {
+            if x > F::new(-1.0) {
+                let corr = log1p_f::<F>(x);
+                let kl = d1 + corr;
+                let tol = F::new(4.0 * f32::EPSILON) * (F::abs(d1) + F::abs(corr));
+                value = kl;
+                if kl < zero {
+                    if kl >= zero - tol {
+                        value = zero;
+                    }
+                }
+            }
+        }
+    }
+    if first_empty {
+        value = zero;
+    }
+    value
 }
 
 #[cube(launch)]
@@ -464,10 +489,15 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
         y = u32::cast_from(labels[r]) as usize;
     }
 
-    // Pass 2: the divergence (D1 and its companion D2 for the KLs, Σ q·g for the others);
-    // forward KL writes the gradient here.
-    let mut d1 = zero;
-    let mut d2 = zero;
+    // Pass 2: the divergence as sums of KL terms — `a_*` for the KLs whose first distribution
+    // is the teacher's, `b_*` for the student's (D1 = Σ a·d, D2 its cancellation-free companion) —
+    // and G = Σ q·g for the gradient of the kinds other than forward KL, which writes its
+    // gradient here.
+    let mut a_d1 = zero;
+    let mut a_d2 = zero;
+    let mut b_d1 = zero;
+    let mut b_d2 = zero;
+    let mut g_sum = zero;
     let mut i = u;
     while i < v {
         let tv = load::<E, F>(teacher, base + i, point_t, neg_inf);
@@ -478,13 +508,13 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
         let qs = F::exp(ls) * inv_ss;
         let lp = lt - ln_st;
         let lq = ls - ln_ss;
+        let d = lp - lq;
         if comptime!(kind == KIND_FORWARD) {
-            let d = lp - lq;
             if pt == zero {
             } else {
-                d1 += pt * d;
+                a_d1 += pt * d;
             }
-            d2 += phi_term::<F>(pt, qs, d);
+            a_d2 += phi_term::<F>(pt, qs, d);
             if write_grad {
                 let mut g = cs * (qs - pt);
                 if has_hard {
@@ -497,28 +527,58 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
                 }
                 grad[base + i] = E::cast_from(g);
             }
+        } else if comptime!(kind == KIND_TVD) {
+            a_d1 += F::new(0.5) * F::abs(pt - qs);
+            g_sum += entry_qg::<F>(lp, lq, zero, pt, qs, sc, kind);
         } else {
-            let (val, qg) = entry_terms::<F>(lp, lq, pt, qs, sc, neg_inf, kind);
-            d1 += val;
-            if comptime!(kind == KIND_REVERSE) {
-                d2 += phi_term::<F>(qs, pt, lq - lp);
+            let lm = log_mixture::<F>(lp, lq, sc, neg_inf, kind);
+            // KL(p ‖ b) and KL(q ‖ b), with b = q / p (symmetric KL) or the mixture m.
+            let mut dp = d;
+            let mut dq = zero - d;
+            let mut bp = qs;
+            let mut bq = pt;
+            if comptime!(kind == KIND_MIXTURE) {
+                dp = lp - lm;
+                dq = lq - lm;
+                bp = F::exp(lm);
+                bq = bp;
+            }
+            if comptime!(kind != KIND_REVERSE) {
+                if pt == zero {
+                } else {
+                    a_d1 += pt * dp;
+                }
+                a_d2 += phi_term::<F>(pt, bp, dp);
+            }
+            if qs == zero {
             } else {
-                d2 += qg;
+                b_d1 += qs * dq;
+            }
+            b_d2 += phi_term::<F>(qs, bq, dq);
+            if comptime!(kind != KIND_REVERSE) {
+                g_sum += entry_qg::<F>(lp, lq, lm, pt, qs, sc, kind);
             }
         }
         i += step;
     }
-    let d1 = block_sum::<F>(&mut shared, d1);
-    let d2 = block_sum::<F>(&mut shared, d2);
+    // Row sums (the sums a kind does not use stay per-unit values and are never read).
+    let a_d1 = block_sum::<F>(&mut shared, a_d1);
+    if comptime!(kind != KIND_TVD) {
+        a_d2 = block_sum::<F>(&mut shared, a_d2);
+    }
+    if comptime!(kind != KIND_FORWARD && kind != KIND_TVD) {
+        b_d1 = block_sum::<F>(&mut shared, b_d1);
+        b_d2 = block_sum::<F>(&mut shared, b_d2);
+    }
+    if comptime!(kind == KIND_REVERSE) {
+        g_sum = b_d1;
+    } else if comptime!(kind != KIND_FORWARD) {
+        g_sum = block_sum::<F>(&mut shared, g_sum);
+    }
 
-    // Pass 3 (every divergence but forward KL): ∂D/∂s_j = q_j (g_j − G) / T with G = Σ q·g
-    // (for reverse KL, G = D1).
+    // Pass 3 (every divergence but forward KL): ∂D/∂s_j = q_j (g_j − G) / T.
     if comptime!(kind != KIND_FORWARD) {
         if write_grad {
-            let mut g_row = d2;
-            if comptime!(kind == KIND_REVERSE) {
-                g_row = d1;
-            }
             let mut i = u;
             while i < v {
                 let tv = load::<E, F>(teacher, base + i, point_t, neg_inf);
@@ -527,12 +587,14 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
                 let ls = (sv - ms) * inv_t;
                 let pt = F::exp(lt) * inv_st;
                 let qs = F::exp(ls) * inv_ss;
-                let (_val, qg) =
-                    entry_terms::<F>(lt - ln_st, ls - ln_ss, pt, qs, sc, neg_inf, kind);
+                let lp = lt - ln_st;
+                let lq = ls - ln_ss;
+                let lm = log_mixture::<F>(lp, lq, sc, neg_inf, kind);
+                let qg = entry_qg::<F>(lp, lq, lm, pt, qs, sc, kind);
                 let mut g = zero;
                 if qs == zero {
                 } else {
-                    g = cs * (qg - qs * g_row);
+                    g = cs * (qg - qs * g_sum);
                 }
                 if has_hard {
                     g += hard_grad::<F>(sv - ms, inv_s1, smooth_c, eps, ch, i == y);
@@ -549,26 +611,29 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
     }
 
     if u == 0 {
-        // The KL's value, free of the log-normalisers' rounding: D1 + log1p(D2 − D1), for a
-        // finite D1 below 1 (above it that rounding is below 1e-6 relative).
-        let mut value = d1;
-        if comptime!(kind == KIND_FORWARD || kind == KIND_REVERSE) {
-            if d1 < one {
-                if d1 > neg_inf {
-                    let corr = log1p_f::<F>(d2 - d1);
-                    let kl = d1 + corr;
-                    let tol = F::new(4.0 * f32::EPSILON) * (F::abs(d1) + F::abs(corr));
-                    value = kl;
-                    if kl < zero {
-                        if kl >= zero - tol {
-                            value = zero;
-                        }
-                    }
-                }
+        // The value from the KL sums, as the composed path computes it (`refined_kl`).
+        let p_empty = st == zero;
+        let q_empty = ss == zero;
+        let mut value = zero;
+        if comptime!(kind == KIND_FORWARD) {
+            value = refined_kl::<F>(a_d1, a_d2, p_empty, neg_inf);
+        } else if comptime!(kind == KIND_REVERSE) {
+            value = refined_kl::<F>(b_d1, b_d2, q_empty, neg_inf);
+        } else if comptime!(kind == KIND_SYMMETRIC) {
+            value = refined_kl::<F>(a_d1, a_d2, p_empty, neg_inf)
+                + refined_kl::<F>(b_d1, b_d2, q_empty, neg_inf);
+        } else if comptime!(kind == KIND_MIXTURE) {
+            let (cp, cq) = (sc[SC_COEF_P], sc[SC_COEF_Q]);
+            if cp == zero {
+            } else {
+                value += cp * refined_kl::<F>(a_d1, a_d2, p_empty, neg_inf);
             }
-        }
-        if first_empty {
-            value = zero;
+            if cq == zero {
+            } else {
+                value += cq * refined_kl::<F>(b_d1, b_d2, q_empty, neg_inf);
+            }
+        } else {
+            value = a_d1;
         }
         rows_out[r] = w * sc[SC_SOFT_SCALE] * value;
         let mut ce = zero;
