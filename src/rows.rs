@@ -213,6 +213,23 @@ pub(crate) fn log_add_exp<const D: usize>(x: Tensor<D>, y: Tensor<D>) -> Tensor<
     log_s.add(m)
 }
 
+/// `[R, K]` logits with every row that holds a `+inf` turned into its point mass (the
+/// convention of `temperature_log_softmax`): `0` at the `+inf` entries, `-inf` elsewhere, no
+/// gradient into such a row's entries. Rows without `+inf` are unchanged.
+pub(crate) fn point_masses(x: Tensor<2>) -> Tensor<2> {
+    let pos_inf = x.clone().equal_elem(f32::INFINITY);
+    let has = pos_inf
+        .clone()
+        .int()
+        .sum_dim(1)
+        .greater_elem(0)
+        .expand(x.dims());
+    let point = Tensor::<2>::zeros(x.dims(), &x.device())
+        .cast(x.dtype())
+        .mask_fill(pos_inf.bool_not(), f32::NEG_INFINITY);
+    x.mask_where(has, point)
+}
+
 /// Row-wise `log Σ exp(x)` over the last dim of `[R, K]`, giving `[R]`; an all `-inf` row
 /// gives `-inf` with a zero gradient.
 pub(crate) fn row_logsumexp(x: Tensor<2>) -> Tensor<1> {

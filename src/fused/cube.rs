@@ -650,6 +650,191 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
     }
 }
 
+/// The top-k teacher's forward KL (`Renormalize`, `Full`): per row, `p̂ = softmax(values/T)`
+/// over the `k` kept ids, `q = softmax(s/T)` over the full vocabulary, the value
+/// `Σ_j p̂_j (log p̂_j − log q_{id_j})` and the gradient `c (q − p̂ at the ids) / T`.
+///
+/// Pass 1 reads the student row (online max and sum) and the `k` teacher values; pass 2 writes
+/// `c·q/T` over the row; pass 3 walks the `k` ids, and the unit that wrote an id's gradient
+/// entry (`id mod units`) subtracts `c·p̂/T` there and adds the id's value term: no unit reads
+/// another's storage writes, so no storage barrier is needed. The ids are unique (checked by
+/// the caller).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn kd_sparse_kernel<E: Float, F: Float, I: Numeric>(
+    student: &Tensor<E>,      // [R, V]
+    indices: &Tensor<I>,      // [R, k]
+    values: &Tensor<E>,       // [R, k]
+    weights: &Tensor<F>,      // [R]
+    rows_out: &mut Tensor<F>, // [2R]: w · soft_r at r, 0 at R + r
+    grad: &mut Tensor<E>,     // [R, V] (or [1, 1])
+    sc: &Tensor<F>,           // [SCALARS]
+    #[comptime] units: u32,
+    #[comptime] write_grad: bool,
+    #[define(E, F, I)] _dtypes: [ElemType; 3],
+) {
+    let r = CUBE_POS;
+    let rows = weights.shape(0);
+    if r >= rows {
+        terminate!();
+    }
+    let u = UNIT_POS_X as usize;
+    let step = CUBE_DIM_X as usize;
+    let v = student.shape(1);
+    let k = values.shape(1);
+    let base = r * v;
+    let kbase = r * k;
+    let w = weights[r];
+    let zero = F::new(0.0);
+    let one = F::new(1.0);
+    let mut shared = Shared::<[F]>::new_slice(units as usize);
+    if u == 0 {
+        rows_out[rows + r] = zero;
+    }
+    if w == zero {
+        if write_grad {
+            let mut i = u;
+            while i < v {
+                grad[base + i] = E::cast_from(zero);
+                i += step;
+            }
+        }
+        if u == 0 {
+            rows_out[r] = zero;
+        }
+        terminate!();
+    }
+    let inv_t = sc[SC_INV_T];
+    let neg_inf = sc[SC_NEG_INF];
+    let pos_inf = zero - neg_inf;
+
+    // Pass 1: the student's online max and sum, the teacher's over its k values.
+    let mut ms = neg_inf;
+    let mut ss = zero;
+    let mut i = u;
+    while i < v {
+        let sv = F::cast_from(student[base + i]);
+        if sv > ms {
+            ss = ss * F::exp((ms - sv) * inv_t) + one;
+            ms = sv;
+        } else if sv == neg_inf {
+        } else {
+            ss += F::exp((sv - ms) * inv_t);
+        }
+        i += step;
+    }
+    let mut mt = neg_inf;
+    let mut st = zero;
+    let mut j = u;
+    while j < k {
+        let tv = F::cast_from(values[kbase + j]);
+        if tv > mt {
+            st = st * F::exp((mt - tv) * inv_t) + one;
+            mt = tv;
+        } else if tv == neg_inf {
+        } else {
+            st += F::exp((tv - mt) * inv_t);
+        }
+        j += step;
+    }
+    let mut ms_row = block_max::<F>(&mut shared, ms);
+    let mut mt_row = block_max::<F>(&mut shared, mt);
+    if ms == neg_inf {
+    } else {
+        ss *= F::exp((ms - ms_row) * inv_t);
+    }
+    if mt == neg_inf {
+    } else {
+        st *= F::exp((mt - mt_row) * inv_t);
+    }
+    let mut ss = block_sum::<F>(&mut shared, ss);
+    let mut st = block_sum::<F>(&mut shared, st);
+    let point_s = ms_row == pos_inf;
+    let point_t = mt_row == pos_inf;
+    if point_s {
+        ss = block_sum::<F>(
+            &mut shared,
+            count_pos_inf::<E, F>(student, base, v, pos_inf),
+        );
+        ms_row = zero;
+    }
+    if point_t {
+        st = block_sum::<F>(
+            &mut shared,
+            count_pos_inf::<E, F>(values, kbase, k, pos_inf),
+        );
+        mt_row = zero;
+    }
+    if ms_row == neg_inf {
+        ms_row = zero;
+    }
+    if mt_row == neg_inf {
+        mt_row = zero;
+    }
+    let (ms, mt) = (ms_row, mt_row);
+    let inv_ss = recip_or_one::<F>(ss);
+    let inv_st = recip_or_one::<F>(st);
+    let ln_ss = ln_or_zero::<F>(ss);
+    let ln_st = ln_or_zero::<F>(st);
+    let mut cs = sc[SC_COEF_SOFT] * w * sc[SC_SOFT_SCALE] * inv_t;
+    // An empty teacher (all -inf values): no terms, a zero gradient (forward KL's convention).
+    if st == zero {
+        cs = zero;
+    }
+
+    // Pass 2: c·q over the row.
+    if write_grad {
+        let mut i = u;
+        while i < v {
+            let sv = load::<E, F>(student, base + i, point_s, neg_inf);
+            let mut g = cs * F::exp((sv - ms) * inv_t) * inv_ss;
+            if point_s {
+                if F::cast_from(student[base + i]) == pos_inf {
+                    g = zero;
+                }
+            }
+            grad[base + i] = E::cast_from(g);
+            i += step;
+        }
+    }
+
+    // Pass 3: the k ids, each by the unit that owns its column.
+    let mut acc = zero;
+    let mut j = 0usize;
+    while j < k {
+        let id = u32::cast_from(indices[kbase + j]) as usize;
+        if id % step == u {
+            let tv = load::<E, F>(values, kbase + j, point_t, neg_inf);
+            let sv = load::<E, F>(student, base + id, point_s, neg_inf);
+            let lp = (tv - mt) * inv_t - ln_st;
+            let lq = (sv - ms) * inv_t - ln_ss;
+            let pt = F::exp((tv - mt) * inv_t) * inv_st;
+            if pt == zero {
+            } else {
+                acc += pt * (lp - lq);
+            }
+            if write_grad {
+                let mut g = F::cast_from(grad[base + id]) - cs * pt;
+                if point_s {
+                    if F::cast_from(student[base + id]) == pos_inf {
+                        g = zero;
+                    }
+                }
+                grad[base + id] = E::cast_from(g);
+            }
+        }
+        j += 1;
+    }
+    let div = block_sum::<F>(&mut shared, acc);
+    if u == 0 {
+        let mut value = div;
+        if st == zero {
+            value = zero;
+        }
+        rows_out[r] = w * sc[SC_SOFT_SCALE] * value;
+    }
+}
+
 /// `[α·S + β·H, S, H]` (`f32`) from the per-row values: one cube, no host round-trip.
 #[cube(launch)]
 fn reduce_rows_kernel<F: Float>(
@@ -790,6 +975,75 @@ fn run(
     (values, want_grad.then_some(grad))
 }
 
+fn run_sparse(
+    student: CubeFloat,
+    indices: IntTensor<CubeBackend>,
+    values: CubeFloat,
+    weights: CubeFloat,
+    p: KernelParams,
+    want_grad: bool,
+) -> (CubeFloat, Option<CubeFloat>) {
+    let student = into_contiguous(student);
+    let indices = into_contiguous(indices);
+    let values = into_contiguous(values);
+    let weights = into_contiguous(weights);
+    let [r, v] = student.shape().dims::<2>();
+    let client = student.client.clone();
+    let device = student.device.clone();
+    let dtype = student.dtype;
+    let f32_storage = dtype_to_storage_type(DType::F32);
+    let rows_out = empty_device_dtype(
+        client.clone(),
+        device.clone(),
+        Shape::new([2 * r]),
+        DType::F32,
+    );
+    let grad_shape = if want_grad { [r, v] } else { [1, 1] };
+    let grad = empty_device_dtype(
+        client.clone(),
+        device.clone(),
+        Shape::new(grad_shape),
+        dtype,
+    );
+    let out = empty_device_dtype(client.clone(), device.clone(), Shape::new([3]), DType::F32);
+    let units = if v <= SHORT_ROW { UNITS_SHORT } else { UNITS };
+    let (sc, _) = scalars(&p);
+    let sc = host_f32(sc, &device);
+    let ab = host_f32(vec![1.0, 0.0], &device);
+    if r > 0 {
+        kd_sparse_kernel::launch(
+            &client,
+            cubecl::server::CubeCountSelection::new(&client, r as u32).cube_count(),
+            CubeDim::new_1d(units),
+            student.into_tensor_arg(),
+            indices.clone().into_tensor_arg(),
+            values.into_tensor_arg(),
+            weights.into_tensor_arg(),
+            rows_out.clone().into_tensor_arg(),
+            grad.clone().into_tensor_arg(),
+            sc.into_tensor_arg(),
+            units,
+            want_grad,
+            [
+                dtype_to_storage_type(dtype),
+                f32_storage,
+                dtype_to_storage_type(indices.dtype),
+            ],
+        );
+    }
+    reduce_rows_kernel::launch(
+        &client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(UNITS),
+        rows_out.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        ab.into_tensor_arg(),
+        UNITS,
+        f32_storage,
+    );
+    (out, want_grad.then_some(grad))
+}
+
 /// The dtypes this kernel reads: the float types Burn's CubeCL backends hold tensors in (a
 /// runtime without `bf16`, such as wgpu, has no `bf16` tensors to begin with). `f64` takes the
 /// composed path, which computes in `f64`.
@@ -801,10 +1055,18 @@ impl KernelCaps for CubeBackend {
     fn computes(dtype: DType, _kind: SoftKind) -> bool {
         computes(dtype)
     }
+
+    fn computes_sparse(dtype: DType) -> bool {
+        computes(dtype)
+    }
 }
 
 impl KernelCaps for burn_fusion::Fusion<CubeBackend> {
     fn computes(dtype: DType, _kind: SoftKind) -> bool {
+        computes(dtype)
+    }
+
+    fn computes_sparse(dtype: DType) -> bool {
         computes(dtype)
     }
 }
@@ -829,6 +1091,26 @@ impl KdFusedBackend for CubeBackend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (values, grad) = run(student, teacher, labels, weights, params, true);
         (values, grad.expect("gradient requested"))
+    }
+    fn kd_sparse_values(
+        student: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        values: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        params: KernelParams,
+    ) -> FloatTensor<Self> {
+        run_sparse(student, indices, values, weights, params, false).0
+    }
+
+    fn kd_sparse_values_grad(
+        student: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        values: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        params: KernelParams,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, grad) = run_sparse(student, indices, values, weights, params, true);
+        (out, grad.expect("gradient requested"))
     }
 }
 

@@ -199,6 +199,54 @@ pub(crate) fn kd_terms<const D: usize>(
     out.map(|t: route::Terms| (t.total, t.soft, t.hard))
 }
 
+/// Whether the top-k teacher kernel (forward KL, `Renormalize`, `Full`) runs for `logits`: the
+/// CubeCL backends, `f32` / `f16` / `bf16`.
+pub(crate) fn serves_sparse<const D: usize>(logits: &Tensor<D>) -> bool {
+    if forced_off() {
+        return false;
+    }
+    let dtype = logits.dtype();
+    let probe = Tensor::<2>::zeros([1, 1], &logits.device());
+    let mut found = false;
+    for_each_probe!(|p| found = found || p.serves_sparse(&probe, dtype));
+    found
+}
+
+/// `Σ_r w_r · T²|1 · KL(p̂_r ‖ q_r)` (`[1]`) for a top-k teacher (`indices`, `values`: `[R, k]`)
+/// and `[..., V]` student logits through the kernel, with the student's gradient written in the
+/// forward pass; `None` where it does not run ([`serves_sparse`]). The teacher is detached.
+pub(crate) fn sparse_kl<const D: usize>(
+    student_logits: &Tensor<D>,
+    indices: Tensor<2, Int>,
+    values: Tensor<2>,
+    weights: Tensor<1>,
+    temperature: f64,
+    soft_scale: f64,
+) -> Option<Tensor<1>> {
+    let params = KernelParams {
+        kind: SoftKind::ForwardKl,
+        temperature: temperature as f32,
+        soft_scale: soft_scale as f32,
+        has_hard: false,
+        smoothing: 0.0,
+        alpha: 1.0,
+        beta: 0.0,
+        grad_soft: 0.0,
+        grad_hard: 0.0,
+    };
+    let inputs = route::SparseInputs {
+        student: as_rows(student_logits.clone()),
+        indices,
+        values: values.detach(),
+        weights: weights.detach().cast(burn::tensor::DType::F32),
+    };
+    let mut out = None;
+    for_each_probe!(|p| if out.is_none() {
+        out = p.kd_sparse(&inputs, params);
+    });
+    out
+}
+
 /// `[..., V]` logits as `[R, V]` rows in their own dtype (the kernels read `f16`/`bf16` as they
 /// are, unlike `rows::flatten_rows`, which widens them for the composed path). `[R, V]` logits
 /// go as they are: a reshape would add one graph node shared by the three terms, and the first

@@ -29,6 +29,8 @@ use super::kernel::{KernelParams, SoftKind};
 pub(crate) trait KernelCaps {
     /// Whether the kernel computes `kind` on `dtype` logits.
     fn computes(dtype: burn::tensor::DType, kind: SoftKind) -> bool;
+    /// Whether the top-k teacher kernel (forward KL) runs on `dtype` student logits.
+    fn computes_sparse(dtype: burn::tensor::DType) -> bool;
 }
 
 /// A backend type `B` a kernel may be routed to.
@@ -39,6 +41,15 @@ pub(crate) struct KdInputs {
     pub(crate) student: Tensor<2>,
     pub(crate) teacher: Tensor<2>,
     pub(crate) labels: Tensor<1, Int>,
+    pub(crate) weights: Tensor<1>,
+}
+
+/// The inputs of the top-k teacher operation: `[R, V]` student, `[R, k]` ids and teacher
+/// values, `[R]` weights.
+pub(crate) struct SparseInputs {
+    pub(crate) student: Tensor<2>,
+    pub(crate) indices: Tensor<2, Int>,
+    pub(crate) values: Tensor<2>,
     pub(crate) weights: Tensor<1>,
 }
 
@@ -65,6 +76,10 @@ pub(crate) trait Kernel {
     fn serves(&self, x: &Tensor<2>, dtype: burn::tensor::DType, kind: SoftKind) -> bool;
     /// The fused logit operation on this backend, or `None` if an input lives elsewhere.
     fn kd(&self, inputs: &KdInputs, params: KernelParams) -> Option<Terms>;
+    /// Whether `x` lives on this backend and the top-k kernel runs on `dtype` logits.
+    fn serves_sparse(&self, x: &Tensor<2>, dtype: burn::tensor::DType) -> bool;
+    /// The top-k teacher operation (`[1]`), or `None`.
+    fn kd_sparse(&self, inputs: &SparseInputs, params: KernelParams) -> Option<Tensor<1>>;
 }
 
 /// The fallback: no fused logit kernel for this backend in this build.
@@ -79,6 +94,14 @@ pub(crate) trait NoKernel {
     }
     /// `None`.
     fn kd(&self, _inputs: &KdInputs, _params: KernelParams) -> Option<Terms> {
+        None
+    }
+    /// `false`.
+    fn serves_sparse(&self, _x: &Tensor<2>, _dtype: burn::tensor::DType) -> bool {
+        false
+    }
+    /// `None`.
+    fn kd_sparse(&self, _inputs: &SparseInputs, _params: KernelParams) -> Option<Tensor<1>> {
         None
     }
 }
@@ -141,6 +164,22 @@ where
             soft: Tensor::<1>::from_primitive::<B>(soft),
             hard: Tensor::<1>::from_primitive::<B>(hard),
         })
+    }
+
+    fn serves_sparse(&self, x: &Tensor<2>, dtype: burn::tensor::DType) -> bool {
+        B::computes_sparse(dtype) && primitive::<B, 2, _>(x).is_some()
+    }
+
+    fn kd_sparse(&self, inputs: &SparseInputs, params: KernelParams) -> Option<Tensor<1>> {
+        if !B::computes_sparse(inputs.student.dtype()) {
+            return None;
+        }
+        let s = primitive::<B, 2, _>(&inputs.student)?;
+        let i = primitive::<B, 2, _>(&inputs.indices)?;
+        let v = primitive::<B, 2, _>(&inputs.values)?;
+        let w = primitive::<B, 1, _>(&inputs.weights)?;
+        let out = B::kd_sparse_loss(s, i, v, w, params);
+        Some(Tensor::<1>::from_primitive::<B>(out))
     }
 }
 

@@ -6,7 +6,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use super::{MissingMass, SparseOptions, StudentNorm, TopkSpace, TopkTeacher, check_topk_indices};
 use crate::divergence::Divergence;
 use crate::reduction::RowLoss;
-use crate::rows::{flatten_rows, row_logsumexp};
+use crate::rows::{flatten_rows, point_masses, row_logsumexp};
 use crate::temperature::{RowTemperature, T2Scaling};
 
 /// Any [`Divergence`](crate::divergence::Divergence) between the student and a top-k teacher, per row; see the
@@ -116,7 +116,8 @@ pub(crate) fn sparse_rows(
             (temperature.log_softmax(s_k), temperature.log_softmax(vals))
         }
         StudentNorm::Full => {
-            let z = temperature.divide(s);
+            // A +inf student logit is a point mass, as in the dense losses.
+            let z = point_masses(temperature.divide(s));
             // The only full-vocabulary pass the forward KL needs: the row normaliser.
             let lse = row_logsumexp(z.clone()).reshape([r, 1]);
             let log_q_k = z.clone().gather(1, idx.clone()).sub(lse.clone());

@@ -231,3 +231,138 @@ fn golden_h_topk() {
         report("golden_h_topk", backend, g.cases.len());
     }
 }
+
+// ------------------------------------------------------------- the top-k kernel (CubeCL)
+
+/// `SparseKdLoss` (forward KL, `Renormalize` + `Full`: the top-k kernel on the CubeCL backends,
+/// composed elsewhere) against `sparse_divergence(..).masked(..).reduce(..)`: value and student
+/// gradient over reductions, masks, temperatures, `k` up to `V`, `-inf` student entries and
+/// teacher values, a `+inf` student logit, `[B, S, V]` logits; `f16` where the backend has it.
+#[test]
+fn topk_kernel_matches_composed() {
+    let (b, sq, v) = (2usize, 3usize, 300usize);
+    let r = b * sq;
+    let mut s = lcg(r * v, 91, 4.0);
+    // Row 0: -inf outside the teacher's ids unless k = V (then the KL is +inf); row 1 (masked
+    // in the masked runs): a +inf point mass on its first id (KL 0 at k = 1, +inf beyond).
+    s[v - 1] = f32::NEG_INFINITY;
+    s[v + 13] = f32::INFINITY;
+    let mut checks = 0;
+    for (name, device) in devices() {
+        let sparse_on_gpu = name == "wgpu";
+        for k in [1usize, 5, 64, v] {
+            // Unique ids per row: a stride coprime with V.
+            let ids: Vec<i64> = (0..r)
+                .flat_map(|row| (0..k).map(move |j| ((row * 13 + j * 7) % v) as i64))
+                .collect();
+            let mut vals = lcg(r * k, 92 + k as u64, 3.0);
+            if k > 1 {
+                vals[1] = f32::NEG_INFINITY;
+            }
+            let mask = RowMask::new(bools(
+                (0..r).map(|i| i % 4 != 1).collect(),
+                [b, sq],
+                &device,
+            ));
+            for &temp in &[1.0, 2.5] {
+                for (rn, red) in [
+                    ("sum", Reduction::Sum),
+                    ("batchmean", Reduction::BatchMean),
+                    ("rowmean", Reduction::RowMean),
+                ] {
+                    for masked in [false, true] {
+                        let loss = SparseKdLossConfig::new()
+                            .with_temperature(temp)
+                            .init(Divergence::ForwardKl);
+                        assert_eq!(
+                            loss.fused_available(&floats(vec![0.0], [1, 1], &device)),
+                            name == "wgpu",
+                            "{name}: the top-k kernel serves the CubeCL backends"
+                        );
+                        let run = |fused: bool| {
+                            let st = floats(s.clone(), [b, sq, v], &device).require_grad();
+                            let teacher = TopkTeacher::from_logits(
+                                ints(ids.clone(), [b, sq, k], &device),
+                                floats(vals.clone(), [b, sq, k], &device),
+                            );
+                            let out = match (fused, masked) {
+                                (true, false) => loss.forward(st.clone(), teacher, red),
+                                (true, true) => {
+                                    loss.forward_masked(st.clone(), teacher, &mask, red)
+                                }
+                                (false, m) => sparse_divergence(
+                                    st.clone(),
+                                    teacher,
+                                    Divergence::ForwardKl,
+                                    SparseOptions::default(),
+                                    Temperature::new(temp).unwrap(),
+                                    T2Scaling::On,
+                                )
+                                .masked_opt(if m { Some(&mask) } else { None })
+                                .reduce(red),
+                            };
+                            let value = scalar(out.clone());
+                            (value, to_vec(st.grad(&out.backward()).unwrap()))
+                        };
+                        let ((va, ga), (vb, gb)) = (run(true), run(false));
+                        let what = format!("{name} k={k} T={temp} {rn} masked={masked}");
+                        if !vb.is_finite() {
+                            assert_eq!(va, vb, "{what}: fused vs composed");
+                            checks += 1;
+                            continue;
+                        }
+                        assert!(
+                            (va - vb).abs() <= 2e-5 * vb.abs().max(1.0),
+                            "{what}: fused {va} vs composed {vb}"
+                        );
+                        let scale = gb.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                        for (i, (x, y)) in ga.iter().zip(&gb).enumerate() {
+                            assert!(
+                                (x - y).abs() <= 2e-5 * scale.max(1e-3),
+                                "{what}: grad[{i}] fused {x} vs composed {y}"
+                            );
+                        }
+                        checks += 2;
+                    }
+                }
+            }
+        }
+        if sparse_on_gpu {
+            // f16 logits read as they are by the kernel; the composed path widens them.
+            let half = |x: Tensor<3>| x.cast(burn::tensor::DType::F16);
+            let k = 16;
+            let ids: Vec<i64> = (0..r)
+                .flat_map(|row| (0..k).map(move |j| ((row * 5 + j * 11) % v) as i64))
+                .collect();
+            let vals = lcg(r * k, 93, 3.0);
+            let loss = SparseKdLossConfig::new()
+                .with_temperature(2.0)
+                .init(Divergence::ForwardKl);
+            let teacher = || {
+                TopkTeacher::from_logits(
+                    ints(ids.clone(), [b, sq, k], &device),
+                    half(floats(vals.clone(), [b, sq, k], &device)),
+                )
+            };
+            let st = half(floats(lcg(r * v, 94, 4.0), [b, sq, v], &device));
+            let va = scalar(loss.forward(st.clone(), teacher(), Reduction::BatchMean));
+            let vb = scalar(
+                sparse_divergence(
+                    st,
+                    teacher(),
+                    Divergence::ForwardKl,
+                    SparseOptions::default(),
+                    Temperature::new(2.0).unwrap(),
+                    T2Scaling::On,
+                )
+                .reduce(Reduction::BatchMean),
+            );
+            assert!(
+                (va - vb).abs() <= 1e-4 * vb.abs().max(1.0),
+                "{name} f16: {va} vs {vb}"
+            );
+            checks += 1;
+        }
+        report("parity_fused_topk", name, checks);
+    }
+}

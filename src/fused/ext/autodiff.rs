@@ -72,11 +72,32 @@ impl<B: KdFusedBackend> Backward<B, 1> for KdFusedBackward {
     }
 }
 
+/// The top-k teacher loss as a graph node: the gradient computed in the forward pass, scaled
+/// by the upstream scalar.
+#[derive(Debug)]
+struct KdSparseBackward;
+
+impl<B: KdFusedBackend> Backward<B, 1> for KdSparseBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let upstream = grads.consume::<B>(&ops.node);
+        let Some(node) = node else { return };
+        let c = upstream_on_host::<B>(upstream);
+        grads.register::<B>(node.id, scaled::<B>(ops.state, c));
+    }
+}
+
 impl<B: crate::fused::route::KernelCaps, C: CheckpointStrategy> crate::fused::route::KernelCaps
     for Autodiff<B, C>
 {
     fn computes(dtype: burn::tensor::DType, kind: crate::fused::SoftKind) -> bool {
         B::computes(dtype, kind)
+    }
+
+    fn computes_sparse(dtype: burn::tensor::DType) -> bool {
+        B::computes_sparse(dtype)
     }
 }
 
@@ -110,6 +131,73 @@ impl<B: KdFusedBackend, C: CheckpointStrategy> KdFusedBackend for Autodiff<B, C>
             <FloatTensor<Self>>::new(values),
             <FloatTensor<Self>>::new(grad),
         )
+    }
+
+    fn kd_sparse_values(
+        student: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        values: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        params: KernelParams,
+    ) -> FloatTensor<Self> {
+        <FloatTensor<Self>>::new(B::kd_sparse_values(
+            student.into_primitive(),
+            indices,
+            values.into_primitive(),
+            weights.into_primitive(),
+            params,
+        ))
+    }
+
+    fn kd_sparse_values_grad(
+        student: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        values: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        params: KernelParams,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, grad) = B::kd_sparse_values_grad(
+            student.into_primitive(),
+            indices,
+            values.into_primitive(),
+            weights.into_primitive(),
+            params,
+        );
+        (
+            <FloatTensor<Self>>::new(out),
+            <FloatTensor<Self>>::new(grad),
+        )
+    }
+
+    fn kd_sparse_loss(
+        student: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        values: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        params: KernelParams,
+    ) -> FloatTensor<Self> {
+        let s = student.clone().into_primitive();
+        let values = values.into_primitive();
+        let weights = weights.into_primitive();
+        let first = |out: FloatTensor<B>| B::float_slice(out, &[burn::backend::Slice::from(0..1)]);
+        match KdSparseBackward
+            .prepare::<C>([student.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let p = KernelParams {
+                    grad_soft: 1.0,
+                    grad_hard: 0.0,
+                    ..params
+                };
+                let (out, grad) = B::kd_sparse_values_grad(s, indices, values, weights, p);
+                prep.finish(grad, first(out))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(first(B::kd_sparse_values(
+                s, indices, values, weights, params,
+            ))),
+        }
     }
 
     fn kd_fused_terms(

@@ -120,6 +120,10 @@ impl crate::fused::route::KernelCaps for Flex {
     fn computes(dtype: DType, kind: crate::fused::SoftKind) -> bool {
         dtype == DType::F32 && kind.is_kl()
     }
+
+    fn computes_sparse(_dtype: DType) -> bool {
+        false
+    }
 }
 
 impl KdFusedBackend for Flex {
@@ -142,5 +146,26 @@ impl KdFusedBackend for Flex {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (values, grad) = run(student, teacher, labels, weights, params, true);
         (values, grad.expect("gradient requested"))
+    }
+    // The top-k kernel is CubeCL's: `KernelCaps::computes_sparse` is false for Flex, so the
+    // routing never calls these.
+    fn kd_sparse_values(
+        _student: FloatTensor<Self>,
+        _indices: IntTensor<Self>,
+        _values: FloatTensor<Self>,
+        _weights: FloatTensor<Self>,
+        _params: KernelParams,
+    ) -> FloatTensor<Self> {
+        unreachable!("the top-k kernel is routed to CubeCL backends only")
+    }
+
+    fn kd_sparse_values_grad(
+        _student: FloatTensor<Self>,
+        _indices: IntTensor<Self>,
+        _values: FloatTensor<Self>,
+        _weights: FloatTensor<Self>,
+        _params: KernelParams,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        unreachable!("the top-k kernel is routed to CubeCL backends only")
     }
 }

@@ -73,6 +73,47 @@ mod decl {
             params: KernelParams,
         ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
+        /// Top-k teacher, forward KL (`MissingMass::Renormalize`, `StudentNorm::Full`): `indices`
+        /// and teacher `values` `[R, k]` (logits or log-probabilities at the kept ids), the
+        /// student `[R, V]`. Output `[3]` (`f32`): `[S, S, 0]` with `S = Σ_r w_r · soft_r`.
+        /// The CubeCL kernel only (routing never sends it elsewhere).
+        #[fusion(dtype = weights, shape = burn::backend::Shape::new([3]))]
+        fn kd_sparse_values(
+            student: FloatTensor<Self>,
+            indices: IntTensor<Self>,
+            values: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            params: KernelParams,
+        ) -> FloatTensor<Self>;
+
+        /// [`kd_sparse_values`](Self::kd_sparse_values) and the gradient of `grad_soft · S`
+        /// w.r.t. the student, `[R, V]`.
+        #[fusion(meta = |student, _indices, _values, weights, _params| (
+            burn::backend::fusion::custom::TensorSpec::new(burn::backend::Shape::new([3]), weights.dtype),
+            student.clone(),
+        ))]
+        fn kd_sparse_values_grad(
+            student: FloatTensor<Self>,
+            indices: IntTensor<Self>,
+            values: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            params: KernelParams,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+        /// `S` (`[1]`) of [`kd_sparse_values`](Self::kd_sparse_values): on `Autodiff` a graph
+        /// node whose backward hands over the gradient computed in the forward pass.
+        #[fusion(default)]
+        fn kd_sparse_loss(
+            student: FloatTensor<Self>,
+            indices: IntTensor<Self>,
+            values: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            params: KernelParams,
+        ) -> FloatTensor<Self> {
+            let out = Self::kd_sparse_values(student, indices, values, weights, params);
+            Self::float_slice(out, &[burn::backend::Slice::from(0..1)])
+        }
+
         /// `(α·S + β·H, S, H)`, each `[1]`. On `Autodiff` the three are independent nodes of the
         /// graph, so that each can be differentiated on its own (`soft.backward()` then
         /// `hard.backward()`); elsewhere, slices of [`kd_fused_values`](Self::kd_fused_values).
