@@ -256,3 +256,39 @@ fn fused_untracked_and_nan() {
         report("parity_fused_misc", name, 3);
     }
 }
+
+/// Burn's default GPU configuration — `wgpu` with Burn's `fusion` and `autotune`, as this
+/// crate's dev-dependency builds it (an application's `burn = { features = ["wgpu",
+/// "autodiff"] }`) — reaches the CubeCL kernel, with and without `autodiff`: `f32` and `f16`
+/// logits, every divergence, the top-k teacher.
+#[test]
+fn default_gpu_setup_reaches_the_fused_kernel() {
+    if !devices().iter().any(|(name, _)| *name == "wgpu") {
+        return;
+    }
+    let wgpu = Device::wgpu(Default::default());
+    let mut checks = 0;
+    for dev in [wgpu.clone(), wgpu.autodiff()] {
+        for dtype in [burn::tensor::DType::F32, burn::tensor::DType::F16] {
+            let x = Tensor::<3>::zeros([2, 3, 17], &dev).cast(dtype);
+            assert!(fused_available(&x), "{dtype:?}: fused_available");
+            for d in [
+                Divergence::ForwardKl,
+                Divergence::ReverseKl,
+                Divergence::generalized_jsd(0.5, kd_losses::divergence::JsdConvention::Trl)
+                    .unwrap(),
+                Divergence::skew_kl(0.1).unwrap(),
+                Divergence::skew_reverse_kl(0.1).unwrap(),
+                Divergence::TotalVariation,
+                Divergence::SymmetricKl,
+            ] {
+                assert!(d.fused_available(&x), "{dtype:?} {}", d.name());
+                checks += 1;
+            }
+            let topk = kd_losses::sparse::SparseKdLossConfig::new().init(Divergence::ForwardKl);
+            assert!(topk.fused_available(&x), "{dtype:?}: top-k kernel");
+            checks += 2;
+        }
+    }
+    report("default_gpu_setup", "wgpu", checks);
+}
