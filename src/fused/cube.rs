@@ -835,6 +835,25 @@ fn kd_sparse_kernel<E: Float, F: Float, I: Numeric>(
     }
 }
 
+/// `grad · c` in place, `c = upstream[0]` read on the device: every cube leaves at once when
+/// `c = 1` (the usual `loss.backward()`), so that case costs a launch and no memory traffic, and
+/// no case reads `c` on the host.
+#[cube(launch)]
+fn scale_by_upstream_kernel<E: Float, U: Float>(
+    grad: &mut Tensor<E>,
+    upstream: &Tensor<U>,
+    #[define(E, U)] _dtypes: [ElemType; 2],
+) {
+    let c = f32::cast_from(upstream[0]);
+    if c == 1.0 {
+        terminate!();
+    }
+    let i = ABSOLUTE_POS;
+    if i < grad.len() {
+        grad[i] = E::cast_from(f32::cast_from(grad[i]) * c);
+    }
+}
+
 /// `[α·S + β·H, S, H]` (`f32`) from the per-row values: one cube, no host round-trip.
 #[cube(launch)]
 fn reduce_rows_kernel<F: Float>(
@@ -1061,14 +1080,43 @@ impl KernelCaps for CubeBackend {
     }
 }
 
-impl KernelCaps for burn_fusion::Fusion<CubeBackend> {
-    fn computes(dtype: DType, _kind: SoftKind) -> bool {
-        computes(dtype)
+// Generic over the fused backend: `CubeBackend` is a `FusionBackend` only when the application's
+// Burn has `fusion`, and this impl must compile either way.
+impl<B: KernelCaps + burn_fusion::FusionBackend> KernelCaps for burn_fusion::Fusion<B> {
+    fn computes(dtype: DType, kind: SoftKind) -> bool {
+        B::computes(dtype, kind)
     }
 
     fn computes_sparse(dtype: DType) -> bool {
-        computes(dtype)
+        B::computes_sparse(dtype)
     }
+}
+
+/// [`scale_by_upstream_kernel`] on the kept gradient (a copy first if it is shared).
+fn scale_by(grad: CubeFloat, upstream: CubeFloat) -> CubeFloat {
+    let grad = if grad.can_mut() && grad.is_contiguous() {
+        grad
+    } else {
+        burn_cubecl::kernel::into_contiguous(CubeBackend::float_add_scalar(grad, 0.0.into()))
+    };
+    let upstream = into_contiguous(upstream);
+    let n = grad.shape().num_elements();
+    if n > 0 {
+        let client = grad.client.clone();
+        let cubes = n.div_ceil(UNITS as usize) as u32;
+        scale_by_upstream_kernel::launch(
+            &client,
+            cubecl::server::CubeCountSelection::new(&client, cubes).cube_count(),
+            CubeDim::new_1d(UNITS),
+            grad.clone().into_tensor_arg(),
+            upstream.clone().into_tensor_arg(),
+            [
+                dtype_to_storage_type(grad.dtype),
+                dtype_to_storage_type(upstream.dtype),
+            ],
+        );
+    }
+    grad
 }
 
 impl KdFusedBackend for CubeBackend {
@@ -1092,6 +1140,10 @@ impl KdFusedBackend for CubeBackend {
         let (values, grad) = run(student, teacher, labels, weights, params, true);
         (values, grad.expect("gradient requested"))
     }
+    fn kd_scale_by(grad: FloatTensor<Self>, upstream: FloatTensor<Self>) -> FloatTensor<Self> {
+        scale_by(grad, upstream)
+    }
+
     fn kd_sparse_values(
         student: FloatTensor<Self>,
         indices: IntTensor<Self>,

@@ -27,7 +27,7 @@ type State<B> = (
 
 /// The (one-element) upstream gradient of a fused term, read to the host: the backward
 /// pass chooses between the kept gradient, a scaled copy and a recomputation from it.
-fn upstream_on_host<B: Backend>(upstream: FloatTensor<B>) -> f32 {
+pub(super) fn upstream_on_host<B: Backend>(upstream: FloatTensor<B>) -> f32 {
     burn::tensor::try_read_sync(B::float_into_data(upstream))
         .expect("fused kernel: synchronous read of the upstream gradient")
         .expect("fused kernel: reading the upstream gradient")
@@ -38,7 +38,7 @@ fn upstream_on_host<B: Backend>(upstream: FloatTensor<B>) -> f32 {
 
 /// The gradient kept from the forward pass times the upstream scalar `c` (as is for `c = 1`,
 /// the common `loss.backward()`: no copy).
-fn scaled<B: Backend>(stash: FloatTensor<B>, c: f32) -> FloatTensor<B> {
+pub(super) fn scaled<B: Backend>(stash: FloatTensor<B>, c: f32) -> FloatTensor<B> {
     if c == 1.0 {
         stash
     } else {
@@ -54,12 +54,13 @@ impl<B: KdFusedBackend> Backward<B, 1> for KdFusedBackward {
         let upstream = grads.consume::<B>(&ops.node);
         let Some(node) = node else { return };
         let (stash, student, teacher, labels, weights, params) = ops.state;
-        let c = upstream_on_host::<B>(upstream);
         let grad = match stash {
-            // The total: its gradient was computed in the forward pass.
-            Some(stash) => scaled::<B>(stash, c),
-            // A term used on its own: recompute once, in one fused pass.
+            // The total: its gradient was computed in the forward pass; scaled on the device.
+            Some(stash) => B::kd_scale_by(stash, upstream),
+            // A term used on its own: recompute once, in one fused pass (the upstream scalar is
+            // a kernel parameter, read on the host).
             None => {
+                let c = upstream_on_host::<B>(upstream);
                 let p = KernelParams {
                     grad_soft: c * params.grad_soft,
                     grad_hard: c * params.grad_hard,
@@ -84,8 +85,7 @@ impl<B: KdFusedBackend> Backward<B, 1> for KdSparseBackward {
         let [node] = ops.parents;
         let upstream = grads.consume::<B>(&ops.node);
         let Some(node) = node else { return };
-        let c = upstream_on_host::<B>(upstream);
-        grads.register::<B>(node.id, scaled::<B>(ops.state, c));
+        grads.register::<B>(node.id, B::kd_scale_by(ops.state, upstream));
     }
 }
 
@@ -131,6 +131,14 @@ impl<B: KdFusedBackend, C: CheckpointStrategy> KdFusedBackend for Autodiff<B, C>
             <FloatTensor<Self>>::new(values),
             <FloatTensor<Self>>::new(grad),
         )
+    }
+
+    fn kd_scale_by(grad: FloatTensor<Self>, upstream: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Used inside backward passes on the inner backend; here untracked.
+        <FloatTensor<Self>>::new(B::kd_scale_by(
+            grad.into_primitive(),
+            upstream.into_primitive(),
+        ))
     }
 
     fn kd_sparse_values(

@@ -147,6 +147,11 @@ impl KdFusedBackend for Flex {
         let (values, grad) = run(student, teacher, labels, weights, params, true);
         (values, grad.expect("gradient requested"))
     }
+    fn kd_scale_by(grad: FloatTensor<Self>, upstream: FloatTensor<Self>) -> FloatTensor<Self> {
+        // On the CPU the upstream scalar is in host memory already.
+        super::autodiff::scaled::<Self>(grad, super::autodiff::upstream_on_host::<Self>(upstream))
+    }
+
     // The top-k kernel is CubeCL's: `KernelCaps::computes_sparse` is false for Flex, so the
     // routing never calls these.
     fn kd_sparse_values(

@@ -114,6 +114,12 @@ mod decl {
             Self::float_slice(out, &[burn::backend::Slice::from(0..1)])
         }
 
+        /// `grad · c`, `c` the one-element upstream gradient of a fused loss, without reading `c`
+        /// on the host: the backward passes hand the gradient kept from the forward pass over
+        /// through it (CubeCL: in place, and nothing but a launch when `c = 1`).
+        #[fusion(dtype = grad, shape = grad)]
+        fn kd_scale_by(grad: FloatTensor<Self>, upstream: FloatTensor<Self>) -> FloatTensor<Self>;
+
         /// `(α·S + β·H, S, H)`, each `[1]`. On `Autodiff` the three are independent nodes of the
         /// graph, so that each can be differentiated on its own (`soft.backward()` then
         /// `hard.backward()`); elsewhere, slices of [`kd_fused_values`](Self::kd_fused_values).
