@@ -19,20 +19,29 @@
 //! student and teacher once and writes the gradient once: the memory-traffic floor.
 //!
 //! # Where it runs
-//! * **Flex** (Burn's CPU backend, with this crate's `flex` feature): a row-parallel kernel on
-//!   all cores, vectorised with AVX2 + FMA when the CPU has them (chosen at run time).
-//! * Everywhere else (ndarray, wgpu and the other CubeCL runtimes, LibTorch, remote), and for
-//!   inputs the kernel does not cover (not `f32`; per-row temperatures; divergences other than
-//!   forward and reverse KL), the composed path runs instead, decided at run time from the
-//!   tensors' device and dtype. Never a panic. [`fused_available`] says which path a tensor takes.
+//! * **Flex** (Burn's CPU backend; feature `cpu-kernel`, the default): a row-parallel kernel on
+//!   all cores, vectorised with AVX2 + FMA when the CPU has them (chosen at run time); `f32`,
+//!   forward and reverse KL.
+//! * **The CubeCL backends** (wgpu, Vulkan, Metal, CUDA, ROCm, with or without Burn's `fusion`;
+//!   feature `gpu-kernel`): one cube per row (`cube.rs`); `f32`, `f16` and `bf16` read as they
+//!   are with `f32` arithmetic; every divergence; and the top-k teacher's forward KL
+//!   ([`SparseKdLoss`](crate::sparse::SparseKdLoss)).
+//! * Everywhere else (ndarray, LibTorch, remote), and for inputs a kernel does not cover (`f64`;
+//!   per-row temperatures; on Flex `f16`/`bf16` and the divergences other than the KLs), the
+//!   composed path runs instead, decided at run time from the tensors' device and dtype. Never a
+//!   panic. [`fused_available`] (and
+//!   [`Divergence::fused_available`](crate::divergence::Divergence::fused_available)) says which
+//!   path a tensor takes.
 //! * `KD_FUSED=0` in the environment forces the composed path (for comparisons and debugging).
 //!
 //! The losses that use it automatically: [`distillation_loss`](crate::logits::distillation_loss)
 //! and its module, [`SoftKlLoss::forward`](crate::logits::SoftKlLoss::forward) /
 //! [`forward_masked`](crate::logits::SoftKlLoss::forward_masked),
 //! [`DivergenceLoss::forward`](crate::divergence::DivergenceLoss::forward) /
-//! [`forward_masked`](crate::divergence::DivergenceLoss::forward_masked) (forward and reverse
-//! KL), and [`divergence::soft_loss`](crate::divergence::soft_loss). Functions that return a
+//! [`forward_masked`](crate::divergence::DivergenceLoss::forward_masked),
+//! [`divergence::soft_loss`](crate::divergence::soft_loss) and
+//! [`SparseKdLoss::forward`](crate::sparse::SparseKdLoss::forward) /
+//! [`forward_masked`](crate::sparse::SparseKdLoss::forward_masked). Functions that return a
 //! [`RowLoss`](crate::reduction::RowLoss) stay composed: the fused kernel needs the reduction up
 //! front.
 //!
@@ -48,10 +57,12 @@
 //!
 //! # Numerics
 //! Same conventions as the composed path (`0 · log 0 = 0`, `-inf` logits, all `-inf` rows,
-//! fully masked batches give 0); sums over a row use 8 `f32` partial sums, exponentials a
-//! polynomial with relative error below 3e-7. The parity tests (`tests/suite/fused/parity_logits/`) check
-//! value and gradient against the composed path on every reduction, masks, `-inf`, ±1e4 and
-//! several temperatures.
+//! `+inf` logits as point masses, NaN propagated, fully masked batches give 0, the KL values
+//! free of the log-normalisers' rounding). On the CPU, sums over a row use 8 `f32` partial sums
+//! and exponentials a polynomial with relative error below 3e-7; on the GPU, block reductions in
+//! shared memory. The parity tests (`tests/suite/fused/parity_logits/`, `tests/suite/sparse.rs`)
+//! check value and gradient against the composed path on every reduction, masks, `-inf`, ±1e4,
+//! several temperatures and every divergence.
 
 // Whether a kernel is reachable depends on the application's Burn features, which this crate
 // cannot see (see `route`): in an application whose Burn has neither Flex nor a CubeCL backend,

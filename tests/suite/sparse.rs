@@ -305,7 +305,10 @@ fn topk_kernel_matches_composed() {
                             // The masked runs differentiate a scaled loss: the kept gradient is
                             // scaled by the upstream gradient (on the device on CubeCL).
                             let c = if masked { 0.5 } else { 1.0 };
-                            (value, to_vec(st.grad(&out.mul_scalar(c).backward()).unwrap()))
+                            (
+                                value,
+                                to_vec(st.grad(&out.mul_scalar(c).backward()).unwrap()),
+                            )
                         };
                         let ((va, ga), (vb, gb)) = (run(true), run(false));
                         let what = format!("{name} k={k} T={temp} {rn} masked={masked}");

@@ -1,4 +1,5 @@
-//! Burn without default features, Flex only, no autodiff: the CPU kernel serves the forward pass.
+//! Burn without default features, no autodiff: Flex (the CPU kernel) and wgpu without Burn's
+//! `fusion` (the CubeCL kernel on the plain CubeCL backend) serve the forward pass.
 #[path = "../../check.rs"]
 mod check;
 
@@ -6,4 +7,9 @@ use burn::tensor::Device;
 
 fn main() {
     check::check("flex (no autodiff in Burn)", &Device::flex(), true);
+    check::check(
+        "wgpu without fusion (no autodiff in Burn)",
+        &Device::wgpu(Default::default()),
+        true,
+    );
 }
