@@ -1063,32 +1063,39 @@ fn run_sparse(
     (out, want_grad.then_some(grad))
 }
 
-/// The dtypes this kernel reads: the float types Burn's CubeCL backends hold tensors in (a
-/// runtime without `bf16`, such as wgpu, has no `bf16` tensors to begin with). `f64` takes the
-/// composed path, which computes in `f64`.
-fn computes(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+/// The dtypes this kernel reads on `device`: `f32`, and `f16` / `bf16` where the device's runtime
+/// has the type (CUDA and ROCm both; wgpu `f16` with the `shader-f16` feature and never `bf16`:
+/// WGSL has no such type, and Burn's fusion can hold a lazily cast `bf16` tensor on wgpu that
+/// only a kernel reading it would reveal). `f64` takes the composed path, which computes in `f64`.
+fn computes(dtype: DType, device: &burn_cubecl::CubeDevice) -> bool {
+    let ty = match dtype {
+        DType::F32 => return true,
+        DType::F16 => ElemType::Float(cubecl::ir::FloatKind::F16),
+        DType::BF16 => ElemType::Float(cubecl::ir::FloatKind::BF16),
+        _ => return false,
+    };
+    device.client().properties().supports_type(ty)
 }
 
 impl KernelCaps for CubeBackend {
-    fn computes(dtype: DType, _kind: SoftKind) -> bool {
-        computes(dtype)
+    fn computes(dtype: DType, _kind: SoftKind, device: &Self::Device) -> bool {
+        computes(dtype, device)
     }
 
-    fn computes_sparse(dtype: DType) -> bool {
-        computes(dtype)
+    fn computes_sparse(dtype: DType, device: &Self::Device) -> bool {
+        computes(dtype, device)
     }
 }
 
 // Generic over the fused backend: `CubeBackend` is a `FusionBackend` only when the application's
 // Burn has `fusion`, and this impl must compile either way.
 impl<B: KernelCaps + burn_fusion::FusionBackend> KernelCaps for burn_fusion::Fusion<B> {
-    fn computes(dtype: DType, kind: SoftKind) -> bool {
-        B::computes(dtype, kind)
+    fn computes(dtype: DType, kind: SoftKind, device: &Self::Device) -> bool {
+        B::computes(dtype, kind, device)
     }
 
-    fn computes_sparse(dtype: DType) -> bool {
-        B::computes_sparse(dtype)
+    fn computes_sparse(dtype: DType, device: &Self::Device) -> bool {
+        B::computes_sparse(dtype, device)
     }
 }
 

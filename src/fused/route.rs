@@ -18,7 +18,7 @@
 
 use core::marker::PhantomData;
 
-use burn::backend::{DispatchKindConversion, DispatchTensor};
+use burn::backend::{DispatchKindConversion, DispatchTensor, TensorMetadata};
 use burn::tensor::{Int, Tensor};
 
 use super::ext::{KdFusedBackend, KdSqBackend};
@@ -26,11 +26,13 @@ use super::kernel::{KernelParams, SoftKind};
 
 /// What a backend's logit kernel computes: its input dtypes and divergences (the CPU kernel:
 /// `f32` and the KL directions; the CubeCL kernel: `f32`, `f16`, `bf16` and every divergence).
-pub(crate) trait KernelCaps {
-    /// Whether the kernel computes `kind` on `dtype` logits.
-    fn computes(dtype: burn::tensor::DType, kind: SoftKind) -> bool;
+pub(crate) trait KernelCaps: burn::backend::Backend {
+    /// Whether the kernel computes `kind` on `dtype` logits on `device` (whose runtime may lack
+    /// a dtype: wgpu has no `bf16`, and Burn's fusion only discovers that when a kernel that
+    /// reads the type is compiled).
+    fn computes(dtype: burn::tensor::DType, kind: SoftKind, device: &Self::Device) -> bool;
     /// Whether the top-k teacher kernel (forward KL) runs on `dtype` student logits.
-    fn computes_sparse(dtype: burn::tensor::DType) -> bool;
+    fn computes_sparse(dtype: burn::tensor::DType, device: &Self::Device) -> bool;
 }
 
 /// A backend type `B` a kernel may be routed to.
@@ -147,14 +149,14 @@ where
     DispatchTensor: DispatchKindConversion<B>,
 {
     fn serves(&self, x: &Tensor<2>, dtype: burn::tensor::DType, kind: SoftKind) -> bool {
-        B::computes(dtype, kind) && primitive::<B, 2, _>(x).is_some()
+        primitive::<B, 2, _>(x).is_some_and(|p| B::computes(dtype, kind, &p.device()))
     }
 
     fn kd(&self, inputs: &KdInputs, params: KernelParams) -> Option<Terms> {
-        if !B::computes(inputs.student.dtype(), params.kind) {
+        let s = primitive::<B, 2, _>(&inputs.student)?;
+        if !B::computes(inputs.student.dtype(), params.kind, &s.device()) {
             return None;
         }
-        let s = primitive::<B, 2, _>(&inputs.student)?;
         let t = primitive::<B, 2, _>(&inputs.teacher)?;
         let y = primitive::<B, 1, _>(&inputs.labels)?;
         let w = primitive::<B, 1, _>(&inputs.weights)?;
@@ -167,14 +169,14 @@ where
     }
 
     fn serves_sparse(&self, x: &Tensor<2>, dtype: burn::tensor::DType) -> bool {
-        B::computes_sparse(dtype) && primitive::<B, 2, _>(x).is_some()
+        primitive::<B, 2, _>(x).is_some_and(|p| B::computes_sparse(dtype, &p.device()))
     }
 
     fn kd_sparse(&self, inputs: &SparseInputs, params: KernelParams) -> Option<Tensor<1>> {
-        if !B::computes_sparse(inputs.student.dtype()) {
+        let s = primitive::<B, 2, _>(&inputs.student)?;
+        if !B::computes_sparse(inputs.student.dtype(), &s.device()) {
             return None;
         }
-        let s = primitive::<B, 2, _>(&inputs.student)?;
         let i = primitive::<B, 2, _>(&inputs.indices)?;
         let v = primitive::<B, 2, _>(&inputs.values)?;
         let w = primitive::<B, 1, _>(&inputs.weights)?;

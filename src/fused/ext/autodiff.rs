@@ -92,12 +92,16 @@ impl<B: KdFusedBackend> Backward<B, 1> for KdSparseBackward {
 impl<B: crate::fused::route::KernelCaps, C: CheckpointStrategy> crate::fused::route::KernelCaps
     for Autodiff<B, C>
 {
-    fn computes(dtype: burn::tensor::DType, kind: crate::fused::SoftKind) -> bool {
-        B::computes(dtype, kind)
+    fn computes(
+        dtype: burn::tensor::DType,
+        kind: crate::fused::SoftKind,
+        device: &B::Device,
+    ) -> bool {
+        B::computes(dtype, kind, device)
     }
 
-    fn computes_sparse(dtype: burn::tensor::DType) -> bool {
-        B::computes_sparse(dtype)
+    fn computes_sparse(dtype: burn::tensor::DType, device: &B::Device) -> bool {
+        B::computes_sparse(dtype, device)
     }
 }
 
