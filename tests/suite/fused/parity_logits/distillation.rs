@@ -293,7 +293,10 @@ fn default_gpu_setup_reaches_the_fused_kernel() {
         // compile on the device thread (Burn's fusion holds a lazily cast bf16 tensor there).
         let x = Tensor::<2>::zeros([2, 17], &dev).cast(burn::tensor::DType::BF16);
         assert!(!fused_available(&x), "bf16 on wgpu: no kernel");
-        assert!(!Divergence::ReverseKl.fused_available(&x), "bf16 on wgpu: no kernel");
+        assert!(
+            !Divergence::ReverseKl.fused_available(&x),
+            "bf16 on wgpu: no kernel"
+        );
         checks += 2;
     }
     report("default_gpu_setup", "wgpu", checks);
