@@ -397,6 +397,26 @@ fn chunk_loss(
         let out = distillation_loss(student, teacher, labels, &dl, reduction);
         return (out.total, out.soft, out.hard);
     }
+    // Any other divergence with the cross-entropy: one fused pass where a kernel computes it (the
+    // CubeCL kernel: every divergence), else the composed soft and hard terms.
+    let kind = loss.divergence.kernel_kind();
+    if crate::fused::serves(&student, kind) {
+        let keep = labels.clone().not_equal_elem(cfg.ignore_index);
+        let safe = labels.clone().mask_fill(keep.clone().bool_not(), 0);
+        if let Some(terms) = crate::logits::soft::fused_kd(
+            &student,
+            &teacher,
+            Some(safe),
+            Some(keep),
+            kind,
+            loss.temperature(),
+            loss.scaling(),
+            (cfg.alpha, cfg.label_smoothing),
+            reduction,
+        ) {
+            return terms;
+        }
+    }
     let options = CrossEntropyOptions {
         ignore_index: Some(cfg.ignore_index),
         label_smoothing: cfg.label_smoothing,

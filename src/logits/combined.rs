@@ -140,10 +140,11 @@ impl Default for DistillationLossConfig {
 /// ```
 ///
 /// # Performance
-/// On Burn's Flex (CPU) backend with `f32` logits this runs the fused kernel of
-/// [`crate::fused`]: one pass over the logits for the value and the gradient (measured speed-ups
-/// in the README's performance section). Elsewhere it runs
-/// [`distillation_loss_composed`], the reference implementation, with the same results.
+/// On Burn's Flex (CPU) backend with `f32` logits and on the CubeCL backends (feature
+/// `gpu-kernel`; `f32`, `f16`, `bf16` where the runtime has it) this runs the fused kernel of
+/// [`crate::fused`]: the value and the gradient in one operation (measured speed-ups in the
+/// README's performance section). Elsewhere it runs [`distillation_loss_composed`], the reference
+/// implementation, with the same results.
 pub fn distillation_loss<const D: usize, const DL: usize>(
     student_logits: Tensor<D>,
     teacher_logits: Tensor<D>,
