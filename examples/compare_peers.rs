@@ -337,17 +337,14 @@ fn main() {
             if linear_case != (imp.ends_with("-fused-linear") || imp.ends_with("-materialized")) {
                 continue;
             }
-            // The squared-error kernel of the feature losses runs on flex only; the CPU kernel
-            // computes the KL directions only (JSD runs composed there).
+            // The squared-error kernel of the feature losses runs on flex only.
             let logit_case = ["kd_ce", "soft_kl", "reverse_kl", "jsd"]
                 .iter()
                 .any(|p| case.starts_with(p));
             if imp.ends_with("-fused") && !imp.starts_with("flex") && !logit_case {
                 continue;
             }
-            if imp == "flex-fused" && case.starts_with("jsd") {
-                continue;
-            }
+
             let mut cmd = Command::new(&exe);
             cmd.args(["--worker", case, imp]);
             if quick {

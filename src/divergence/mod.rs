@@ -138,7 +138,7 @@ pub enum Divergence {
 impl Divergence {
     /// Whether a fused kernel computes this divergence for `logits` (their backend and dtype):
     /// the CubeCL kernel computes every divergence on `f32`, `f16` and `bf16`; the CPU kernel
-    /// (Flex, `f32`) the forward and reverse KL. `false` means the composed path, with the same
+    /// (Flex) every divergence on `f32`. `false` means the composed path, with the same
     /// results. Used by [`soft_loss`] and [`DivergenceLoss`].
     ///
     /// ```
@@ -146,7 +146,8 @@ impl Divergence {
     /// use kd_losses::divergence::Divergence;
     /// let x = Tensor::<2>::zeros([2, 3], &Device::flex());
     /// assert!(Divergence::ReverseKl.fused_available(&x));
-    /// assert!(!Divergence::TotalVariation.fused_available(&x)); // composed on the CPU
+    /// assert!(Divergence::TotalVariation.fused_available(&x));
+    /// assert!(!Divergence::ReverseKl.fused_available(&x.cast(burn::tensor::DType::F64))); // composed
     /// ```
     pub fn fused_available<const D: usize>(&self, logits: &Tensor<D>) -> bool {
         crate::fused::serves(logits, self.kernel_kind())

@@ -20,14 +20,14 @@
 //!
 //! # Where it runs
 //! * **Flex** (Burn's CPU backend; feature `cpu-kernel`, the default): a row-parallel kernel on
-//!   all cores, vectorised with AVX2 + FMA when the CPU has them (chosen at run time); `f32`,
-//!   forward and reverse KL.
+//!   all cores, vectorised with AVX2 + FMA when the CPU has them (chosen at run time) for the
+//!   forward and reverse KL, a scalar row for the other divergences; `f32`.
 //! * **The CubeCL backends** (wgpu, Vulkan, Metal, CUDA, ROCm, with or without Burn's `fusion`;
 //!   feature `gpu-kernel`): one cube per row (`cube.rs`); `f32`, `f16` and `bf16` read as they
 //!   are with `f32` arithmetic; every divergence; and the top-k teacher's forward KL
 //!   ([`SparseKdLoss`](crate::sparse::SparseKdLoss)).
 //! * Everywhere else (ndarray, LibTorch, remote), and for inputs a kernel does not cover (`f64`;
-//!   per-row temperatures; on Flex `f16`/`bf16` and the divergences other than the KLs), the
+//!   per-row temperatures; on Flex `f16`/`bf16`), the
 //!   composed path runs instead, decided at run time from the tensors' device and dtype. Never a
 //!   panic. [`fused_available`] (and
 //!   [`Divergence::fused_available`](crate::divergence::Divergence::fused_available)) says which

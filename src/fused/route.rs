@@ -25,7 +25,8 @@ use super::ext::{KdFusedBackend, KdSqBackend};
 use super::kernel::{KernelParams, SoftKind};
 
 /// What a backend's logit kernel computes: its input dtypes and divergences (the CPU kernel:
-/// `f32` and the KL directions; the CubeCL kernel: `f32`, `f16`, `bf16` and every divergence).
+/// `f32`, every divergence; the CubeCL kernel: `f32`, `f16`, `bf16` where the runtime has them,
+/// every divergence and the top-k teacher).
 pub(crate) trait KernelCaps: burn::backend::Backend {
     /// Whether the kernel computes `kind` on `dtype` logits on `device` (whose runtime may lack
     /// a dtype: wgpu has no `bf16`, and Burn's fusion only discovers that when a kernel that

@@ -117,8 +117,8 @@ impl KdSqBackend for Flex {
 }
 
 impl crate::fused::route::KernelCaps for Flex {
-    fn computes(dtype: DType, kind: crate::fused::SoftKind, _device: &Self::Device) -> bool {
-        dtype == DType::F32 && kind.is_kl()
+    fn computes(dtype: DType, _kind: crate::fused::SoftKind, _device: &Self::Device) -> bool {
+        dtype == DType::F32
     }
 
     fn computes_sparse(_dtype: DType, _device: &Self::Device) -> bool {

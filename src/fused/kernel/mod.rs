@@ -9,6 +9,7 @@
 //! Loops run over blocks of [`LANES`] lanes written against [`Lanes`] (`super::simd`);
 //! [`run_rows`] picks an AVX2 + FMA instantiation at run time on x86-64.
 
+mod general;
 mod passes;
 mod row;
 mod schedule;
@@ -18,8 +19,9 @@ use passes::{RowValues, Scratch, row_maxima};
 use row::row;
 pub(crate) use schedule::par_row_blocks;
 
-/// Which divergence the soft term is. The CPU kernel computes the two KL directions; the
-/// CubeCL kernel computes all of them.
+/// Which divergence the soft term is. The CPU kernel computes the two KL directions with its
+/// vectorised row (`row`) and the others with a scalar row (`general`); the CubeCL kernel
+/// computes all of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum SoftKind {
     /// `KL(p_teacher ‖ p_student)` (Hinton).
@@ -43,7 +45,8 @@ pub(crate) enum SoftKind {
 }
 
 impl SoftKind {
-    /// Whether this is one of the two KL directions (the kinds the CPU kernel computes).
+    /// Whether this is one of the two KL directions (the kinds the CPU kernel's vectorised row
+    /// computes; the others take its scalar row).
     pub(crate) fn is_kl(self) -> bool {
         matches!(self, SoftKind::ForwardKl | SoftKind::ReverseKl)
     }
@@ -189,6 +192,33 @@ pub(crate) fn run_rows(
             g.fill(0.0);
         }
         return RowValues::default();
+    }
+    if !p.kind.is_kl() {
+        // The other divergences: the scalar row of `general`, in parallel over row blocks.
+        let blocks = par_row_blocks(r, v, grad, |rows, mut g| {
+            let mut acc = RowValues::default();
+            for (k, i) in rows.enumerate() {
+                let gi = g.as_deref_mut().map(|g| &mut g[k * v..(k + 1) * v]);
+                let label = if p.has_hard { labels[i] } else { 0 };
+                let rv = general::general_row(
+                    &s[i * v..(i + 1) * v],
+                    &t[i * v..(i + 1) * v],
+                    label,
+                    weights[i],
+                    p,
+                    gi,
+                );
+                acc.soft += rv.soft;
+                acc.hard += rv.hard;
+            }
+            acc
+        });
+        return blocks
+            .iter()
+            .fold(RowValues::default(), |acc, rv| RowValues {
+                soft: acc.soft + rv.soft,
+                hard: acc.hard + rv.hard,
+            });
     }
     let blocks = par_row_blocks(r, v, grad, |rows, g| {
         let labels = if p.has_hard {
