@@ -196,6 +196,70 @@ fn count_pos_inf<E: Float, F: Float>(x: &Tensor<E>, base: usize, v: usize, pos_i
     n
 }
 
+/// This unit's running maximum of `x[base + i]` (`i < len`, every `CUBE_DIM_X`-th entry from
+/// the unit's position) and `Σ exp((x − m)/T)`, rescaled when the maximum grows: `-inf` entries
+/// add nothing, NaN reaches the sum (`x > m` and `x == -inf` are both false for it).
+#[cube]
+fn unit_max_sum<E: Float, F: Float>(
+    x: &Tensor<E>,
+    base: usize,
+    len: usize,
+    inv_t: F,
+    neg_inf: F,
+) -> (F, F) {
+    let mut m = neg_inf;
+    let mut s = F::new(0.0);
+    let mut i = UNIT_POS_X as usize;
+    while i < len {
+        let xv = F::cast_from(x[base + i]);
+        if xv > m {
+            s = s * F::exp((m - xv) * inv_t) + F::new(1.0);
+            m = xv;
+        } else if xv == neg_inf {
+        } else {
+            s += F::exp((xv - m) * inv_t);
+        }
+        i += CUBE_DIM_X as usize;
+    }
+    (m, s)
+}
+
+/// The row's maximum and sum from each unit's running pair `(m, s)` of [`unit_max_sum`]: the
+/// block maximum, each unit's sum rescaled to it (a unit that saw only `-inf` has sum 0), their
+/// block sum. A row holding `+inf` is its point mass — recounted with one more pass: maximum 0,
+/// sum the number of `+inf` entries, and `true` — and an all `-inf` row is empty (maximum 0,
+/// sum 0: the composed path's shift).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn row_max_sum<E: Float, F: Float>(
+    shared: &mut Shared<[F]>,
+    x: &Tensor<E>,
+    base: usize,
+    len: usize,
+    m: F,
+    s: F,
+    inv_t: F,
+    neg_inf: F,
+) -> (F, F, bool) {
+    let pos_inf = F::new(0.0) - neg_inf;
+    let mut m_row = block_max::<F>(shared, m);
+    let mut s_unit = s;
+    if m == neg_inf {
+    } else {
+        s_unit = s * F::exp((m - m_row) * inv_t);
+    }
+    let mut s_row = block_sum::<F>(shared, s_unit);
+    let point = m_row == pos_inf;
+    if point {
+        s_row = block_sum::<F>(shared, count_pos_inf::<E, F>(x, base, len, pos_inf));
+        m_row = F::new(0.0);
+    }
+    if m_row == neg_inf {
+        m_row = F::new(0.0);
+    }
+    (m_row, s_row, point)
+}
+
 /// The hard term's gradient at one entry: `c_h (softmax(s)_j − ε/V − (1 − ε)·[j = y])`.
 #[cube]
 fn hard_grad<F: Float>(x1: F, inv_s1: F, smooth_c: F, eps: F, ch: F, is_label: bool) -> F {
@@ -368,23 +432,16 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
     let neg_inf = sc[SC_NEG_INF];
     let pos_inf = zero - neg_inf;
 
-    // Pass 1: online maxima and sums of exponentials (one read of the row).
-    let mut mt = neg_inf;
-    let mut st = zero;
+    // Pass 1: online maxima and sums of exponentials (one read of the row). The student's loop
+    // also keeps `Σ exp(s − m)` (the hard term at T ≠ 1, rescaled with the same maximum) and
+    // `Σ s` (label smoothing).
+    let (mt, st) = unit_max_sum::<E, F>(teacher, base, v, inv_t, neg_inf);
     let mut ms = neg_inf;
     let mut ss = zero;
     let mut s1 = zero;
     let mut sum_s = zero;
     let mut i = u;
     while i < v {
-        let tv = F::cast_from(teacher[base + i]);
-        if tv > mt {
-            st = st * F::exp((mt - tv) * inv_t) + one;
-            mt = tv;
-        } else if tv == neg_inf {
-        } else {
-            st += F::exp((tv - mt) * inv_t);
-        }
         let sv = F::cast_from(student[base + i]);
         if sv > ms {
             ss = ss * F::exp((ms - sv) * inv_t) + one;
@@ -404,65 +461,33 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
         }
         i += step;
     }
-    let mut mt_row = block_max::<F>(&mut shared, mt);
-    let mut ms_row = block_max::<F>(&mut shared, ms);
-    // Each unit's sums rescaled to the row's maxima (a unit that saw only -inf has sums 0).
-    if mt == neg_inf {
-    } else {
-        st *= F::exp((mt - mt_row) * inv_t);
-    }
-    if ms == neg_inf {
-    } else {
-        ss *= F::exp((ms - ms_row) * inv_t);
-        if need_s1 {
-            s1 *= F::exp(ms - ms_row);
-        }
-    }
-    let mut st = block_sum::<F>(&mut shared, st);
-    let mut ss = block_sum::<F>(&mut shared, ss);
+    let (mt, st, point_t) =
+        row_max_sum::<E, F>(&mut shared, teacher, base, v, mt, st, inv_t, neg_inf);
+    let ms_unit = ms;
+    let (ms, ss, point_s) =
+        row_max_sum::<E, F>(&mut shared, student, base, v, ms_unit, ss, inv_t, neg_inf);
     if need_s1 {
+        // Rescaled to the row maximum (overwritten below for a point-mass row).
+        if ms_unit == neg_inf {
+        } else {
+            s1 *= F::exp(ms_unit - ms);
+        }
         s1 = block_sum::<F>(&mut shared, s1);
     }
     if has_hard {
         sum_s = block_sum::<F>(&mut shared, sum_s);
-    }
-    // A +inf logit is a point mass: the row is recounted as 0 at its +inf entries, -inf
-    // elsewhere (one more pass, for such rows only).
-    let point_t = mt_row == pos_inf;
-    let point_s = ms_row == pos_inf;
-    if point_t {
-        st = block_sum::<F>(
-            &mut shared,
-            count_pos_inf::<E, F>(teacher, base, v, pos_inf),
-        );
-        mt_row = zero;
-    }
-    if point_s {
-        ss = block_sum::<F>(
-            &mut shared,
-            count_pos_inf::<E, F>(student, base, v, pos_inf),
-        );
-        ms_row = zero;
-        // Σ of the point-mass row: 0 when every entry is +inf, -inf otherwise.
-        sum_s = zero;
-        if ss < F::cast_from(v as u32) {
-            sum_s = neg_inf;
-        }
     }
     if !need_s1 {
         s1 = ss;
     }
     if point_s {
         s1 = ss;
+        // Σ of the point-mass row: 0 when every entry is +inf, -inf otherwise.
+        sum_s = zero;
+        if ss < F::cast_from(v as u32) {
+            sum_s = neg_inf;
+        }
     }
-    // All -inf: an empty distribution, shifted by 0 (the composed path's convention).
-    if mt_row == neg_inf {
-        mt_row = zero;
-    }
-    if ms_row == neg_inf {
-        ms_row = zero;
-    }
-    let (mt, ms) = (mt_row, ms_row);
 
     let inv_st = recip_or_one::<F>(st);
     let inv_ss = recip_or_one::<F>(ss);
@@ -686,7 +711,6 @@ fn kd_sparse_kernel<E: Float, F: Float, I: Numeric>(
     let kbase = r * k;
     let w = weights[r];
     let zero = F::new(0.0);
-    let one = F::new(1.0);
     let mut shared = Shared::<[F]>::new_slice(units as usize);
     if u == 0 {
         rows_out[rows + r] = zero;
@@ -709,69 +733,12 @@ fn kd_sparse_kernel<E: Float, F: Float, I: Numeric>(
     let pos_inf = zero - neg_inf;
 
     // Pass 1: the student's online max and sum, the teacher's over its k values.
-    let mut ms = neg_inf;
-    let mut ss = zero;
-    let mut i = u;
-    while i < v {
-        let sv = F::cast_from(student[base + i]);
-        if sv > ms {
-            ss = ss * F::exp((ms - sv) * inv_t) + one;
-            ms = sv;
-        } else if sv == neg_inf {
-        } else {
-            ss += F::exp((sv - ms) * inv_t);
-        }
-        i += step;
-    }
-    let mut mt = neg_inf;
-    let mut st = zero;
-    let mut j = u;
-    while j < k {
-        let tv = F::cast_from(values[kbase + j]);
-        if tv > mt {
-            st = st * F::exp((mt - tv) * inv_t) + one;
-            mt = tv;
-        } else if tv == neg_inf {
-        } else {
-            st += F::exp((tv - mt) * inv_t);
-        }
-        j += step;
-    }
-    let mut ms_row = block_max::<F>(&mut shared, ms);
-    let mut mt_row = block_max::<F>(&mut shared, mt);
-    if ms == neg_inf {
-    } else {
-        ss *= F::exp((ms - ms_row) * inv_t);
-    }
-    if mt == neg_inf {
-    } else {
-        st *= F::exp((mt - mt_row) * inv_t);
-    }
-    let mut ss = block_sum::<F>(&mut shared, ss);
-    let mut st = block_sum::<F>(&mut shared, st);
-    let point_s = ms_row == pos_inf;
-    let point_t = mt_row == pos_inf;
-    if point_s {
-        ss = block_sum::<F>(
-            &mut shared,
-            count_pos_inf::<E, F>(student, base, v, pos_inf),
-        );
-        ms_row = zero;
-    }
-    if point_t {
-        st = block_sum::<F>(
-            &mut shared,
-            count_pos_inf::<E, F>(values, kbase, k, pos_inf),
-        );
-        mt_row = zero;
-    }
-    if ms_row == neg_inf {
-        ms_row = zero;
-    }
-    if mt_row == neg_inf {
-        mt_row = zero;
-    }
-    let (ms, mt) = (ms_row, mt_row);
+    let (ms, ss) = unit_max_sum::<E, F>(student, base, v, inv_t, neg_inf);
+    let (mt, st) = unit_max_sum::<E, F>(values, kbase, k, inv_t, neg_inf);
+    let (ms, ss, point_s) =
+        row_max_sum::<E, F>(&mut shared, student, base, v, ms, ss, inv_t, neg_inf);
+    let (mt, st, point_t) =
+        row_max_sum::<E, F>(&mut shared, values, kbase, k, mt, st, inv_t, neg_inf);
     let inv_ss = recip_or_one::<F>(ss);
     let inv_st = recip_or_one::<F>(st);
     let ln_ss = ln_or_zero::<F>(ss);
@@ -920,6 +887,75 @@ fn host_f32(values: Vec<f32>, device: &burn_cubecl::CubeDevice) -> CubeFloat {
     CubeBackend::float_from_data(burn::tensor::TensorData::new(values, [n]), device)
 }
 
+/// What both row kernels write: per-row values `[2R]` (`f32`), the gradient `[R, V]` in the
+/// student's dtype (or `[1, 1]` when none is written), and the launch shape.
+struct RowOutputs {
+    client: cubecl::client::Client,
+    rows_out: CubeFloat,
+    grad: CubeFloat,
+    rows: usize,
+    units: u32,
+}
+
+/// Allocates a row kernel's outputs for the contiguous `[R, V]` `student`.
+fn row_outputs(student: &CubeFloat, want_grad: bool) -> RowOutputs {
+    let [r, v] = student.shape().dims::<2>();
+    let (client, device) = (student.client.clone(), student.device.clone());
+    let rows_out = empty_device_dtype(
+        client.clone(),
+        device.clone(),
+        Shape::new([2 * r]),
+        DType::F32,
+    );
+    let grad_shape = if want_grad { [r, v] } else { [1, 1] };
+    let grad = empty_device_dtype(
+        client.clone(),
+        device,
+        Shape::new(grad_shape),
+        student.dtype,
+    );
+    RowOutputs {
+        client,
+        rows_out,
+        grad,
+        rows: r,
+        units: if v <= SHORT_ROW { UNITS_SHORT } else { UNITS },
+    }
+}
+
+/// One cube per row, spread over the grid's dimensions when the rows exceed the per-dimension
+/// limit of a dispatch (65 535 on wgpu); extra cubes exit at once.
+fn row_cubes(out: &RowOutputs) -> CubeCount {
+    cubecl::server::CubeCountSelection::new(&out.client, out.rows as u32).cube_count()
+}
+
+/// `[α·S + β·H, S, H]` (`f32`) from a row kernel's values, and its gradient when written.
+fn finish_rows(
+    out: RowOutputs,
+    alpha: f32,
+    beta: f32,
+    want_grad: bool,
+) -> (CubeFloat, Option<CubeFloat>) {
+    let device = out.rows_out.device.clone();
+    let values = empty_device_dtype(
+        out.client.clone(),
+        device.clone(),
+        Shape::new([3]),
+        DType::F32,
+    );
+    reduce_rows_kernel::launch(
+        &out.client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(UNITS),
+        out.rows_out.into_tensor_arg(),
+        values.clone().into_tensor_arg(),
+        host_f32(vec![alpha, beta], &device).into_tensor_arg(),
+        UNITS,
+        dtype_to_storage_type(DType::F32),
+    );
+    (values, want_grad.then_some(out.grad))
+}
+
 fn run(
     student: CubeFloat,
     teacher: CubeFloat,
@@ -932,66 +968,35 @@ fn run(
     let teacher = into_contiguous(teacher);
     let labels = into_contiguous(labels);
     let weights = into_contiguous(weights);
-    let [r, v] = student.shape().dims::<2>();
-    let client = student.client.clone();
-    let device = student.device.clone();
-    let dtype = student.dtype;
-    let f32_storage = dtype_to_storage_type(DType::F32);
-    let rows_out = empty_device_dtype(
-        client.clone(),
-        device.clone(),
-        Shape::new([2 * r]),
-        DType::F32,
-    );
-    let grad_shape = if want_grad { [r, v] } else { [1, 1] };
-    let grad = empty_device_dtype(
-        client.clone(),
-        device.clone(),
-        Shape::new(grad_shape),
-        dtype,
-    );
-    let values = empty_device_dtype(client.clone(), device.clone(), Shape::new([3]), DType::F32);
-    let units = if v <= SHORT_ROW { UNITS_SHORT } else { UNITS };
+    let out = row_outputs(&student, want_grad);
     let (sc, kind) = scalars(&p);
-    let sc = host_f32(sc, &device);
-    let ab = host_f32(vec![p.alpha, p.beta], &device);
-    if r > 0 {
+    let sc = host_f32(sc, &student.device);
+    let dtypes = [
+        dtype_to_storage_type(student.dtype),
+        dtype_to_storage_type(DType::F32),
+        dtype_to_storage_type(labels.dtype),
+    ];
+    if out.rows > 0 {
         kd_rows_kernel::launch(
-            &client,
-            // One cube per row, spread over the grid's dimensions when the rows exceed the
-            // per-dimension limit of a dispatch (65 535 on wgpu); extra cubes exit at once.
-            cubecl::server::CubeCountSelection::new(&client, r as u32).cube_count(),
-            CubeDim::new_1d(units),
+            &out.client,
+            row_cubes(&out),
+            CubeDim::new_1d(out.units),
             student.into_tensor_arg(),
             teacher.into_tensor_arg(),
-            labels.clone().into_tensor_arg(),
+            labels.into_tensor_arg(),
             weights.into_tensor_arg(),
-            rows_out.clone().into_tensor_arg(),
-            grad.clone().into_tensor_arg(),
+            out.rows_out.clone().into_tensor_arg(),
+            out.grad.clone().into_tensor_arg(),
             sc.into_tensor_arg(),
-            units,
+            out.units,
             kind,
             p.has_hard,
             p.has_hard && p.temperature != 1.0,
             want_grad,
-            [
-                dtype_to_storage_type(dtype),
-                f32_storage,
-                dtype_to_storage_type(labels.dtype),
-            ],
+            dtypes,
         );
     }
-    reduce_rows_kernel::launch(
-        &client,
-        CubeCount::Static(1, 1, 1),
-        CubeDim::new_1d(UNITS),
-        rows_out.into_tensor_arg(),
-        values.clone().into_tensor_arg(),
-        ab.into_tensor_arg(),
-        UNITS,
-        f32_storage,
-    );
-    (values, want_grad.then_some(grad))
+    finish_rows(out, p.alpha, p.beta, want_grad)
 }
 
 fn run_sparse(
@@ -1006,61 +1011,31 @@ fn run_sparse(
     let indices = into_contiguous(indices);
     let values = into_contiguous(values);
     let weights = into_contiguous(weights);
-    let [r, v] = student.shape().dims::<2>();
-    let client = student.client.clone();
-    let device = student.device.clone();
-    let dtype = student.dtype;
-    let f32_storage = dtype_to_storage_type(DType::F32);
-    let rows_out = empty_device_dtype(
-        client.clone(),
-        device.clone(),
-        Shape::new([2 * r]),
-        DType::F32,
-    );
-    let grad_shape = if want_grad { [r, v] } else { [1, 1] };
-    let grad = empty_device_dtype(
-        client.clone(),
-        device.clone(),
-        Shape::new(grad_shape),
-        dtype,
-    );
-    let out = empty_device_dtype(client.clone(), device.clone(), Shape::new([3]), DType::F32);
-    let units = if v <= SHORT_ROW { UNITS_SHORT } else { UNITS };
-    let (sc, _) = scalars(&p);
-    let sc = host_f32(sc, &device);
-    let ab = host_f32(vec![1.0, 0.0], &device);
-    if r > 0 {
+    let out = row_outputs(&student, want_grad);
+    let sc = host_f32(scalars(&p).0, &student.device);
+    let dtypes = [
+        dtype_to_storage_type(student.dtype),
+        dtype_to_storage_type(DType::F32),
+        dtype_to_storage_type(indices.dtype),
+    ];
+    if out.rows > 0 {
         kd_sparse_kernel::launch(
-            &client,
-            cubecl::server::CubeCountSelection::new(&client, r as u32).cube_count(),
-            CubeDim::new_1d(units),
+            &out.client,
+            row_cubes(&out),
+            CubeDim::new_1d(out.units),
             student.into_tensor_arg(),
-            indices.clone().into_tensor_arg(),
+            indices.into_tensor_arg(),
             values.into_tensor_arg(),
             weights.into_tensor_arg(),
-            rows_out.clone().into_tensor_arg(),
-            grad.clone().into_tensor_arg(),
+            out.rows_out.clone().into_tensor_arg(),
+            out.grad.clone().into_tensor_arg(),
             sc.into_tensor_arg(),
-            units,
+            out.units,
             want_grad,
-            [
-                dtype_to_storage_type(dtype),
-                f32_storage,
-                dtype_to_storage_type(indices.dtype),
-            ],
+            dtypes,
         );
     }
-    reduce_rows_kernel::launch(
-        &client,
-        CubeCount::Static(1, 1, 1),
-        CubeDim::new_1d(UNITS),
-        rows_out.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        ab.into_tensor_arg(),
-        UNITS,
-        f32_storage,
-    );
-    (out, want_grad.then_some(grad))
+    finish_rows(out, 1.0, 0.0, want_grad)
 }
 
 /// The dtypes this kernel reads on `device`: `f32`, and `f16` / `bf16` where the device's runtime
