@@ -196,6 +196,14 @@ fn count_pos_inf<E: Float, F: Float>(x: &Tensor<E>, base: usize, v: usize, pos_i
     n
 }
 
+/// `(log p, p)` of a logit `x` in a row with maximum `m`, `1/T`, `ln S` and `1/S`:
+/// `log p = (x − m)/T − ln S`, `p = exp((x − m)/T) / S`.
+#[cube]
+fn log_prob<F: Float>(x: F, m: F, inv_t: F, ln_s: F, inv_s: F) -> (F, F) {
+    let l = (x - m) * inv_t;
+    (l - ln_s, F::exp(l) * inv_s)
+}
+
 /// This unit's running maximum of `x[base + i]` (`i < len`, every `CUBE_DIM_X`-th entry from
 /// the unit's position) and `Σ exp((x − m)/T)`, rescaled when the maximum grows: `-inf` entries
 /// add nothing, NaN reaches the sum (`x > m` and `x == -inf` are both false for it).
@@ -527,12 +535,8 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
     while i < v {
         let tv = load::<E, F>(teacher, base + i, point_t, neg_inf);
         let sv = load::<E, F>(student, base + i, point_s, neg_inf);
-        let lt = (tv - mt) * inv_t;
-        let ls = (sv - ms) * inv_t;
-        let pt = F::exp(lt) * inv_st;
-        let qs = F::exp(ls) * inv_ss;
-        let lp = lt - ln_st;
-        let lq = ls - ln_ss;
+        let (lp, pt) = log_prob::<F>(tv, mt, inv_t, ln_st, inv_st);
+        let (lq, qs) = log_prob::<F>(sv, ms, inv_t, ln_ss, inv_ss);
         let d = lp - lq;
         if comptime!(kind == KIND_FORWARD) {
             if pt == zero {
@@ -608,12 +612,8 @@ fn kd_rows_kernel<E: Float, F: Float, I: Numeric>(
             while i < v {
                 let tv = load::<E, F>(teacher, base + i, point_t, neg_inf);
                 let sv = load::<E, F>(student, base + i, point_s, neg_inf);
-                let lt = (tv - mt) * inv_t;
-                let ls = (sv - ms) * inv_t;
-                let pt = F::exp(lt) * inv_st;
-                let qs = F::exp(ls) * inv_ss;
-                let lp = lt - ln_st;
-                let lq = ls - ln_ss;
+                let (lp, pt) = log_prob::<F>(tv, mt, inv_t, ln_st, inv_st);
+                let (lq, qs) = log_prob::<F>(sv, ms, inv_t, ln_ss, inv_ss);
                 let lm = log_mixture::<F>(lp, lq, sc, neg_inf, kind);
                 let qg = entry_qg::<F>(lp, lq, lm, pt, qs, sc, kind);
                 let mut g = zero;
@@ -773,9 +773,8 @@ fn kd_sparse_kernel<E: Float, F: Float, I: Numeric>(
         if id % step == u {
             let tv = load::<E, F>(values, kbase + j, point_t, neg_inf);
             let sv = load::<E, F>(student, base + id, point_s, neg_inf);
-            let lp = (tv - mt) * inv_t - ln_st;
+            let (lp, pt) = log_prob::<F>(tv, mt, inv_t, ln_st, inv_st);
             let lq = (sv - ms) * inv_t - ln_ss;
-            let pt = F::exp((tv - mt) * inv_t) * inv_st;
             if pt == zero {
             } else {
                 acc += pt * (lp - lq);
