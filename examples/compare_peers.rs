@@ -2,11 +2,11 @@
 //! torch.compile, JAX jit) so that both run back to back on one machine.
 //!
 //! ```text
-//! cargo run --release --example compare_peers                       # every case, default impls
-//! cargo run --release --example compare_peers -- --cases kd_ce_4096x32000 --impls flex-fused
-//! cargo run --release --example compare_peers -- --peers ~/.cache/kdref/results.json   # + table
-//! cargo run --example compare_peers -- --quick                      # CI smoke run (small cases)
-//! cargo run --release --example compare_peers -- --gpu --gpu-peers gpu_peers.jsonl  # on a GPU
+//! cargo run --release -p kd-examples --features peers --bin compare_peers                       # every case, default impls
+//! cargo run --release -p kd-examples --features peers --bin compare_peers -- --cases kd_ce_4096x32000 --impls flex-fused
+//! cargo run --release -p kd-examples --features peers --bin compare_peers -- --peers ~/.cache/kdref/results.json   # + table
+//! cargo run -p kd-examples --features peers --bin compare_peers -- --quick                      # CI smoke run (small cases)
+//! cargo run --release -p kd-examples --features peers --bin compare_peers -- --gpu --gpu-peers gpu_peers.jsonl  # on a GPU
 //! ```
 //!
 //! `--gpu` runs the GPU cases (`kd_ce_*`, `jsd_2048x128000`, each also `_f16` / `_bf16`) with
@@ -73,8 +73,9 @@ const GPU_CASES: [&str; 11] = [
     "jsd_2048x128000_bf16",
 ];
 const GPU_IMPLS: &str = "wgpu-fused,wgpu-composed";
-const QUICK_CASES: [(&str, &[usize]); 4] = [
+const QUICK_CASES: [(&str, &[usize]); 5] = [
     ("kd_ce_64x1000", &[64, 1000]),
+    ("door_jsd_64x1000", &[64, 1000]),
     ("hidden_mse_2x16_32to48", &[2, 16, 32, 48]),
     ("attn_mse_2x2x16x16", &[2, 2, 16, 16]),
     ("fused_linear_64x32x500", &[64, 32, 500]),
@@ -114,7 +115,7 @@ fn worker(case: &str, imp: &str, quick: bool) {
                 .split('x')
                 .map(|d| d.parse().ok())
                 .collect::<Option<_>>()?;
-            let logit_case = ["kd_ce_", "soft_kl_", "reverse_kl_", "jsd_"]
+            let logit_case = ["kd_ce_", "soft_kl_", "reverse_kl_", "jsd_", "door_"]
                 .iter()
                 .any(|p| base.starts_with(p));
             (logit_case && dims.len() == 2).then_some(dims)
@@ -305,6 +306,43 @@ fn gpu_table(path: &str, cases: &[String], ours: &[String]) {
     }
 }
 
+/// The door cases side by side: each door's median and peak extra memory, and its ratio to the
+/// fastest (and leanest) kernel door of the same loss (the composed reference is listed, not
+/// counted).
+fn door_table(cases: &[String], lines: &[String]) {
+    println!("\n| case | door | median ms | × fastest door | peak extra MB | × leanest door |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let num = |l: &String, k: &str| -> f64 {
+        field(l, k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    };
+    for case in cases.iter().filter(|c| c.starts_with("door_")) {
+        let rows: Vec<&String> = lines
+            .iter()
+            .filter(|l| field(l, "case").as_deref() == Some(case.as_str()))
+            .collect();
+        let doors = || {
+            rows.iter()
+                .filter(|l| !field(l, "impl").unwrap_or_default().ends_with("-composed"))
+        };
+        let best_ms = doors()
+            .map(|l| num(l, "median_ms"))
+            .fold(f64::INFINITY, f64::min);
+        let best_mb = doors()
+            .map(|l| num(l, "peak_rss_extra_mb"))
+            .fold(f64::INFINITY, f64::min)
+            .max(1.0);
+        for l in &rows {
+            let (ms, mb) = (num(l, "median_ms"), num(l, "peak_rss_extra_mb"));
+            println!(
+                "| {case} | {} | {ms:.3} | {:.2}× | {mb:.1} | {:.2}× |",
+                field(l, "impl").unwrap_or_default(),
+                ms / best_ms,
+                mb.max(1.0) / best_mb
+            );
+        }
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let args: Vec<String> = std::env::args().collect();
@@ -329,8 +367,14 @@ fn main() {
     for case in &cases {
         // The fused_linear cases have implementations of their own.
         let linear_case = case.starts_with("fused_linear");
+        let door_case = case.starts_with("door_");
         let case_impls = match (&explicit, linear_case) {
             (None, true) => list(FUSED_LINEAR_IMPLS),
+            // The door cases: every public way to the loss (and the composed reference).
+            (None, false) if door_case => steps::door_impls(case)
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             _ => impls.clone(),
         };
         for imp in &case_impls {
@@ -375,6 +419,9 @@ fn main() {
                 }
             }
         }
+    }
+    if cases.iter().any(|c| c.starts_with("door_")) {
+        door_table(&cases, &lines);
     }
     if let Some(path) = arg("--gpu-peers") {
         gpu_table(&path, &cases, &lines);

@@ -14,8 +14,8 @@
 //! terminal only; in a log (stderr not a terminal) the example prints its table and nothing else.
 //!
 //! ```text
-//! cargo run --release --example digits            # full run
-//! cargo run --release --example digits -- --quick # CI smoke run
+//! cargo run --release -p kd-examples --bin digits            # full run
+//! cargo run --release -p kd-examples --bin digits -- --quick # CI smoke run
 //! ```
 //!
 //! This example is also the `burn::train` `Learner`-free version of `examples/learner.rs`: a

@@ -20,8 +20,8 @@
 //! the student.
 //!
 //! ```text
-//! cargo run --release --example learner            # full run: Burn's terminal dashboard on a terminal
-//! cargo run --example learner -- --quick           # CI smoke run: 1 + 2 short epochs, no dashboard
+//! cargo run --release -p kd-examples --features learner --bin learner            # full run: Burn's terminal dashboard on a terminal
+//! cargo run -p kd-examples --features learner --bin learner -- --quick           # CI smoke run: 1 + 2 short epochs, no dashboard
 //! ```
 //!
 //! On a terminal the full run shows Burn's dashboard (press `q` to stop an epoch early); with

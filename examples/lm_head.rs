@@ -15,8 +15,8 @@
 //! gradients, the median step time and the step's peak memory over the memory before it.
 //!
 //! ```text
-//! cargo run --release --all-features --example lm_head            # full run (minutes on 2 cores)
-//! cargo run --all-features --example lm_head -- --quick           # CI smoke run
+//! cargo run --release -p kd-examples --bin lm_head            # full run (minutes on 2 cores)
+//! cargo run -p kd-examples --bin lm_head -- --quick           # CI smoke run
 //! ```
 //!
 //! Data: Cicero, *De finibus bonorum et malorum*, book 1 (45 BC, public domain), as shipped in

@@ -24,8 +24,8 @@
 //! student 8.17 (validation perplexity per character).
 //!
 //! ```text
-//! cargo run --release --example sequence            # full run (a few minutes on 2 cores)
-//! cargo run --example sequence -- --quick           # CI smoke run (a few steps)
+//! cargo run --release -p kd-examples --bin sequence            # full run (a few minutes on 2 cores)
+//! cargo run -p kd-examples --bin sequence -- --quick           # CI smoke run (a few steps)
 //! ```
 //!
 //! Data: Cicero, *De finibus bonorum et malorum*, book 1 (45 BC, public domain), as shipped in

@@ -71,7 +71,6 @@
 //!   the composed path says so once on stderr;
 //! * `chunked` — the [`chunked`] module (row-chunked evaluation for large vocabularies runs one
 //!   backward pass per chunk, so it needs Burn's `autodiff` at compile time and turns it on);
-//!   `autodiff` is its deprecated 0.1 name;
 //! * `train` — the [`train`] module: a step output and a metric that show each loss term inside
 //!   Burn's `Learner` (turns on Burn's `train`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -136,6 +135,7 @@ pub use logits::{
     SoftKlLossConfig, cross_entropy, distillation_loss, distillation_loss_composed,
     pseudo_label_ce, soft_kl,
 };
+pub use numerics::NORM_EPS;
 pub use reduction::{Normalizer, Reduction, RowLoss, RowMask};
 pub use relation::{RkdLoss, RkdLossConfig, rkd_angle, rkd_distance, similarity_preserving};
 pub use schedule::{

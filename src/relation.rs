@@ -20,10 +20,7 @@ use burn::tensor::{Bool, Tensor};
 use crate::combine::LossTerms;
 use crate::error::{KdError, check_range};
 use crate::hidden::l2_normalize_rows;
-
-/// Smallest squared distance or norm taken under a square root (keeps gradients finite where two
-/// embeddings coincide; the authors' code clamps at `1e-12` too).
-pub const RKD_EPS: f64 = 1e-12;
+use crate::numerics::NORM_EPS;
 
 fn check_batch(s: &[usize; 2], t: &[usize; 2]) {
     assert!(
@@ -55,11 +52,11 @@ fn normalized_distances(x: Tensor<2>) -> Tensor<2> {
     let sq = diff.square().sum_dim(2).reshape([b, b]);
     let off = off_diagonal(b, &device);
     let dist = sq
-        .clamp_min(RKD_EPS)
+        .clamp_min(NORM_EPS)
         .sqrt()
         .mask_fill(off.clone().bool_not(), 0.0);
     let pairs = (b * (b - 1)).max(1) as f64;
-    let mean = dist.clone().sum().div_scalar(pairs).clamp_min(RKD_EPS);
+    let mean = dist.clone().sum().div_scalar(pairs).clamp_min(NORM_EPS);
     dist.div(mean.reshape([1, 1]))
 }
 
@@ -107,7 +104,7 @@ fn angles(x: Tensor<2>) -> Tensor<3> {
     let device = x.device();
     // e[i, j] = unit(x_j − x_i); e[i, i] = 0.
     let diff = x.clone().reshape([1, b, d]).sub(x.reshape([b, 1, d]));
-    let e = l2_normalize_rows(diff.reshape([b * b, d]), RKD_EPS).reshape([b, b, d]);
+    let e = l2_normalize_rows(diff.reshape([b * b, d]), NORM_EPS).reshape([b, b, d]);
     let diag = off_diagonal(b, &device)
         .bool_not()
         .reshape([b, b, 1])
@@ -190,7 +187,7 @@ pub fn similarity_preserving(
     let (sd, td) = (student_embeddings.dims(), teacher_embeddings.dims());
     check_batch(&sd, &td);
     let b = sd[0];
-    let gram = |x: Tensor<2>| l2_normalize_rows(x.clone().matmul(x.transpose()), RKD_EPS);
+    let gram = |x: Tensor<2>| l2_normalize_rows(x.clone().matmul(x.transpose()), NORM_EPS);
     let gs = gram(student_embeddings);
     let gt = gram(teacher_embeddings.detach());
     gs.sub(gt).square().sum().div_scalar((b * b).max(1) as f64)

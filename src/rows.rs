@@ -22,12 +22,17 @@ pub(crate) fn select_rows(x: Tensor<2>, drop: &Tensor<1, Bool>) -> Tensor<2> {
 ///
 /// An empty leading dimension (`[B, 0, V]`) gives `[0, V]` rows, still tracked by autodiff.
 pub(crate) fn flatten_rows<const D: usize>(t: Tensor<D>) -> (Tensor<2>, Vec<usize>, usize) {
+    flatten_rows_native(at_least_f32(t))
+}
+
+/// [`flatten_rows`] in the tensor's own dtype (`f16`/`bf16` stay as they are: the fused
+/// kernels read them; the composed rows widen them with [`same_dtype`]).
+pub(crate) fn flatten_rows_native<const D: usize>(t: Tensor<D>) -> (Tensor<2>, Vec<usize>, usize) {
     assert!(D >= 1, "logits must have at least one dimension");
     let dims = t.dims();
     let v = dims[D - 1];
     let lead = dims[..D - 1].to_vec();
     let r: usize = lead.iter().product();
-    let t = at_least_f32(t);
     // `reshape` reads a 0 in the target shape as "keep this dimension" (`[B, 0, V]` → `[0, V]`
     // fails); `flatten` takes the shape as given.
     let flat = if D >= 2 {

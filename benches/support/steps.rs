@@ -80,6 +80,9 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
     if case.starts_with("fused_linear") {
         return fused_linear_step(shape, imp, dev);
     }
+    if case.starts_with("door_") {
+        return door_step(case, shape, imp, dev);
+    }
     if case.starts_with("kd_ce") {
         let (n, v) = (shape[0], shape[1]);
         let s = logits([n, v], case, dev);
@@ -134,7 +137,7 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
             let s = s.clone().require_grad();
             let loss = if composed {
                 kd_losses::divergence::divergence(s.clone(), t.clone(), d, temp, T2Scaling::On)
-                    .reduce(Reduction::BatchMean)
+                    .reduce_composed(Reduction::BatchMean)
             } else {
                 kd_losses::divergence::soft_loss(
                     s.clone(),
@@ -189,6 +192,117 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
         let loss = path(rows, composed).reduce(Reduction::ElementMean);
         let grads = loss.backward();
         let g = a.grad(&grads);
+        dev.sync().expect("device sync");
+        drop(g);
+    })
+}
+
+/// The doors of a `door_<loss>_RxV` case: every public way to the loss, plus `composed` (the
+/// reference path, `RowLoss::reduce_composed` / `distillation_loss_composed`).
+pub fn door_impls(case: &str) -> &'static [&'static str] {
+    if case.starts_with("door_kl") {
+        &[
+            "flex-fn",
+            "flex-fn-masked",
+            "flex-module",
+            "flex-module-masked",
+            "flex-soft-loss",
+            "flex-divergence-module",
+            "flex-composed",
+        ]
+    } else if case.starts_with("door_jsd") {
+        &[
+            "flex-fn",
+            "flex-fn-masked",
+            "flex-module",
+            "flex-module-masked",
+            "flex-soft-loss",
+            "flex-composed",
+        ]
+    } else if case.starts_with("door_ce") {
+        &[
+            "flex-fn",
+            "flex-fn-masked",
+            "flex-module",
+            "flex-distillation",
+            "flex-composed",
+        ]
+    } else {
+        &["flex-fn", "flex-module", "flex-composed"]
+    }
+}
+
+/// `door_<loss>_RxV` with `<loss>` one of `kl` (forward KL, `T = 2`, `T²`), `jsd` (TRL's
+/// generalized JSD, β = 0.5, `T = 1`), `ce` (cross-entropy) or `mix` (`0.5·T²·KL + 0.5·CE`,
+/// `T = 2`), reduced with the row mean, through the door `imp` (see [`door_impls`]): the
+/// free function reduced (`fn`), after an all-true mask (`fn-masked`), the Module's `forward`
+/// (`module`) or `forward_masked` (`module-masked`), `soft_loss`, `DivergenceLoss` with the
+/// forward KL (`divergence-module`), `DistillationLoss` with `α = 0` (`distillation`), or the
+/// composed reference.
+fn door_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
+    use kd_losses::divergence::{DivergenceLossConfig, JsdConvention, divergence, soft_loss};
+    let (n, v) = (shape[0], shape[1]);
+    let s = logits([n, v], case, dev);
+    let t = logits([n, v], case, dev);
+    let y = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), dev);
+    let mask = RowMask::new(Tensor::<1, burn::tensor::Bool>::ones([n], dev).bool());
+    let door = imp.split_once('-').map(|x| x.1).unwrap_or("").to_string();
+    let red = Reduction::RowMean;
+    let loss = case.split('_').nth(1).unwrap_or("").to_string();
+    let (d, temp) = match loss.as_str() {
+        "jsd" => (
+            Divergence::generalized_jsd(0.5, JsdConvention::Trl).expect("β"),
+            1.0,
+        ),
+        _ => (Divergence::ForwardKl, 2.0),
+    };
+    let tt = Temperature::new(temp).expect("temperature");
+    assert!(
+        door_impls(case).contains(&imp),
+        "{case}: unknown door {imp} (doors: {:?})",
+        door_impls(case)
+    );
+    let divergence_module = DivergenceLossConfig::new(d)
+        .with_temperature(temp)
+        .with_t2_scaling(true)
+        .init();
+    let kl_module = SoftKlLossConfig::new().with_temperature(temp).init();
+    let ce_module = CrossEntropyLossConfig::new().init(dev);
+    let options = kd_losses::logits::CrossEntropyOptions::default();
+    let mix = DistillationLossConfig::new()
+        .with_temperature(2.0)
+        .with_alpha(if door == "distillation" { 0.0 } else { 0.5 })
+        .init();
+    let dev = dev.clone();
+    Box::new(move || {
+        let s = s.clone().require_grad();
+        let x = s.clone();
+        let t = t.clone();
+        let value = match (loss.as_str(), door.as_str()) {
+            ("mix", "fn") | ("ce", "distillation") => {
+                distillation_loss(x, t, y.clone(), &mix, red).total
+            }
+            ("mix", "module") => mix.forward(x, t, y.clone(), red).total,
+            ("mix", _) => distillation_loss_composed(x, t, y.clone(), &mix, red).total,
+            ("ce", "fn") => cross_entropy(x, y.clone(), &options).reduce(red),
+            ("ce", "fn-masked") => cross_entropy(x, y.clone(), &options)
+                .masked(&mask)
+                .reduce(red),
+            ("ce", "module") => ce_module.forward(x, y.clone(), red),
+            ("ce", _) => cross_entropy(x, y.clone(), &options).reduce_composed(red),
+            (_, "fn") => divergence(x, t, d, tt, T2Scaling::On).reduce(red),
+            (_, "fn-masked") => divergence(x, t, d, tt, T2Scaling::On)
+                .masked(&mask)
+                .reduce(red),
+            ("kl", "module") => kl_module.forward(x, t, red),
+            ("kl", "module-masked") => kl_module.forward_masked(x, t, &mask, red),
+            (_, "module" | "divergence-module") => divergence_module.forward(x, t, red),
+            (_, "module-masked") => divergence_module.forward_masked(x, t, &mask, red),
+            (_, "soft-loss") => soft_loss(x, t, d, tt, T2Scaling::On, None, red),
+            _ => divergence(x, t, d, tt, T2Scaling::On).reduce_composed(red),
+        };
+        let grads = value.backward();
+        let g = s.grad(&grads).expect("student gradient");
         dev.sync().expect("device sync");
         drop(g);
     })

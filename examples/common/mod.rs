@@ -69,10 +69,10 @@ pub fn batch_y(y: &[i64], idx: &[usize], device: &Device) -> Tensor<1, Int> {
 
 /// Reads `data/digits.csv.gz` (1 797 images).
 pub fn load_digits() -> Vec<Digit> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz");
-    let file = std::fs::File::open(path).expect("data/digits.csv.gz");
+    // Embedded (57 kB): the binary runs from any directory.
+    static DIGITS_GZ: &[u8] = include_bytes!("../../data/digits.csv.gz");
     let mut text = String::new();
-    flate2::read::GzDecoder::new(file)
+    flate2::read::GzDecoder::new(DIGITS_GZ)
         .read_to_string(&mut text)
         .expect("gzip");
     text.lines()

@@ -4,8 +4,9 @@
 use burn::tensor::Tensor;
 
 use super::{Divergence, JsdConvention};
+use crate::logits::door::{LogitKernel, logit_rows};
 use crate::reduction::RowLoss;
-use crate::rows::{assert_same_shape, flatten_rows, same_dtype};
+use crate::rows::{assert_same_shape, flatten_rows, flatten_rows_native, same_dtype};
 use crate::temperature::{RowTemperature, T2Scaling};
 
 /// Any [`Divergence`](crate::divergence::Divergence) between the temperature softmaxes of student and teacher logits, per row.
@@ -54,12 +55,17 @@ pub fn divergence<const D: usize>(
         panic!("{e}");
     }
     let temperature = temperature.into();
-    let (student_logits, teacher_logits) = same_dtype(student_logits, teacher_logits);
-    let (s, rows, v) = flatten_rows(student_logits);
-    let (t, _, _) = flatten_rows(teacher_logits.detach());
+    // In their own dtype: the kernels read `f16`/`bf16` as they are; the composed rows widen.
+    let (s, rows, v) = flatten_rows_native(student_logits);
+    let (t, _, _) = flatten_rows_native(teacher_logits.detach());
     temperature.check_rows(s.dims()[0]);
-    RowLoss::from_rows(vec![s, t], &rows, v, move |x| {
+    let kernel = match &temperature {
+        RowTemperature::Scalar(t) => Some(LogitKernel::soft(divergence.kernel_kind(), *t, scaling)),
+        RowTemperature::PerRow(_) => None,
+    };
+    logit_rows(vec![s, t], &rows, v, kernel, None, move |x| {
         let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        let (s, t) = same_dtype(s, t);
         dense_rows(s, t, divergence, &temperature, scaling)
     })
 }

@@ -1,4 +1,4 @@
-//! The reduced soft loss of any divergence ([`soft_loss`], fused where a kernel runs) and its
+//! The reduced soft loss of any divergence ([`soft_loss`]) and its
 //! Burn `Config` + `Module` form, [`DivergenceLoss`].
 
 use burn::config::Config;
@@ -7,15 +7,14 @@ use burn::tensor::Tensor;
 
 use super::{Divergence, divergence};
 use crate::error::KdError;
-use crate::logits::soft::{check_kl_inputs, fused_kd};
 use crate::reduction::{Reduction, RowLoss, RowMask};
 use crate::temperature::{T2Scaling, Temperature};
 use crate::vocab::{VocabAlignment, align_vocab};
 
-/// Reduced soft loss `reduce(mask(f · D(p_teacher, p_student)))` for any [`Divergence`]: through
-/// the fused kernel where it runs and `D` is one it computes (forward or reverse KL, and the
-/// parametrised divergences at the endpoints where they equal one of the two; see
-/// [`crate::fused`]), the composed [`divergence`] otherwise, with the same results.
+/// Reduced soft loss `reduce(mask(f · D(p_teacher, p_student)))` for any [`Divergence`]:
+/// shorthand for `divergence(..).masked_opt(mask).reduce(reduction)`, the same door to the fused
+/// kernel ([`RowLoss::reduce`]): every divergence runs fused where a kernel serves the tensors
+/// ([`Divergence::fused_available`]), the composed [`divergence`] otherwise, with the same results.
 ///
 /// ```text
 /// forward KL:  f · Σ_v p_v (log p_v − log q_v)      reverse KL:  f · Σ_v q_v (log q_v − log p_v)
@@ -53,23 +52,6 @@ pub fn soft_loss<const D: usize>(
     mask: Option<&RowMask>,
     reduction: Reduction,
 ) -> Tensor<1> {
-    check_kl_inputs(&student_logits, &teacher_logits, mask);
-    if let Err(e) = divergence.validate() {
-        panic!("{e}");
-    }
-    if let Some((total, _, _)) = fused_kd(
-        &student_logits,
-        &teacher_logits,
-        None,
-        mask.map(RowMask::flat),
-        divergence.kernel_kind(),
-        temperature,
-        scaling,
-        (1.0, 0.0),
-        reduction,
-    ) {
-        return total;
-    }
     super::divergence(
         student_logits,
         teacher_logits,
@@ -91,7 +73,11 @@ pub struct DivergenceLossConfig {
     /// Softmax temperature `T` (finite, > 0).
     #[config(default = 1.0)]
     pub temperature: f64,
-    /// Multiply by `T²`. Off by default, as TRL and DistiLLM.
+    /// Multiply by `T²`. Off by default, as TRL, GKD and DistiLLM, whose divergences this config
+    /// reproduces (they use `T = 1` mostly, where the factor is moot). [`SoftKlLossConfig`](crate::logits::SoftKlLossConfig)
+    /// defaults to on: it is Hinton's loss, whose definition includes `T²` (so that the soft
+    /// term's gradient keeps its scale when `T` changes). The two defaults differ on purpose;
+    /// set it explicitly when the two must agree.
     #[config(default = false)]
     pub t2_scaling: bool,
     /// What to do when student and teacher vocabularies differ. Default: error.
@@ -204,8 +190,8 @@ impl DivergenceLoss {
         (s, te, d, t, T2Scaling::from_flag(c.t2_scaling))
     }
 
-    /// Forward and reverse KL go through the fused kernel where it runs ([`crate::fused`]);
-    /// the other divergences through the composed path.
+    /// [`divergence`] masked and reduced: every divergence runs the fused kernel where one
+    /// serves the tensors ([`RowLoss::reduce`]).
     fn reduced<const D: usize>(
         &self,
         student_logits: Tensor<D>,

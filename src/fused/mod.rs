@@ -23,7 +23,7 @@
 //!   all cores, vectorised with AVX2 + FMA when the CPU has them (chosen at run time) for the
 //!   forward and reverse KL, a scalar row for the other divergences; `f32`.
 //! * **The CubeCL backends** (wgpu, Vulkan, Metal, CUDA, ROCm, with or without Burn's `fusion`;
-//!   feature `gpu-kernel`): one cube per row (`cube.rs`); `f32`, `f16` and `bf16` read as they
+//!   feature `gpu-kernel`): one cube per row (`cube/`); `f32`, `f16` and `bf16` read as they
 //!   are with `f32` arithmetic; every divergence; and the top-k teacher's forward KL
 //!   ([`SparseKdLoss`](crate::sparse::SparseKdLoss)).
 //! * Everywhere else (ndarray, LibTorch, remote), and for inputs a kernel does not cover (`f64`;
@@ -34,17 +34,21 @@
 //!   path a tensor takes.
 //! * `KD_FUSED=0` in the environment forces the composed path (for comparisons and debugging).
 //!
-//! The losses that use it automatically: [`distillation_loss`](crate::logits::distillation_loss)
-//! and its module, [`SoftKlLoss::forward`](crate::logits::SoftKlLoss::forward) /
-//! [`forward_masked`](crate::logits::SoftKlLoss::forward_masked),
-//! [`DivergenceLoss::forward`](crate::divergence::DivergenceLoss::forward) /
-//! [`forward_masked`](crate::divergence::DivergenceLoss::forward_masked),
-//! [`divergence::soft_loss`](crate::divergence::soft_loss) and
-//! [`SparseKdLoss::forward`](crate::sparse::SparseKdLoss::forward) /
-//! [`forward_masked`](crate::sparse::SparseKdLoss::forward_masked). Functions that return a
-//! [`RowLoss`](crate::reduction::RowLoss) stay composed: the fused kernel needs the reduction up
-//! front.
-//!
+//! # One door
+//! Every public way to a logit loss reaches the kernel at one place, the reduction of its rows
+//! ([`RowLoss::reduce`](crate::reduction::RowLoss::reduce)), where the mask and the denominator
+//! are known: a free function reduced ([`soft_kl`](crate::logits::soft_kl),
+//! [`divergence`](crate::divergence::divergence), [`cross_entropy`](crate::logits::cross_entropy)
+//! without class weights, after [`masked`](crate::reduction::RowLoss::masked) or not, every
+//! [`Reduction`](crate::reduction::Reduction)), the Modules' `forward` / `forward_masked`,
+//! [`divergence::soft_loss`](crate::divergence::soft_loss), the fused LM head. The α-mix
+//! ([`distillation_loss`](crate::logits::distillation_loss)) calls the kernel directly for its
+//! three terms from one pass, and [`SparseKdLoss`](crate::sparse::SparseKdLoss) its top-k
+//! kernel. [`RowLoss::values`](crate::reduction::RowLoss::values) and
+//! [`RowLoss::reduce_composed`](crate::reduction::RowLoss::reduce_composed) compute the rows on
+//! the composed path, the reference of the parity tests. [`kernel_runs`] counts the kernel
+//! operations of the calling thread.
+
 //! # Layering
 //! This module knows no loss type: its crate-level entry points take tensors, per-row weights
 //! and the kernel's numbers, and answer `None` where no kernel runs. Each loss decides beside
@@ -88,6 +92,37 @@ use burn::tensor::{Int, Tensor};
 use kernel::KernelParams;
 pub(crate) use kernel::SoftKind;
 use route::{KdInputs, SqInputs, for_each_probe};
+
+thread_local! {
+    static KERNEL_RUNS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many fused kernel operations this thread has run (logit, top-k teacher and
+/// squared-error kernels; each reduced loss counts once): a diagnostic that says which path a
+/// call took, e.g. in a test that every way to a loss reaches the kernel.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex();
+/// let s = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device);
+/// let t = Tensor::<2>::from_floats([[2.0, 0.5, -3.0]], &device);
+/// let before = kd_losses::fused::kernel_runs();
+/// let _ = soft_kl(s, t, Temperature::ONE, T2Scaling::On).reduce(Reduction::RowMean);
+/// assert_eq!(kd_losses::fused::kernel_runs(), before + 1); // Flex: the CPU kernel ran
+/// ```
+pub fn kernel_runs() -> u64 {
+    KERNEL_RUNS.with(|c| c.get())
+}
+
+/// Counts one kernel operation when `out` holds a result.
+fn counted<T>(out: Option<T>) -> Option<T> {
+    if out.is_some() {
+        KERNEL_RUNS.with(|c| c.set(c.get() + 1));
+    }
+    out
+}
 
 /// Whether the `KD_FUSED=0` environment variable turns the fused kernels off.
 fn forced_off() -> bool {
@@ -207,7 +242,7 @@ pub(crate) fn kd_terms<const D: usize>(
     for_each_probe!(|p| if out.is_none() {
         out = p.kd(&inputs, params);
     });
-    out.map(|t: route::Terms| (t.total, t.soft, t.hard))
+    counted(out).map(|t: route::Terms| (t.total, t.soft, t.hard))
 }
 
 /// Whether the top-k teacher kernel (forward KL, `Renormalize`, `Full`) runs for `logits`: the
@@ -255,7 +290,7 @@ pub(crate) fn sparse_kl<const D: usize>(
     for_each_probe!(|p| if out.is_none() {
         out = p.kd_sparse(&inputs, params);
     });
-    out
+    counted(out)
 }
 
 /// `[..., V]` logits as `[R, V]` rows in their own dtype (the kernels read `f16`/`bf16` as they
@@ -303,5 +338,5 @@ pub(crate) fn sq_reduced(
     for_each_probe!(|p| if out.is_none() {
         out = p.sq(&inputs);
     });
-    out
+    counted(out)
 }

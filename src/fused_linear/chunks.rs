@@ -5,11 +5,9 @@
 use burn::tensor::{Bool, DType, Int, Tensor};
 
 use super::{FusedLinearKdLoss, FusedLinearOutput, LinearHead, LinearTeacher, auto_chunk_rows};
-use crate::divergence::Divergence;
 use crate::error::KdError;
-use crate::logits::hard::{CrossEntropyOptions, cross_entropy};
-use crate::logits::{DistillationLoss, distillation_loss};
-use crate::reduction::{Normalizer, Reduction, RowMask};
+use crate::logits::combined::{Mix, Path, mixed_terms};
+use crate::reduction::{Normalizer, Reduction};
 use crate::vocab::{VocabAlignment, align_vocab};
 
 /// The distillation loss of a student's LM head against a teacher, one row chunk at a time,
@@ -386,56 +384,13 @@ fn chunk_loss(
     } else {
         align_vocab(student, teacher, cfg.vocab).unwrap_or_else(|e| panic!("{e}"))
     };
-    if loss.divergence == Divergence::ForwardKl {
-        let dl = DistillationLoss {
-            temperature: cfg.temperature,
-            alpha: cfg.alpha,
-            t2_scaling: cfg.t2_scaling,
-            label_smoothing: cfg.label_smoothing,
-            ignore_index: cfg.ignore_index,
-        };
-        let out = distillation_loss(student, teacher, labels, &dl, reduction);
-        return (out.total, out.soft, out.hard);
-    }
-    // Any other divergence with the cross-entropy: one fused pass where a kernel computes it (the
-    // CubeCL kernel: every divergence), else the composed soft and hard terms.
-    let kind = loss.divergence.kernel_kind();
-    if crate::fused::serves(&student, kind) {
-        let keep = labels.clone().not_equal_elem(cfg.ignore_index);
-        let safe = labels.clone().mask_fill(keep.clone().bool_not(), 0);
-        if let Some(terms) = crate::logits::soft::fused_kd(
-            &student,
-            &teacher,
-            Some(safe),
-            Some(keep),
-            kind,
-            loss.temperature(),
-            loss.scaling(),
-            (cfg.alpha, cfg.label_smoothing),
-            reduction,
-        ) {
-            return terms;
-        }
-    }
-    let options = CrossEntropyOptions {
-        ignore_index: Some(cfg.ignore_index),
-        label_smoothing: cfg.label_smoothing,
-        class_weights: None,
+    let mix = Mix {
+        divergence: loss.divergence,
+        temperature: loss.temperature(),
+        scaling: loss.scaling(),
+        alpha: cfg.alpha,
+        smoothing: cfg.label_smoothing,
+        ignore_index: cfg.ignore_index,
     };
-    let hard = cross_entropy(student.clone(), labels.clone(), &options).reduce(reduction);
-    let mask = RowMask::from_labels(labels, cfg.ignore_index);
-    let soft = crate::divergence::soft_loss(
-        student,
-        teacher,
-        loss.divergence,
-        loss.temperature(),
-        loss.scaling(),
-        Some(&mask),
-        reduction,
-    );
-    let total = soft
-        .clone()
-        .mul_scalar(cfg.alpha)
-        .add(hard.clone().mul_scalar(1.0 - cfg.alpha));
-    (total, soft, hard)
+    mixed_terms(student, teacher, labels, mix, reduction, Path::Door)
 }

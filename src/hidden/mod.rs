@@ -32,14 +32,10 @@ pub use loss::{
 };
 pub use projection::{HiddenProjection, HiddenProjectionConfig, ProjectionInit};
 
+use crate::numerics::NORM_EPS;
 use crate::reduction::RowLoss;
 use crate::rows::{flatten_rows, same_dtype};
 use squares::{InfEntries, SquareRows, squared_rows};
-
-/// ε inside the cosine's square root (PyTorch `cosine_embedding_loss`).
-pub const COSINE_EPS: f64 = 1e-12;
-/// Smallest norm a vector is divided by in [`hidden_normalized_mse`] (PyTorch `F.normalize`).
-pub const NORMALIZE_EPS: f64 = 1e-12;
 
 // ---------------------------------------------------------------------------------------------
 // Projection
@@ -139,8 +135,8 @@ pub fn hidden_cosine<const D: usize>(
         let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
         let n = s.dims()[0];
         let dot = s.clone().mul(t.clone()).sum_dim(1);
-        let ss = s.square().sum_dim(1).add_scalar(COSINE_EPS);
-        let tt = t.square().sum_dim(1).add_scalar(COSINE_EPS);
+        let ss = s.square().sum_dim(1).add_scalar(NORM_EPS);
+        let tt = t.square().sum_dim(1).add_scalar(NORM_EPS);
         let cos = dot.div(ss.mul(tt).sqrt());
         cos.neg().add_scalar(1.0).reshape([n])
     })
@@ -197,8 +193,8 @@ pub fn hidden_normalized_mse<const D: usize>(
     RowLoss::from_rows(vec![s, t], &rows, d, |x| {
         let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
         let n = s.dims()[0];
-        let u = l2_normalize_rows(s, NORMALIZE_EPS);
-        let v = l2_normalize_rows(t, NORMALIZE_EPS);
+        let u = l2_normalize_rows(s, NORM_EPS);
+        let v = l2_normalize_rows(t, NORM_EPS);
         u.sub(v).square().sum_dim(1).reshape([n])
     })
 }

@@ -41,7 +41,9 @@ pub(crate) fn squared_rows(
     rows: SquareRows,
 ) -> RowLoss {
     let zero_inf = inf == InfEntries::AsZero;
-    let teacher = teacher.detach();
+    // One dtype for both maps (the wider, at least f32), whichever loss calls: a bf16 teacher
+    // with an f32 student is widened here, not handed to the f32 kernel.
+    let (student, teacher) = crate::rows::same_dtype(student, teacher.detach());
     let [m, k] = student.dims();
     let fused = crate::fused::sq_available(&student);
     // Row-aligned inputs: per element, every entry is a row of one.

@@ -5,10 +5,10 @@ use burn::module::Module;
 use burn::tensor::{Int, Tensor};
 
 use crate::combine::LossTerms;
+use crate::divergence::Divergence;
 use crate::error::{KdError, check_range};
-use crate::fused::SoftKind;
+use crate::logits::door::LogitKernel;
 use crate::logits::hard::{CrossEntropyOptions, assert_label_shape, check_labels, cross_entropy};
-use crate::logits::soft::{fused_kd, soft_kl};
 use crate::reduction::{Reduction, RowMask};
 use crate::rows::assert_same_shape;
 use crate::temperature::T2Scaling;
@@ -153,36 +153,126 @@ pub fn distillation_loss<const D: usize, const DL: usize>(
     reduction: Reduction,
 ) -> DistillationOutput {
     let (t, scaling) = loss.parts();
-    if crate::fused::fused_available(&student_logits) {
-        let dims = student_logits.dims();
-        assert_same_shape(&dims, &teacher_logits.dims());
-        assert_label_shape(&labels, &dims);
-        if let Err(e) = check_labels(&labels, dims[D - 1], Some(loss.ignore_index)) {
-            panic!("labels: {e}");
-        }
-        let flat = crate::rows::flatten_labels(labels.clone());
-        let keep = flat.clone().not_equal_elem(loss.ignore_index);
-        let safe = flat.mask_fill(keep.clone().bool_not(), 0);
-        if let Some((total, soft, hard)) = fused_kd(
-            &student_logits,
-            &teacher_logits,
-            Some(safe),
-            Some(keep),
-            SoftKind::ForwardKl,
-            t,
+    let (total, soft, hard) = mixed_terms(
+        student_logits,
+        teacher_logits,
+        labels,
+        Mix {
+            divergence: Divergence::ForwardKl,
+            temperature: t,
             scaling,
-            (loss.alpha, loss.label_smoothing),
-            reduction,
-        ) {
-            return DistillationOutput {
-                total,
-                soft,
-                hard,
-                alpha: loss.alpha,
-            };
+            alpha: loss.alpha,
+            smoothing: loss.label_smoothing,
+            ignore_index: loss.ignore_index,
+        },
+        reduction,
+        Path::Door,
+    );
+    DistillationOutput {
+        total,
+        soft,
+        hard,
+        alpha: loss.alpha,
+    }
+}
+
+/// What [`mixed_terms`] mixes: `α · soft + (1 − α) · hard`, the soft term any divergence at a
+/// temperature, the hard term the cross-entropy with label smoothing; rows whose label is
+/// `ignore_index` leave both terms.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mix {
+    pub divergence: Divergence,
+    pub temperature: Temperature,
+    pub scaling: T2Scaling,
+    pub alpha: f64,
+    pub smoothing: f64,
+    pub ignore_index: i64,
+}
+
+/// Which path [`mixed_terms`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// One fused pass for the three terms where a kernel serves the tensors, else each term
+    /// through its own door ([`RowLoss::reduce`](crate::reduction::RowLoss::reduce)).
+    Door,
+    /// Burn tensor operations only: the reference.
+    Composed,
+}
+
+/// `(total, soft, hard)` of a [`Mix`] over `[..., V]` logits and labels of their leading shape,
+/// reduced with `reduction`; what [`distillation_loss`], [`distillation_loss_composed`] and the
+/// chunked head losses share.
+pub(crate) fn mixed_terms<const D: usize, const DL: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    labels: Tensor<DL, Int>,
+    mix: Mix,
+    reduction: Reduction,
+    path: Path,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let dims = student_logits.dims();
+    assert_same_shape(&dims, &teacher_logits.dims());
+    assert_label_shape(&labels, &dims);
+    if let Err(e) = mix.divergence.validate() {
+        panic!("{e}");
+    }
+    if path == Path::Door {
+        let kernel = LogitKernel {
+            alpha: mix.alpha,
+            smoothing: mix.smoothing,
+            ..LogitKernel::soft(mix.divergence.kernel_kind(), mix.temperature, mix.scaling)
+        };
+        if crate::fused::serves(&student_logits, kernel.kind) {
+            if let Err(e) = check_labels(&labels, dims[D - 1], Some(mix.ignore_index)) {
+                panic!("labels: {e}");
+            }
+            let flat = crate::rows::flatten_labels(labels.clone());
+            let keep = flat.clone().not_equal_elem(mix.ignore_index);
+            let safe = flat.mask_fill(keep.clone().bool_not(), 0);
+            if let Some(terms) = kernel.terms(
+                &student_logits,
+                &teacher_logits,
+                Some(safe),
+                Some(keep),
+                &dims[..D - 1],
+                reduction,
+            ) {
+                return terms;
+            }
         }
     }
-    distillation_loss_composed(student_logits, teacher_logits, labels, loss, reduction)
+    let reduce = |rows: crate::reduction::RowLoss| match path {
+        Path::Door => rows.reduce(reduction),
+        Path::Composed => rows.reduce_composed(reduction),
+    };
+    // Both terms in one dtype (the wider of the two inputs, at least f32).
+    let (student_logits, teacher_logits) = crate::rows::same_dtype(student_logits, teacher_logits);
+    let options = CrossEntropyOptions {
+        ignore_index: Some(mix.ignore_index),
+        label_smoothing: mix.smoothing,
+        class_weights: None,
+    };
+    let hard = reduce(cross_entropy(
+        student_logits.clone(),
+        labels.clone(),
+        &options,
+    ));
+    let mask = RowMask::from_labels(labels, mix.ignore_index);
+    let soft = reduce(
+        crate::divergence::divergence(
+            student_logits,
+            teacher_logits,
+            mix.divergence,
+            mix.temperature,
+            mix.scaling,
+        )
+        .masked(&mask),
+    );
+    let total = soft
+        .clone()
+        .mul_scalar(mix.alpha)
+        .add(hard.clone().mul_scalar(1.0 - mix.alpha));
+    (total, soft, hard)
 }
 
 /// [`distillation_loss`] built from Burn tensor operations only: the reference implementation,
@@ -210,22 +300,21 @@ pub fn distillation_loss_composed<const D: usize, const DL: usize>(
     reduction: Reduction,
 ) -> DistillationOutput {
     let (t, scaling) = loss.parts();
-    // Both terms in one dtype (the wider of the two inputs, at least f32).
-    let (student_logits, teacher_logits) = crate::rows::same_dtype(student_logits, teacher_logits);
-    let options = CrossEntropyOptions {
-        ignore_index: Some(loss.ignore_index),
-        label_smoothing: loss.label_smoothing,
-        class_weights: None,
-    };
-    let hard = cross_entropy(student_logits.clone(), labels.clone(), &options).reduce(reduction);
-    let mask = RowMask::from_labels(labels, loss.ignore_index);
-    let soft = soft_kl(student_logits, teacher_logits, t, scaling)
-        .masked(&mask)
-        .reduce(reduction);
-    let total = soft
-        .clone()
-        .mul_scalar(loss.alpha)
-        .add(hard.clone().mul_scalar(1.0 - loss.alpha));
+    let (total, soft, hard) = mixed_terms(
+        student_logits,
+        teacher_logits,
+        labels,
+        Mix {
+            divergence: Divergence::ForwardKl,
+            temperature: t,
+            scaling,
+            alpha: loss.alpha,
+            smoothing: loss.label_smoothing,
+            ignore_index: loss.ignore_index,
+        },
+        reduction,
+        Path::Composed,
+    );
     DistillationOutput {
         total,
         soft,

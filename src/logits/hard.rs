@@ -4,9 +4,10 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 
+use super::door::{LogitKernel, logit_rows};
 use crate::error::{KdError, check_positive, check_range};
-use crate::reduction::{Reduction, RowLoss};
-use crate::rows::{flatten_labels, flatten_rows};
+use crate::reduction::{Reduction, RowLoss, RowMask};
+use crate::rows::{at_least_f32, flatten_labels, flatten_rows_native};
 use crate::temperature::{Temperature, temperature_log_softmax};
 
 /// PyTorch's default ignore index.
@@ -123,11 +124,11 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
         panic!("{e}");
     }
     crate::rows::assert_classes("logits", &dims);
-    let (logits, rows, c) = flatten_rows(logits);
+    // In its own dtype: the kernel reads `f16`/`bf16` as they are; the composed rows widen.
+    let (logits, rows, c) = flatten_rows_native(logits);
     if let Err(e) = check_labels(&labels, c, options.ignore_index) {
         panic!("labels: {e}");
     }
-    let r = rows.iter().product::<usize>();
     let labels = flatten_labels(labels);
     let keep = match options.ignore_index {
         Some(ii) => labels.clone().not_equal_elem(ii),
@@ -135,24 +136,61 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
         None => labels.clone().greater_equal_elem(0),
     };
     let safe = labels.mask_fill(keep.clone().bool_not(), 0);
-    // Select, don't multiply: ignored rows are replaced before anything is computed from them,
-    // so a NaN or ±inf there cannot reach the gradient.
-    let logits = crate::rows::select_rows(logits, &keep.clone().bool_not());
+    let class_weights = options.class_weights.clone().map(|w| {
+        assert!(
+            w.dims() == [c],
+            "class_weights: shape {:?} does not match the number of classes [{c}]",
+            w.dims()
+        );
+        w.detach()
+    });
+    if class_weights.is_none() {
+        // Rows on demand with the logit kernel's hard term as their reduction; the ignored rows
+        // are masked (select, don't multiply: nothing in them reaches the gradient).
+        let labels = safe.clone();
+        return logit_rows(
+            vec![logits],
+            &rows,
+            c,
+            Some(LogitKernel::hard(eps)),
+            Some(safe),
+            move |x| {
+                let [logits] = <[Tensor<2>; 1]>::try_from(x).expect("one input");
+                ce_rows(at_least_f32(logits), labels.clone(), None, eps).0
+            },
+        )
+        .masked(&RowMask::from_flat(keep, &rows));
+    }
+    // Class weights: the composed path, with the weights of the labels as the denominator.
+    // Ignored rows are replaced before anything is computed from them.
+    let logits = crate::rows::select_rows(at_least_f32(logits), &keep.clone().bool_not());
+    let (row, w_y) = ce_rows(logits, safe, class_weights, eps);
+    let drop = keep.bool_not();
+    let row = row.mask_fill(drop.clone(), 0.0);
+    let weights = w_y.expect("class weights").mask_fill(drop, 0.0);
+    RowLoss::new(row, &rows, c).with_denominator_weights(weights)
+}
+
+/// The composed cross-entropy rows of `[R, C]` logits (at least `f32`) with `labels` (`[R]`,
+/// valid classes), optional class weights (`[C]`) and label smoothing `eps`:
+/// `(1 − ε)·w_y·(−log q_y) + ε·Σ_c w_c(−log q_c)/C`, and the labels' weights `w_y`.
+fn ce_rows(
+    logits: Tensor<2>,
+    labels: Tensor<1, Int>,
+    class_weights: Option<Tensor<1>>,
+    eps: f64,
+) -> (Tensor<1>, Option<Tensor<1>>) {
+    let [r, c] = logits.dims();
     let log_q = temperature_log_softmax(logits, Temperature::ONE);
     let nll = log_q
         .clone()
-        .gather(1, safe.clone().reshape([r, 1]))
+        .gather(1, labels.clone().reshape([r, 1]))
         .reshape([r])
         .neg();
-    let (nll, smooth, den_w) = match &options.class_weights {
+    let (nll, smooth, w_y) = match class_weights {
         Some(w) => {
-            assert!(
-                w.dims() == [c],
-                "class_weights: shape {:?} does not match the number of classes [{c}]",
-                w.dims()
-            );
-            let w = w.clone().detach().cast(log_q.dtype());
-            let w_y = w.clone().select(0, safe);
+            let w = w.cast(log_q.dtype());
+            let w_y = w.clone().select(0, labels);
             let smooth = log_q.mul(w.reshape([1, c])).sum_dim(1).reshape([r]).neg();
             (nll.mul(w_y.clone()), smooth, Some(w_y))
         }
@@ -164,13 +202,7 @@ pub fn cross_entropy<const D: usize, const DL: usize>(
         nll.mul_scalar(1.0 - eps)
             .add(smooth.div_scalar(c as f64).mul_scalar(eps))
     };
-    let drop = keep.clone().bool_not();
-    let row = row.mask_fill(drop.clone(), 0.0);
-    let weights = match den_w {
-        Some(w) => w.mask_fill(drop, 0.0),
-        None => keep.float().cast(burn::tensor::FloatDType::F32),
-    };
-    RowLoss::new(row, &rows, c).with_denominator_weights(weights)
+    (row, w_y)
 }
 
 /// Configuration of [`CrossEntropyLoss`].

@@ -11,6 +11,7 @@
 //! (never probabilities).
 
 pub mod combined;
+pub(crate) mod door;
 pub mod hard;
 pub mod pseudo;
 pub mod soft;

@@ -2,16 +2,12 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::Tensor;
 
-use crate::fused::{KdParams, SoftKind, kd_terms, serves};
-
+use crate::divergence::Divergence;
 use crate::error::KdError;
-use crate::reduction::{Reduction, RowLoss, RowMask, row_weights};
-use crate::rows::{
-    assert_same_dims, assert_same_shape, flatten_rows, kl_rows_normalized, same_dtype,
-};
-use crate::temperature::{T2Scaling, Temperature, temperature_log_softmax};
+use crate::reduction::{Reduction, RowLoss, RowMask};
+use crate::temperature::{T2Scaling, Temperature};
 
 /// Soft distillation loss per row: `r = s · Σ_v p_v (log p_v − log q_v)`, the forward
 /// `KL(p_teacher ‖ p_student)` with `p = softmax(teacher/T)`, `q = softmax(student/T)` and
@@ -24,6 +20,11 @@ use crate::temperature::{T2Scaling, Temperature, temperature_log_softmax};
 /// The teacher is detached: it never receives a gradient. Entries where the teacher is `-inf`
 /// (probability 0) contribute 0, also when the student is `-inf` there too (a padded
 /// vocabulary). A student `-inf` where the teacher has mass gives `+inf`, as the math says.
+///
+/// It is [`divergence`](crate::divergence::divergence) with [`Divergence::ForwardKl`], the same
+/// rows. Its [`reduce`](RowLoss::reduce) runs the fused kernel where one serves the tensors
+/// (Flex; the CubeCL backends with feature `gpu-kernel`): value and gradient in one pass,
+/// whether the loss is reduced here or through [`SoftKlLoss`].
 ///
 /// # Shapes
 /// - `student_logits`, `teacher_logits`: `[..., V]` (`[N, C]` or `[B, S, V]`)
@@ -54,18 +55,13 @@ pub fn soft_kl<const D: usize>(
     temperature: Temperature,
     scaling: T2Scaling,
 ) -> RowLoss {
-    assert_same_shape(&student_logits.dims(), &teacher_logits.dims());
-    let (student_logits, teacher_logits) = same_dtype(student_logits, teacher_logits);
-    let (s, rows, v) = flatten_rows(student_logits);
-    let (t, _, _) = flatten_rows(teacher_logits.detach());
-    let f = scaling.factor(temperature);
-    RowLoss::from_rows(vec![s, t], &rows, v, move |x| {
-        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
-        let log_q = temperature_log_softmax(s, temperature);
-        let log_p = temperature_log_softmax(t, temperature);
-        let kl = kl_rows_normalized(log_p, log_q);
-        if f == 1.0 { kl } else { kl.mul_scalar(f) }
-    })
+    crate::divergence::divergence(
+        student_logits,
+        teacher_logits,
+        Divergence::ForwardKl,
+        temperature,
+        scaling,
+    )
 }
 
 /// Configuration of [`SoftKlLoss`].
@@ -74,7 +70,9 @@ pub struct SoftKlLossConfig {
     /// Softmax temperature `T` (finite, > 0).
     #[config(default = 1.0)]
     pub temperature: f64,
-    /// Multiply by `T²` (Hinton's convention).
+    /// Multiply by `T²` (Hinton's convention, part of the loss's definition: on by default;
+    /// [`DivergenceLossConfig`](crate::divergence::DivergenceLossConfig) follows TRL and
+    /// defaults to off).
     #[config(default = true)]
     pub t2_scaling: bool,
 }
@@ -129,7 +127,7 @@ impl SoftKlLoss {
         (t, s)
     }
 
-    /// The fused kernel where it runs, [`soft_kl`] masked and reduced otherwise.
+    /// [`soft_kl`] masked and reduced: the fused kernel where it runs ([`RowLoss::reduce`]).
     fn reduced<const D: usize>(
         &self,
         student_logits: Tensor<D>,
@@ -138,21 +136,6 @@ impl SoftKlLoss {
         reduction: Reduction,
     ) -> Tensor<1> {
         let (t, s) = self.parts();
-        check_kl_inputs(&student_logits, &teacher_logits, mask);
-        let keep = mask.map(RowMask::flat);
-        if let Some((total, _, _)) = fused_kd(
-            &student_logits,
-            &teacher_logits,
-            None,
-            keep,
-            SoftKind::ForwardKl,
-            t,
-            s,
-            (1.0, 0.0),
-            reduction,
-        ) {
-            return total;
-        }
         soft_kl(student_logits, teacher_logits, t, s)
             .masked_opt(mask)
             .reduce(reduction)
@@ -197,56 +180,4 @@ impl SoftKlLoss {
     ) -> Tensor<1> {
         self.reduced(student_logits, teacher_logits, Some(mask), reduction)
     }
-}
-
-/// The shape checks of a reduced KL: equal shapes with at least one class, and a mask of the
-/// leading shape.
-pub(crate) fn check_kl_inputs<const D: usize>(
-    student_logits: &Tensor<D>,
-    teacher_logits: &Tensor<D>,
-    mask: Option<&RowMask>,
-) {
-    let dims = student_logits.dims();
-    assert_same_shape(&dims, &teacher_logits.dims());
-    if let Some(m) = mask {
-        assert_same_dims("mask", m.dims(), &dims[..D - 1]);
-    }
-}
-
-/// The fused logit kernel ([`crate::fused`]) for a reduced soft term, plus a hard
-/// (cross-entropy) term when `labels` (`[R]`, valid classes) are given: `[total, soft, hard]`
-/// with `total = α·soft + (1 − α)·hard` (`mix = (α, label smoothing)`), or `None` where no
-/// kernel runs (the caller then takes its composed path). `keep` (`[R]`) drops rows; the
-/// reduction's denominators are those of [`RowLoss::reduce`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn fused_kd<const D: usize>(
-    student_logits: &Tensor<D>,
-    teacher_logits: &Tensor<D>,
-    labels: Option<Tensor<1, Int>>,
-    keep: Option<Tensor<1, Bool>>,
-    kind: SoftKind,
-    temperature: Temperature,
-    scaling: T2Scaling,
-    (alpha, smoothing): (f64, f64),
-    reduction: Reduction,
-) -> Option<(Tensor<1>, Tensor<1>, Tensor<1>)> {
-    if !serves(student_logits, kind) || teacher_logits.dtype() != student_logits.dtype() {
-        return None;
-    }
-    let dims = student_logits.dims();
-    let weights = row_weights(
-        keep,
-        &dims[..D - 1],
-        dims[D - 1],
-        reduction,
-        &student_logits.device(),
-    );
-    let params = KdParams {
-        kind,
-        temperature: temperature.get(),
-        soft_scale: scaling.factor(temperature),
-        alpha,
-        smoothing,
-    };
-    kd_terms(student_logits, teacher_logits, labels, weights, params)
 }

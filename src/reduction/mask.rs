@@ -31,6 +31,14 @@ impl RowMask {
         RowMask { mask, dims }
     }
 
+    /// A mask over flattened rows (`[R]`) of the row shape `dims` (`R = Π dims`).
+    pub(crate) fn from_flat(mask: Tensor<1, Bool>, dims: &[usize]) -> Self {
+        RowMask {
+            mask,
+            dims: dims.to_vec(),
+        }
+    }
+
     /// Keeps the rows whose label differs from `ignore_index` (PyTorch uses `-100`).
     pub fn from_labels<const D: usize>(labels: Tensor<D, Int>, ignore_index: i64) -> Self {
         RowMask::new(labels.not_equal_elem(ignore_index))

@@ -87,14 +87,6 @@ pub enum Reduction {
 }
 
 impl Reduction {
-    /// The 0.1 name of [`RowMean`](Self::RowMean), renamed so that it cannot be mistaken for
-    /// Burn's `Reduction::Mean` (an element mean, a factor of `V` smaller for `[R, V]` logits).
-    #[deprecated(
-        note = "renamed `Reduction::RowMean` (the mean over rows); Burn's element mean is `Reduction::ElementMean`"
-    )]
-    #[allow(non_upper_case_globals)]
-    pub const Mean: Reduction = Reduction::RowMean;
-
     /// The reduction's denominator as `(counts_rows, factor)`: the reduced loss is
     /// `Σ_kept w·r / (c · factor)` with `c = max(W, 1)` (the kept rows' count or weight sum) when
     /// `counts_rows`, else `c = 1`. `batch` is the first dimension of the rows' shape, `row_size`

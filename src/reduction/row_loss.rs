@@ -217,6 +217,13 @@ impl RowLoss {
     ///
     /// Works in every float dtype: the result has the dtype of the rows (`f32` or `f64`: the
     /// losses compute `f16`/`bf16` inputs in `f32`).
+    ///
+    /// This is the one door to the fused kernels ([`crate::fused`]): the logit losses (every
+    /// divergence, [`soft_kl`](crate::logits::soft_kl), [`cross_entropy`](crate::logits::cross_entropy))
+    /// and the squared-error losses attach the kernel to their rows, and `reduce`, where the mask
+    /// and the denominator are known, runs it where one serves the tensors (value and gradient
+    /// in one pass); elsewhere it computes the rows and reduces them
+    /// ([`reduce_composed`](Self::reduce_composed)). The results agree (parity tests).
     pub fn reduce(self, reduction: Reduction) -> Tensor<1> {
         if let Values::Lazy(lazy) = &self.values
             && let Some(fused) = &lazy.fused
@@ -224,6 +231,27 @@ impl RowLoss {
         {
             return value;
         }
+        self.reduce_composed(reduction)
+    }
+
+    /// [`reduce`](Self::reduce) through the composed path only (Burn tensor operations, the rows
+    /// computed and then reduced), even where a fused kernel runs: the reference the kernels are
+    /// tested against. Same value and gradient as `reduce`, slower and with a logits-sized
+    /// intermediate per operation.
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Tensor};
+    /// use kd_losses::prelude::*;
+    ///
+    /// let device = Device::flex();
+    /// let s = Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device);
+    /// let t = Tensor::<2>::from_floats([[2.0, 0.5, -3.0]], &device);
+    /// let rows = soft_kl(s, t, Temperature::new(2.0).unwrap(), T2Scaling::On);
+    /// let fused = rows.clone().reduce(Reduction::RowMean).into_scalar::<f32>();
+    /// let composed = rows.reduce_composed(Reduction::RowMean).into_scalar::<f32>();
+    /// assert!((fused - composed).abs() < 1e-6);
+    /// ```
+    pub fn reduce_composed(self, reduction: Reduction) -> Tensor<1> {
         let this = self.materialized();
         let values = this.ready();
         let batch = this.row_dims.first().copied().unwrap_or(1);

@@ -103,8 +103,8 @@ fn mask_and_shape_panics() {
 }
 
 /// Burn's `Reduction` keeps Burn's meaning (`Mean` and `Auto` are element means), and the
-/// crate's row mean has a name that cannot be mistaken for it; the 0.1 name still compiles, as
-/// a deprecated alias of the row mean.
+/// crate's row mean has a name that cannot be mistaken for it (the 0.1 name `Reduction::Mean`
+/// is gone: see the CHANGELOG).
 #[test]
 fn burn_reductions_keep_burn_meaning() {
     use burn::nn::loss::Reduction as BurnReduction;
@@ -115,9 +115,6 @@ fn burn_reductions_keep_burn_meaning() {
         Reduction::from(BurnReduction::BatchMean),
         Reduction::BatchMean
     );
-    #[allow(deprecated)]
-    let old = Reduction::Mean;
-    assert_eq!(old, Reduction::RowMean);
     assert_eq!(Reduction::default(), Reduction::RowMean);
     // On logits [R, V] Burn's mean is the row mean divided by V.
     let rows = RowLoss::new(Tensor::<1>::from_floats([1.0, 3.0], &dev()), &[2], 4);

@@ -91,12 +91,14 @@ pub(super) struct RowShift<L: Lanes> {
     pub(super) ms: L::V,
 }
 
-/// `log p − log q = (t − s)/T + c0` per lane.
+/// `log p − log q = ((t − m_t) − (s − m_s))/T + c0` per lane.
 #[inline(always)]
 pub(super) fn log_ratio<L: Lanes>(l: L, s: L::V, t: L::V, k: &PassC<L>) -> L::V {
-    // Not fused: with an unrounded product, (t − s)/T and c0 = (ms − mt)/T + … would not cancel
-    // exactly where they should (a one-class row gives exactly 0, as composed).
-    l.add(l.mul(l.sub(t, s), k.inv_t), k.c0)
+    // Each logit shifted by its own row maximum first, as the composed path's log-softmax: near
+    // the maxima (the entries that carry the divergence) the shifts are exact, so logits of
+    // magnitude 1e4 with different offsets lose nothing to `t − s` and `(m_s − m_t)/T`
+    // cancelling. Not fused, so a one-class row gives exactly 0, as composed.
+    l.add(l.mul(l.sub(l.sub(t, k.mt), l.sub(s, k.ms)), k.inv_t), k.c0)
 }
 
 /// Pass C over one block (forward KL): the divergence terms and, with `G`, the gradient.
@@ -171,8 +173,12 @@ pub(super) fn pass_d_block<L: Lanes, const HARD: bool>(
 /// Row constants of passes C and D, splatted.
 pub(super) struct PassC<L: Lanes> {
     pub(super) inv_t: L::V,
-    /// `log p − log q = (t − s)/T + c0`, `c0 = (ms − mt)/T + ln S_s − ln S_t`.
+    /// `log p − log q = ((t − m_t) − (s − m_s))/T + c0`, `c0 = ln S_s − ln S_t`.
     pub(super) c0: L::V,
+    /// The teacher's row maximum `m_t`.
+    pub(super) mt: L::V,
+    /// The student's row maximum `m_s`.
+    pub(super) ms: L::V,
     pub(super) inv_ss: L::V,
     pub(super) inv_s1: L::V,
     pub(super) coef_s: L::V,

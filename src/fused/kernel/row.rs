@@ -150,7 +150,9 @@ pub(super) fn row<L: Lanes>(
     let smooth_c = p.smoothing / v as f32;
     let kc = PassC::<L> {
         inv_t: l.splat(inv_t),
-        c0: l.splat((ms - mt) * inv_t + (ln_ss - ln_st)),
+        c0: l.splat(ln_ss - ln_st),
+        mt: l.splat(mt),
+        ms: l.splat(ms),
         inv_ss: l.splat(inv_ss),
         inv_s1: l.splat(inv_s1),
         coef_s: l.splat(coef_s),
@@ -202,7 +204,7 @@ pub(super) fn row<L: Lanes>(
     } else {
         l.hsum(dacc)
     };
-    let c0 = (ms - mt) * inv_t + (ln_ss - ln_st);
+    let c0 = ln_ss - ln_st;
     let value = if first_empty {
         0.0
     } else {
@@ -214,7 +216,7 @@ pub(super) fn row<L: Lanes>(
             &es[..v],
             (st, ss),
             inv_t,
-            c0,
+            (mt, ms, c0),
             div,
             REFINE_FACTOR * (ln_ss.abs() + ln_st.abs() + ((ms - mt) * inv_t).abs()),
         )
@@ -303,14 +305,15 @@ pub(super) fn refine_divergence(
     es: &[f32],
     (st, ss): (f32, f32),
     inv_t: f32,
-    c0: f32,
+    (mt, ms, c0): (f32, f32, f32),
     d1: f32,
     refine_below: f32,
 ) -> f64 {
     if !(d1.is_finite() && d1 < refine_below) {
         return f64::from(d1);
     }
-    // log a − log b = sign · ((t − s)/T + c0), in the kernel's own f32 rounding.
+    // log a − log b = sign · (((t − m_t) − (s − m_s))/T + c0), in the kernel's own f32
+    // rounding (as `passes::log_ratio`).
     let (ea, eb, sa, sb, sign) = match kind {
         SoftKind::ForwardKl => (et, es, st, ss, 1.0f64),
         SoftKind::ReverseKl => (es, et, ss, st, -1.0f64),
@@ -325,7 +328,7 @@ pub(super) fn refine_divergence(
             continue;
         }
         let a = f64::from(ea[i]) * inv_sa;
-        let d = sign * f64::from((t[i] - s[i]) * inv_t + c0);
+        let d = sign * f64::from(((t[i] - mt) - (s[i] - ms)) * inv_t + c0);
         sum_d += a * d;
         sum_phi += if d.abs() <= 0.5 {
             a * d * d * phi_over_d2(d)

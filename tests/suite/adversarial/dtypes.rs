@@ -100,3 +100,46 @@ fn item04_mixed_dtypes_are_computed_in_the_wider_one() {
         assert!(v.is_finite() && v >= 0.0, "{name}: {v}");
     }
 }
+
+/// The squared-error losses take a teacher of another dtype as `hidden_mse` does: both maps in
+/// the wider one (at least f32), on the fused kernel's backend too (a bf16 teacher is never
+/// handed to the f32 kernel).
+#[test]
+fn item04_attention_mse_teacher_of_another_dtype_is_widened() {
+    use kd_losses::attention::{HeadReduce, attention_mse_scores};
+    use kd_losses::hidden::hidden_mse;
+    let shape = [1, 2, 3, 3];
+    let s = lcg(18, 41, 2.0);
+    let t = lcg(18, 42, 2.0);
+    for (name, device) in devices() {
+        for dtype in float_dtypes(name) {
+            let x = floats(s.clone(), shape, &device);
+            let y = with_dtype(t.clone(), shape, dtype, &device);
+            let yr = y.clone().cast(FloatDType::F32);
+            let got = scalar(
+                attention_mse_scores(x.clone(), y, None, HeadReduce::Match)
+                    .reduce(Reduction::ElementMean),
+            );
+            let want = scalar(
+                attention_mse_scores(x.clone(), yr.clone(), None, HeadReduce::Match)
+                    .reduce(Reduction::ElementMean),
+            );
+            let what = format!("{name} teacher {dtype:?}");
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{what}: {got} vs {want}"
+            );
+            // hidden_mse on the same maps as rows agrees on the widening.
+            let h = |t: Tensor<4>| {
+                scalar(
+                    hidden_mse(x.clone().reshape([6, 3]), t.reshape([6, 3])).reduce(Reduction::Sum),
+                )
+            };
+            let hy = with_dtype(t.clone(), shape, dtype, &device);
+            assert!(
+                (h(hy) - h(yr)).abs() <= 1e-5 * h(x.clone()).abs().max(1.0),
+                "{what}: hidden_mse"
+            );
+        }
+    }
+}

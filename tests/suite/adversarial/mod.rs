@@ -60,7 +60,7 @@ fn fkl(t: f64) -> kd_losses::divergence::DivergenceLoss {
 }
 
 /// The soft loss on the fused route (`SoftKlLoss::forward`, fused where it runs) and the
-/// composed one (`soft_kl(..).reduce`), value and student gradient.
+/// composed one (`soft_kl(..).reduce_composed`), value and student gradient.
 fn soft_both(
     s: &[f32],
     t: &[f32],
@@ -78,7 +78,8 @@ fn soft_both(
                 .init()
                 .forward(x.clone(), y, red),
             1 => fkl(temp).forward(x.clone(), y, red),
-            _ => soft_kl(x.clone(), y, Temperature::new(temp).unwrap(), T2Scaling::On).reduce(red),
+            _ => soft_kl(x.clone(), y, Temperature::new(temp).unwrap(), T2Scaling::On)
+                .reduce_composed(red),
         };
         let v = scalar(loss.clone()) as f32;
         (v, grad_of(loss, &x))

@@ -1,5 +1,5 @@
 //! Property: the fused route (`distillation_loss`, `SoftKlLoss::forward_masked`) and the composed
-//! one (`distillation_loss_composed`, `soft_kl(..).masked(..).reduce(..)`) give the same value and
+//! one (`distillation_loss_composed`, `soft_kl(..).masked(..).reduce_composed(..)`) give the same value and
 //! student gradient on hostile random input: masked rows full of NaN / ±inf, all `-inf` teacher
 //! rows, temperatures in `[0.05, 1e3]`, every float dtype the backend stores.
 
@@ -54,7 +54,7 @@ fn run(
                 T2Scaling::On,
             )
             .masked(&mask)
-            .reduce(Reduction::Sum),
+            .reduce_composed(Reduction::Sum),
         };
         let v = scalar(loss.clone());
         let grads = loss.backward();

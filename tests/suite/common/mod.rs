@@ -460,6 +460,23 @@ pub fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-scale..=scale)).collect()
 }
 
+/// Every divergence, the parametrised ones inside their range (their endpoints, where they
+/// equal a KL, are tested apart): the list the tests that cover every divergence iterate over.
+pub fn every_divergence() -> Vec<kd_losses::divergence::Divergence> {
+    use kd_losses::divergence::{Divergence, JsdConvention};
+    vec![
+        Divergence::ForwardKl,
+        Divergence::ReverseKl,
+        Divergence::generalized_jsd(0.5, JsdConvention::Trl).unwrap(),
+        Divergence::generalized_jsd(0.3, JsdConvention::Continuous).unwrap(),
+        Divergence::skew_kl(0.1).unwrap(),
+        Divergence::skew_reverse_kl(0.1).unwrap(),
+        Divergence::skew_kl(1.0).unwrap(),
+        Divergence::TotalVariation,
+        Divergence::SymmetricKl,
+    ]
+}
+
 /// Every reduction, named (the normalizer is 7).
 pub fn reductions() -> Vec<(&'static str, Reduction)> {
     vec![

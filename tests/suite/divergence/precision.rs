@@ -92,7 +92,7 @@ fn check<const D: usize>(shape: [usize; D], seed: u64) {
                 soft_loss(x, y, d, temp, T2Scaling::Off, None, Reduction::RowMean)
             };
             let composed = |x: Tensor<D>, y: Tensor<D>| {
-                divergence(x, y, d, temp, T2Scaling::Off).reduce(Reduction::RowMean)
+                divergence(x, y, d, temp, T2Scaling::Off).reduce_composed(Reduction::RowMean)
             };
             let (v64, g64) = eval((&s, &t), shape, &reference, DType::F64, composed);
             for (path, f32_result) in [

@@ -87,7 +87,7 @@ proptest! {
             } else {
                 kd_losses::divergence::divergence(st.clone(), te, d, tt, T2Scaling::On)
                     .masked_opt(m)
-                    .reduce(Reduction::BatchMean)
+                    .reduce_composed(Reduction::BatchMean)
             };
             (scalar(out.clone()), to_vec(st.grad(&out.backward()).unwrap()))
         };

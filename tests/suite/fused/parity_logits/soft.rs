@@ -5,21 +5,6 @@ use super::*;
 use kd_losses::divergence::soft_loss;
 use kd_losses::divergence::{JsdConvention, divergence};
 
-/// Every divergence, the parametrised ones inside their range (the endpoints are below).
-fn every_divergence() -> Vec<Divergence> {
-    vec![
-        Divergence::ForwardKl,
-        Divergence::ReverseKl,
-        Divergence::generalized_jsd(0.5, JsdConvention::Trl).unwrap(),
-        Divergence::generalized_jsd(0.3, JsdConvention::Continuous).unwrap(),
-        Divergence::skew_kl(0.1).unwrap(),
-        Divergence::skew_reverse_kl(0.1).unwrap(),
-        Divergence::skew_kl(1.0).unwrap(),
-        Divergence::TotalVariation,
-        Divergence::SymmetricKl,
-    ]
-}
-
 #[test]
 fn fused_soft_loss_matches_divergence() {
     for (name, dev) in devices() {
@@ -42,7 +27,7 @@ fn fused_soft_loss_matches_divergence() {
                         let st = floats(s.clone(), [b, sq, v], &dev).require_grad();
                         let bb = divergence(st.clone(), te, d, tt, T2Scaling::On)
                             .masked_opt(m)
-                            .reduce(red);
+                            .reduce_composed(red);
                         let vb = scalar(bb.clone()) as f32;
                         let gb = to_vec(st.grad(&bb.backward()).unwrap());
                         let what =
@@ -110,7 +95,7 @@ fn fused_soft_loss_matches_divergence() {
                     } else {
                         divergence(st.clone(), te, d, tt, T2Scaling::On)
                             .masked_opt(m)
-                            .reduce(Reduction::RowMean)
+                            .reduce_composed(Reduction::RowMean)
                     };
                     let value = scalar(out.clone()) as f32;
                     (value, to_vec(st.grad(&out.backward()).unwrap()))
@@ -180,7 +165,7 @@ fn every_divergence_matches_composed_on_hostile_rows() {
                         } else {
                             divergence(st.clone(), te, d, tt, T2Scaling::On)
                                 .masked_opt(m)
-                                .reduce(Reduction::Sum)
+                                .reduce_composed(Reduction::Sum)
                         };
                         let value = scalar(out.clone()) as f32;
                         (value, to_vec(st.grad(&out.backward()).unwrap()))
