@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The peak memory of both paths is what `compare_peers` prints (`peak_rss_extra_mb`, one
-//! process per implementation): `cargo run --release -p kd-examples --features peers --bin compare_peers --
+//! process per implementation): `cargo run --release --all-features --example compare_peers --
 //! --cases fused_linear_8192x1024x32000`.
 
 use std::hint::black_box;

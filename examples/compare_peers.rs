@@ -2,11 +2,11 @@
 //! torch.compile, JAX jit) so that both run back to back on one machine.
 //!
 //! ```text
-//! cargo run --release -p kd-examples --features peers --bin compare_peers                       # every case, default impls
-//! cargo run --release -p kd-examples --features peers --bin compare_peers -- --cases kd_ce_4096x32000 --impls flex-fused
-//! cargo run --release -p kd-examples --features peers --bin compare_peers -- --peers ~/.cache/kdref/results.json   # + table
-//! cargo run -p kd-examples --features peers --bin compare_peers -- --quick                      # CI smoke run (small cases)
-//! cargo run --release -p kd-examples --features peers --bin compare_peers -- --gpu --gpu-peers gpu_peers.jsonl  # on a GPU
+//! cargo run --release --all-features --example compare_peers                       # every case, default impls
+//! cargo run --release --all-features --example compare_peers -- --cases kd_ce_4096x32000 --impls flex-fused
+//! cargo run --release --all-features --example compare_peers -- --peers ~/.cache/kdref/results.json   # + table
+//! cargo run --all-features --example compare_peers -- --quick                      # CI smoke run (small cases)
+//! cargo run --release --all-features --example compare_peers -- --gpu --gpu-peers gpu_peers.jsonl  # on a GPU
 //! ```
 //!
 //! `--gpu` runs the GPU cases (`kd_ce_*`, `jsd_2048x128000`, each also `_f16` / `_bf16`) with

@@ -1,7 +1,7 @@
 //! Distillation inside Burn's training loop: `burn::train`'s `Learner` trains a student from a
 //! frozen teacher, and the soft, hard and feature terms are Burn metrics.
 //!
-//! UCI digits (8×8 images, 10 classes), as in `examples/digits.rs`:
+//! UCI digits (8×8 images, 10 classes), as in `examples/flex/digits.rs`:
 //!
 //! 1. the teacher MLP `64→256→256→10` is trained with the `Learner` (Burn's
 //!    `ClassificationOutput`, loss and accuracy metrics);
@@ -12,7 +12,7 @@
 //!    `kd_losses::train::KdClassificationOutput`; `LossTermMetric`s report each term.
 //!
 //! `DistillationLoss` drops rows labelled `-100` from *both* terms (sequence padding). To distill
-//! on unlabelled inputs as well (`examples/digits.rs`, "5% labels"), reduce `soft_kl` over every
+//! on unlabelled inputs as well (`examples/flex/digits.rs`, "5% labels"), reduce `soft_kl` over every
 //! row and `cross_entropy` over the labelled ones, and put both in a `LossTerms`.
 //!
 //! The teacher is a field of the student's training module, frozen with `Module::no_grad`: it
@@ -20,8 +20,8 @@
 //! the student.
 //!
 //! ```text
-//! cargo run --release -p kd-examples --features learner --bin learner            # full run: Burn's terminal dashboard on a terminal
-//! cargo run -p kd-examples --features learner --bin learner -- --quick           # CI smoke run: 1 + 2 short epochs, no dashboard
+//! cargo run --release --all-features --example learner            # full run: Burn's terminal dashboard on a terminal
+//! cargo run --all-features --example learner -- --quick           # CI smoke run: 1 + 2 short epochs, no dashboard
 //! ```
 //!
 //! On a terminal the full run shows Burn's dashboard (press `q` to stop an epoch early); with

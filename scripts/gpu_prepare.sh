@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 mkdir -p .gpu
 cargo test --release --all-features --test suite --no-run 2>&1 | tail -3
 suite=$(ls -t target/release/deps/suite-* | grep -v '\.d$' | head -1)
-cargo build --release -p kd-examples --features peers --bin compare_peers 2>&1 | tail -1
+cargo build --release --all-features --example compare_peers 2>&1 | tail -1
 cp "$suite" .gpu/suite
-cp target/release/compare_peers .gpu/compare_peers
+cp target/release/examples/compare_peers .gpu/compare_peers
 strip .gpu/suite .gpu/compare_peers
 xz -T0 -6 -f .gpu/suite .gpu/compare_peers
 cp scripts/bench_gpu.py .gpu/

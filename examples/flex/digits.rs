@@ -22,8 +22,9 @@
 //! hand-written loop, which keeps the three recipes' step budgets exactly equal.
 //!
 //! Data: E. Alpaydin, C. Kaynak, UCI ML Repository, CC BY 4.0 (see data/README.md).
-//! Font of the figure: DejaVu Sans, embedded (see examples/assets/README.md).
+//! Font of the figure: DejaVu Sans, embedded (see examples/flex/assets/README.md).
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::io::IsTerminal;

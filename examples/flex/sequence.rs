@@ -41,7 +41,7 @@ use kd_losses::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-#[path = "common/lm.rs"]
+#[path = "lm.rs"]
 mod lm;
 use lm::{Arch, Batch, Lm, Trace, perplexity, sample_batch, validation_batches};
 
