@@ -245,7 +245,7 @@ fn door_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
     let s = logits([n, v], case, dev);
     let t = logits([n, v], case, dev);
     let y = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), dev);
-    let mask = RowMask::new(Tensor::<1, burn::tensor::Bool>::ones([n], dev).bool());
+    let mask = RowMask::new(Tensor::<1>::ones([n], dev).greater_elem(0.0));
     let door = imp.split_once('-').map(|x| x.1).unwrap_or("").to_string();
     let red = Reduction::RowMean;
     let loss = case.split('_').nth(1).unwrap_or("").to_string();
