@@ -381,6 +381,10 @@ fn main() {
             if linear_case != (imp.ends_with("-fused-linear") || imp.ends_with("-materialized")) {
                 continue;
             }
+            // A door case runs the doors its loss has (an explicit list may name others).
+            if door_case && !steps::door_impls(case).contains(&imp.as_str()) {
+                continue;
+            }
             // The squared-error kernel of the feature losses runs on flex only.
             let logit_case = ["kd_ce", "soft_kl", "reverse_kl", "jsd"]
                 .iter()
