@@ -152,28 +152,13 @@ pub fn distillation_loss<const D: usize, const DL: usize>(
     loss: &DistillationLoss,
     reduction: Reduction,
 ) -> DistillationOutput {
-    let (t, scaling) = loss.parts();
-    let (total, soft, hard) = mixed_terms(
+    loss.output(
         student_logits,
         teacher_logits,
         labels,
-        Mix {
-            divergence: Divergence::ForwardKl,
-            temperature: t,
-            scaling,
-            alpha: loss.alpha,
-            smoothing: loss.label_smoothing,
-            ignore_index: loss.ignore_index,
-        },
         reduction,
         Path::Door,
-    );
-    DistillationOutput {
-        total,
-        soft,
-        hard,
-        alpha: loss.alpha,
-    }
+    )
 }
 
 /// What [`mixed_terms`] mixes: `α · soft + (1 − α) · hard`, the soft term any divergence at a
@@ -299,31 +284,44 @@ pub fn distillation_loss_composed<const D: usize, const DL: usize>(
     loss: &DistillationLoss,
     reduction: Reduction,
 ) -> DistillationOutput {
-    let (t, scaling) = loss.parts();
-    let (total, soft, hard) = mixed_terms(
+    loss.output(
         student_logits,
         teacher_logits,
         labels,
-        Mix {
-            divergence: Divergence::ForwardKl,
-            temperature: t,
-            scaling,
-            alpha: loss.alpha,
-            smoothing: loss.label_smoothing,
-            ignore_index: loss.ignore_index,
-        },
         reduction,
         Path::Composed,
-    );
-    DistillationOutput {
-        total,
-        soft,
-        hard,
-        alpha: loss.alpha,
-    }
+    )
 }
 
 impl DistillationLoss {
+    /// The three terms on `path` ([`distillation_loss`], [`distillation_loss_composed`]).
+    fn output<const D: usize, const DL: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        labels: Tensor<DL, Int>,
+        reduction: Reduction,
+        path: Path,
+    ) -> DistillationOutput {
+        let (temperature, scaling) = self.parts();
+        let mix = Mix {
+            divergence: Divergence::ForwardKl,
+            temperature,
+            scaling,
+            alpha: self.alpha,
+            smoothing: self.label_smoothing,
+            ignore_index: self.ignore_index,
+        };
+        let (total, soft, hard) =
+            mixed_terms(student_logits, teacher_logits, labels, mix, reduction, path);
+        DistillationOutput {
+            total,
+            soft,
+            hard,
+            alpha: self.alpha,
+        }
+    }
+
     /// Checks every field as [`DistillationLossConfig::try_init`] does (the fields are public, so
     /// a struct literal can hold anything).
     ///
