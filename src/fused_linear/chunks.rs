@@ -23,7 +23,7 @@ use crate::vocab::{VocabAlignment, align_vocab};
 /// reduction's denominator over the whole batch: the number of kept tokens for
 /// [`Reduction::RowMean`], 1 for `Sum`, `N` for `BatchMean`, kept tokens × `V` for `ElementMean`,
 /// or the given [`Normalizer`]. The value and the gradients of `h_s`, `W_s` and `b_s` equal those
-/// of [`distillation_loss`] on the materialized logits `h_s·W_s + b_s`.
+/// of [`distillation_loss`](crate::logits::distillation_loss) on the materialized logits `h_s·W_s + b_s`.
 ///
 /// # Shapes
 /// - `student_hidden`: `[N, H]`; `student_head.weight`: `[H, V]`, bias `[V]`
