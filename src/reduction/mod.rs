@@ -59,6 +59,100 @@ impl Normalizer {
         check_positive("normalizer", n).map(Normalizer)
     }
 
+    /// The normalizer of a **global count of kept rows** (valid tokens): the count summed over
+    /// every micro-batch and every data-parallel worker of one optimizer step. It is
+    /// `max(count, 1)`, the denominator [`Reduction::RowMean`] uses for the whole batch, so a
+    /// step whose every row is masked gives `0` (never an error or NaN), as the unsharded mean
+    /// does. See `docs/conventions.md`, "Data-parallel training", for the count each engine needs.
+    ///
+    /// # Errors
+    /// [`KdError::NotFinite`] when `count` is NaN or infinite; [`KdError::NotPositive`] when it
+    /// is negative.
+    ///
+    /// # Example
+    /// ```
+    /// use kd_losses::Normalizer;
+    /// // Two workers with 5 and 2 valid tokens: every shard divides by 7.
+    /// assert_eq!(Normalizer::from_count(5.0 + 2.0).unwrap().get(), 7.0);
+    /// assert_eq!(Normalizer::from_count(0.0).unwrap().get(), 1.0);
+    /// assert!(Normalizer::from_count(-1.0).is_err());
+    /// ```
+    pub fn from_count(count: f64) -> Result<Self, KdError> {
+        if !count.is_finite() {
+            return Err(KdError::NotFinite {
+                name: "row count",
+                value: count,
+            });
+        }
+        if count < 0.0 {
+            return Err(KdError::NotPositive {
+                name: "row count",
+                value: count,
+            });
+        }
+        Ok(Normalizer(count.max(1.0)))
+    }
+
+    /// The global count of kept rows of a **distributed data-parallel** step (Burn's
+    /// `ExecutionStrategy::DistributedDataParallel`): this worker's count of kept rows, summed
+    /// over `devices` by Burn's collective `all_reduce` (`ReduceOperation::Sum`), untracked, read
+    /// back to the host and made a normalizer with [`from_count`](Self::from_count). Call it
+    /// inside the training step, before reducing; every worker gets the same value.
+    ///
+    /// Under DDP Burn all-reduces the gradients itself: with `all_reduce_op: Sum` reduce with this
+    /// normalizer; with `Mean` (the gradients are divided by the world size) use
+    /// [`for_averaged_gradients`](Self::for_averaged_gradients).
+    ///
+    /// # Panics
+    /// Where the backend has no collective operations: Burn 0.22 implements `all_reduce` on CUDA
+    /// with NCCL only (single node). With `ExecutionStrategy::MultiDevice`, gradient
+    /// accumulation or one device, count on the host instead (the batch is known there) and use
+    /// [`from_count`](Self::from_count).
+    ///
+    /// # Example
+    /// ```no_run
+    /// use burn::tensor::{Bool, Device, Tensor};
+    /// use kd_losses::{Normalizer, RowMask};
+    ///
+    /// fn step_normalizer(mask: Tensor<2, Bool>, devices: Vec<Device>) -> Normalizer {
+    ///     Normalizer::all_reduced(&RowMask::new(mask), devices).unwrap()
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`from_count`](Self::from_count).
+    pub fn all_reduced(
+        mask: &RowMask,
+        devices: Vec<burn::tensor::Device>,
+    ) -> Result<Self, KdError> {
+        let local = mask.count().detach();
+        let global = burn::tensor::distributed::all_reduce(
+            local,
+            burn::tensor::distributed::ReduceOperation::Sum,
+            devices,
+        )
+        .resolve();
+        Normalizer::from_count(global.into_scalar::<f64>())
+    }
+
+    /// The normalizer for an engine that **averages** the gradients of `world_size` workers
+    /// (Burn's DDP with `all_reduce_op: Mean`): `self / world_size`, so that the averaged
+    /// gradient is the gradient of the global token mean.
+    ///
+    /// # Example
+    /// ```
+    /// use kd_losses::Normalizer;
+    /// let n = Normalizer::from_count(7.0).unwrap().for_averaged_gradients(2);
+    /// assert_eq!(n.get(), 3.5);
+    /// ```
+    ///
+    /// # Panics
+    /// When `world_size` is 0.
+    pub fn for_averaged_gradients(self, world_size: usize) -> Self {
+        assert!(world_size > 0, "world_size: must be at least 1, got 0");
+        Normalizer(self.0 / world_size as f64)
+    }
+
     /// The normalizer as a number.
     pub fn get(self) -> f64 {
         self.0

@@ -45,4 +45,6 @@ mod relation;
 mod schedule;
 mod sparse;
 mod temperature;
+#[cfg(feature = "train")]
+mod train;
 mod vocab;
