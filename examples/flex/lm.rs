@@ -1,18 +1,63 @@
-//! What the two language-model examples share (`sequence.rs`, `lm_head.rs`): right-padded
-//! batches of token windows and a small pre-LN causal transformer that returns its hidden
-//! states and attention scores. Each example uses part of it.
+//! What the language-model examples share (`sequence.rs`, `on_policy.rs`, `lm_head.rs`): the
+//! character corpus, right-padded batches of token windows, a small pre-LN causal transformer
+//! that returns its hidden states and attention scores, and its training from labels alone.
+//! Each example uses part of it.
 #![allow(dead_code)]
+
+use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use kd_losses::logits::hard::IGNORE_INDEX;
-use rand::Rng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// Padding token (inputs only; padded labels are `IGNORE_INDEX`).
 pub const PAD: usize = 0;
+
+/// Character vocabulary of the text (lower-cased, whitespace collapsed); id 0 is padding.
+pub struct Corpus {
+    pub chars: Vec<char>,
+    pub train: Vec<usize>,
+    pub valid: Vec<usize>,
+}
+
+impl Corpus {
+    /// Cicero, *De finibus* I (`lipsum::LIBER_PRIMUS`): the first 90% trains, the last 10%
+    /// validates.
+    pub fn load() -> Self {
+        let text: String = lipsum::LIBER_PRIMUS
+            .to_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        let ids: Vec<usize> = text
+            .chars()
+            .map(|c| 1 + chars.binary_search(&c).unwrap())
+            .collect();
+        let cut = ids.len() * 9 / 10;
+        Corpus {
+            chars,
+            train: ids[..cut].to_vec(),
+            valid: ids[cut..].to_vec(),
+        }
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.chars.len() + 1
+    }
+
+    /// The id of character `c`, if the text has it.
+    pub fn id(&self, c: char) -> Option<usize> {
+        self.chars.binary_search(&c).ok().map(|i| i + 1)
+    }
+}
 
 /// A right-padded batch: inputs `[B, S]`, next-character labels `[B, S]` (`-100` on padding),
 /// and the padding mask `[B, S]` (`true` for a real position).
@@ -228,4 +273,55 @@ pub fn perplexity(model: &Lm, batches: &[Batch]) -> f64 {
         tokens += batch.lens.iter().sum::<usize>();
     }
     (nll / tokens.max(1) as f64).exp()
+}
+
+// -------------------------------------------------------------------------------- training
+
+pub struct Train {
+    pub steps: usize,
+    pub batch: usize,
+    pub seq: usize,
+    pub lr: f64,
+}
+
+/// Next-character cross-entropy, mean over the real positions.
+pub fn ce_loss(trace: &Trace, batch: &Batch) -> Tensor<1> {
+    use kd_losses::prelude::{CrossEntropyOptions, Reduction, cross_entropy};
+    cross_entropy(
+        trace.logits.clone(),
+        batch.labels.clone(),
+        &CrossEntropyOptions::default(),
+    )
+    .reduce(Reduction::RowMean)
+}
+
+/// Trains a language model from labels alone.
+pub fn train_alone(mut model: Lm, ids: &[usize], cfg: &Train, seed: u64, device: &Device) -> Lm {
+    let mut optim = AdamConfig::new().init();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start = Instant::now();
+    for step in 0..cfg.steps {
+        let batch = sample_batch(ids, cfg.batch, cfg.seq, &mut rng, device);
+        let loss = ce_loss(&model.forward(&batch), &batch);
+        if step % 100 == 0 || step + 1 == cfg.steps {
+            println!(
+                "  step {step:>4} ({:.1}s): ce {:.4}",
+                start.elapsed().as_secs_f64(),
+                loss.clone().into_scalar::<f64>()
+            );
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr_at(cfg, step), model, grads);
+    }
+    model
+}
+
+/// Linear warm-up over the first 5% of the steps, then cosine decay to 10% of `lr`.
+pub fn lr_at(cfg: &Train, step: usize) -> f64 {
+    let warm = (cfg.steps / 20).max(1);
+    if step < warm {
+        return cfg.lr * (step + 1) as f64 / warm as f64;
+    }
+    let p = (step - warm) as f64 / (cfg.steps - warm).max(1) as f64;
+    cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
 }

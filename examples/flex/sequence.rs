@@ -36,50 +36,17 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use kd_losses::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 #[path = "lm.rs"]
 mod lm;
-use lm::{Arch, Batch, Lm, Trace, perplexity, sample_batch, validation_batches};
-
-// ------------------------------------------------------------------------------------ data
-
-/// Character vocabulary of the text (lower-cased, whitespace collapsed); id 0 is padding.
-struct Corpus {
-    chars: Vec<char>,
-    train: Vec<usize>,
-    valid: Vec<usize>,
-}
-
-impl Corpus {
-    fn load() -> Self {
-        let text: String = lipsum::LIBER_PRIMUS
-            .to_lowercase()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        let mut chars: Vec<char> = text.chars().collect();
-        chars.sort_unstable();
-        chars.dedup();
-        let ids: Vec<usize> = text
-            .chars()
-            .map(|c| 1 + chars.binary_search(&c).unwrap())
-            .collect();
-        let cut = ids.len() * 9 / 10;
-        Corpus {
-            chars,
-            train: ids[..cut].to_vec(),
-            valid: ids[cut..].to_vec(),
-        }
-    }
-
-    fn vocab(&self) -> usize {
-        self.chars.len() + 1
-    }
-}
+use lm::{
+    Arch, Corpus, Lm, Train, ce_loss, lr_at, perplexity, sample_batch, train_alone,
+    validation_batches,
+};
 
 /// The distilled student together with its hidden-state projections: one module, so the
 /// optimizer updates the projection with the student.
@@ -91,13 +58,6 @@ struct KdStudent {
 
 // -------------------------------------------------------------------------------- training
 
-struct Train {
-    steps: usize,
-    batch: usize,
-    seq: usize,
-    lr: f64,
-}
-
 /// Loss weights of the distilled student.
 struct KdWeights {
     temperature: f64,
@@ -105,36 +65,6 @@ struct KdWeights {
     logits: f64,
     hidden: f64,
     attention: f64,
-}
-
-fn ce_loss(trace: &Trace, batch: &Batch) -> Tensor<1> {
-    cross_entropy(
-        trace.logits.clone(),
-        batch.labels.clone(),
-        &CrossEntropyOptions::default(),
-    )
-    .reduce(Reduction::RowMean)
-}
-
-/// Trains a language model from labels alone.
-fn train_alone(mut model: Lm, ids: &[usize], cfg: &Train, seed: u64, device: &Device) -> Lm {
-    let mut optim = AdamConfig::new().init();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let start = Instant::now();
-    for step in 0..cfg.steps {
-        let batch = sample_batch(ids, cfg.batch, cfg.seq, &mut rng, device);
-        let loss = ce_loss(&model.forward(&batch), &batch);
-        if step % 100 == 0 || step + 1 == cfg.steps {
-            println!(
-                "  step {step:>4} ({:.1}s): ce {:.4}",
-                start.elapsed().as_secs_f64(),
-                loss.clone().into_scalar::<f64>()
-            );
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr_at(cfg, step), model, grads);
-    }
-    model
 }
 
 /// Trains the student with CE + logit KD + hidden MSE + attention MSE against `teacher`.
@@ -203,16 +133,6 @@ fn train_distilled(
         model = optim.step(lr_at(cfg, step), model, grads);
     }
     model
-}
-
-/// Linear warm-up over the first 5% of the steps, then cosine decay to 10% of `lr`.
-fn lr_at(cfg: &Train, step: usize) -> f64 {
-    let warm = (cfg.steps / 20).max(1);
-    if step < warm {
-        return cfg.lr * (step + 1) as f64 / warm as f64;
-    }
-    let p = (step - warm) as f64 / (cfg.steps - warm).max(1) as f64;
-    cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
 }
 
 fn main() {

@@ -114,7 +114,7 @@ impl Normalizer {
     /// use burn::tensor::{Bool, Device, Tensor};
     /// use kd_losses::{Normalizer, RowMask};
     ///
-    /// fn step_normalizer(mask: Tensor<2, Bool>, devices: Vec<Device>) -> Normalizer {
+    /// pub fn step_normalizer(mask: Tensor<2, Bool>, devices: Vec<Device>) -> Normalizer {
     ///     Normalizer::all_reduced(&RowMask::new(mask), devices).unwrap()
     /// }
     /// ```
