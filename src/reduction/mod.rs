@@ -114,7 +114,8 @@ impl Normalizer {
     /// use burn::tensor::{Bool, Device, Tensor};
     /// use kd_losses::{Normalizer, RowMask};
     ///
-    /// pub fn step_normalizer(mask: Tensor<2, Bool>, devices: Vec<Device>) -> Normalizer {
+    /// # #[allow(dead_code)]
+    /// fn step_normalizer(mask: Tensor<2, Bool>, devices: Vec<Device>) -> Normalizer {
     ///     Normalizer::all_reduced(&RowMask::new(mask), devices).unwrap()
     /// }
     /// ```
