@@ -20,7 +20,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kd_losses::chunked::chunked_divergence;
 use kd_losses::divergence::{Divergence, divergence};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn shape() -> (usize, usize) {
     let s = std::env::var("KD_BENCH_SHAPE").unwrap_or_else(|_| "1024x32000".into());

@@ -55,6 +55,7 @@ use burn::train::{
     TrainStep,
 };
 use common::{CLASSES, Digit, FEATURES, Mlp, load_digits, split};
+use kd_losses::HiddenLossConfig;
 use kd_losses::prelude::*;
 use kd_losses::train::{KdClassificationOutput, LossTermMetric};
 

@@ -131,9 +131,9 @@ pub use hidden::{
 pub use layer_map::LayerMap;
 pub use logits::{
     CrossEntropyLoss, CrossEntropyLossConfig, CrossEntropyOptions, DistillationLoss,
-    DistillationLossConfig, DistillationOutput, PseudoLabelLoss, PseudoLabelLossConfig, SoftKlLoss,
-    SoftKlLossConfig, cross_entropy, distillation_loss, distillation_loss_composed,
-    pseudo_label_ce, soft_kl,
+    DistillationLossConfig, DistillationOutput, IGNORE_INDEX, PseudoLabelLoss,
+    PseudoLabelLossConfig, SoftKlLoss, SoftKlLossConfig, cross_entropy, distillation_loss,
+    distillation_loss_composed, pseudo_label_ce, soft_kl,
 };
 pub use numerics::NORM_EPS;
 pub use reduction::{Normalizer, Reduction, RowLoss, RowMask};
@@ -151,19 +151,33 @@ pub use temperature::{
 };
 pub use vocab::{VocabAlignment, align_vocab};
 
-/// Everything a training loop usually needs.
+/// The names a distillation training loop needs, by name (25 items, no globs): the temperature,
+/// the logit losses and their options, rows, masks and reductions, the divergences, the feature
+/// losses a transformer student uses, the top-k teacher, and the loss sum. Everything else is
+/// at the crate root (`kd_losses::Name`) and in its family's module.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use kd_losses::prelude::*;
+///
+/// let device = Device::flex();
+/// let s = Tensor::<2>::from_floats([[1.0, 2.0, 0.5]], &device);
+/// let t = Tensor::<2>::from_floats([[0.5, 2.5, 0.0]], &device);
+/// let kd = soft_kl(s, t, Temperature::new(2.0).unwrap(), T2Scaling::On).reduce(Reduction::RowMean);
+/// assert!(kd.into_scalar::<f32>() > 0.0);
+/// ```
 pub mod prelude {
-    pub use crate::attention::*;
+    pub use crate::attention::{AttentionSpace, HeadReduce, attention_layers_mse};
     pub use crate::combine::LossTerms;
-    pub use crate::divergence::{Divergence, JsdConvention};
+    pub use crate::divergence::{Divergence, JsdConvention, divergence};
     pub use crate::error::KdError;
-    pub use crate::hidden::*;
+    pub use crate::hidden::{HiddenLoss, HiddenProjectionConfig, LayeredHiddenLoss};
     pub use crate::layer_map::LayerMap;
-    pub use crate::logits::*;
-    pub use crate::reduction::{Normalizer, Reduction, RowLoss, RowMask};
-    pub use crate::relation::*;
-    pub use crate::sparse::{MissingMass, SparseOptions, StudentNorm, TopkTeacher};
-    pub use crate::temperature::RowTemperature;
-    pub use crate::temperature::{Temperature, temperature_log_softmax, temperature_softmax};
-    pub use crate::vocab::VocabAlignment;
+    pub use crate::logits::{
+        CrossEntropyOptions, DistillationLoss, DistillationLossConfig, IGNORE_INDEX, cross_entropy,
+        soft_kl,
+    };
+    pub use crate::reduction::{Normalizer, Reduction, RowMask};
+    pub use crate::sparse::{SparseKdLoss, TopkTeacher};
+    pub use crate::temperature::{T2Scaling, Temperature};
 }

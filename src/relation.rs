@@ -80,7 +80,7 @@ fn normalized_distances(x: Tensor<2>) -> Tensor<2> {
 /// # Example
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use kd_losses::prelude::*;
+/// use kd_losses::rkd_distance;
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<2>::from_floats([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], &device);
@@ -132,7 +132,7 @@ fn angles(x: Tensor<2>) -> Tensor<3> {
 /// # Example
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use kd_losses::prelude::*;
+/// use kd_losses::rkd_angle;
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<2>::from_floats([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], &device);
@@ -170,7 +170,7 @@ pub fn rkd_angle(student_embeddings: Tensor<2>, teacher_embeddings: Tensor<2>) -
 /// # Example
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use kd_losses::prelude::*;
+/// use kd_losses::similarity_preserving;
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0]], &device);
@@ -235,7 +235,7 @@ impl RkdLossConfig {
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use kd_losses::prelude::*;
+/// use kd_losses::RkdLossConfig;
 ///
 /// let device = Device::flex();
 /// let rkd = RkdLossConfig::new().with_distance_weight(25.0).with_angle_weight(50.0).init();

@@ -3,7 +3,7 @@
 //! `check_grad.rs` adds the backward pass for crates whose Burn has `autodiff`.
 
 use burn::tensor::{Device, Int, Tensor, TensorData, Tolerance};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 /// Student and teacher logits `[6, 40]` and labels (one ignored row) on `device`.
 pub fn inputs(device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {

@@ -1,7 +1,7 @@
 //! The backward checks, for user crates whose Burn has `autodiff`.
 
 use burn::tensor::Device;
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 use crate::check::{inputs, loss, tol};
 

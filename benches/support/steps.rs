@@ -6,7 +6,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use kd_losses::attention::{HeadReduce, attention_mse_scores};
 use kd_losses::divergence::Divergence;
 use kd_losses::hidden::hidden_mse;
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 /// The Burn configuration these timings run in (the dev-dependency in `Cargo.toml`): what an
 /// application gets with `burn = { version = "0.22", features = ["flex", "ndarray", "wgpu",

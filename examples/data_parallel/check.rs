@@ -12,7 +12,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn::train::train::MultiDevicesTrainStep;
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
-use kd_losses::prelude::*;
+use kd_losses::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -11,7 +11,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use kd_losses::logits::hard::IGNORE_INDEX;
+use kd_losses::IGNORE_INDEX;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -27,6 +27,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor};
+use kd_losses::distillation_loss;
 use kd_losses::fused_linear::{
     FusedLinearKdLoss, FusedLinearKdLossConfig, LinearHead, LinearTeacher,
 };

@@ -38,6 +38,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
 use kd_losses::prelude::*;
+use kd_losses::{HiddenDistance, ProjectionSharing};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 

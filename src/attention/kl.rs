@@ -42,6 +42,7 @@ pub(super) fn kl_rows_from_probs(p: Tensor<2>, q: Tensor<2>) -> Tensor<1> {
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::{KlHeads, attention_kl_scores};
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<4>::from_floats([[[[1.0, 2.0], [0.0, 0.0]]]], &device);
@@ -111,7 +112,7 @@ pub fn attention_kl_scores(
 /// # Example
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use kd_losses::prelude::*;
+/// use kd_losses::{KlHeads, attention_kl_probs};
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<4>::from_floats([[[[0.5, 0.5], [1.0, 0.0]]]], &device);
@@ -175,6 +176,7 @@ impl AttentionKlLossConfig {
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::AttentionKlLossConfig;
 ///
 /// let device = Device::flex();
 /// let loss = AttentionKlLossConfig::new().init();

@@ -44,6 +44,7 @@ fn relation_scores(name: &str, x: Tensor<3>, r: usize) -> Tensor<4> {
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::self_relation_kl;
 ///
 /// let device = Device::flex();
 /// let v_s = Tensor::<3>::random([2, 5, 12], Distribution::Normal(0.0, 1.0), &device);
@@ -102,7 +103,7 @@ pub struct MiniLmLayer {
 /// # Example
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};
-/// use kd_losses::prelude::*;
+/// use kd_losses::{MiniLmLayer, minilm_loss};
 ///
 /// let device = Device::flex();
 /// let layer = |d: usize| MiniLmLayer {
@@ -168,7 +169,7 @@ pub struct QkvStates {
 /// # Example
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};
-/// use kd_losses::prelude::*;
+/// use kd_losses::{QkvStates, minilm_v2_loss};
 ///
 /// let device = Device::flex();
 /// let qkv = |d: usize| {
@@ -234,7 +235,7 @@ impl MiniLmV2LossConfig {
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use kd_losses::prelude::*;
+/// use kd_losses::{MiniLmV2LossConfig, QkvStates};
 ///
 /// let device = Device::flex();
 /// let loss = MiniLmV2LossConfig::new(2).init();

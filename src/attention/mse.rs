@@ -86,6 +86,7 @@ fn mse_core(
 /// ```
 /// use burn::tensor::{Bool, Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::attention_mse_scores;
 ///
 /// let device = Device::flex();
 /// let inf = f32::NEG_INFINITY;
@@ -133,6 +134,7 @@ pub fn attention_mse_scores(
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::attention_mse_probs;
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<4>::from_floats([[[[0.5, 0.5], [1.0, 0.0]]], [[[0.5, 0.5], [1.0, 0.0]]]], &device);
@@ -173,6 +175,7 @@ pub fn attention_mse_probs(
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::attention_mse_textbrewer;
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<4>::from_floats([[[[1.0, -5.0], [2.0, 0.0]]]], &device);
@@ -281,6 +284,7 @@ impl AttentionMseLossConfig {
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::AttentionMseLossConfig;
 ///
 /// let device = Device::flex();
 /// let loss = AttentionMseLossConfig::new().with_heads(HeadReduce::Mean).init();

@@ -104,6 +104,7 @@ pub(crate) fn dense_rows(
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::divergence::{divergence_from_log_probs, Divergence};
 /// use kd_losses::prelude::*;
+/// use kd_losses::temperature_log_softmax;
 ///
 /// let device = Device::flex();
 /// let lq = temperature_log_softmax(Tensor::<2>::from_floats([[1.0, 0.0]], &device), Temperature::ONE);

@@ -97,6 +97,7 @@ impl HiddenLossConfig {
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::HiddenLossConfig;
 ///
 /// let device = Device::flex().autodiff();
 /// let loss = HiddenLossConfig::new(HiddenProjectionConfig::new(4, 6)).init(&device);
@@ -185,6 +186,7 @@ pub enum ProjectionSharing {
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::{HiddenDistance, ProjectionSharing};
 ///
 /// let device = Device::flex();
 /// // TinyBERT: 4 student and 12 teacher layers, embeddings included (lists of 5 and 13).

@@ -73,6 +73,7 @@ fn assert_same_hidden(student: &[usize], teacher: &[usize]) {
 /// ```
 /// use burn::tensor::{Bool, Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::hidden_mse;
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<3>::from_floats([[[1.0, 0.0], [9.0, 9.0]]], &device);
@@ -112,7 +113,7 @@ pub fn hidden_mse<const D: usize>(student_hidden: Tensor<D>, teacher_hidden: Ten
 /// # Example
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use kd_losses::prelude::*;
+/// use kd_losses::hidden_cosine;
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 2.0]], &device);
@@ -172,6 +173,7 @@ pub(crate) fn l2_normalize_rows(x: Tensor<2>, eps: f64) -> Tensor<2> {
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::hidden_normalized_mse;
 ///
 /// let device = Device::flex();
 /// let s = Tensor::<2>::from_floats([[10.0, 0.0]], &device);

@@ -128,6 +128,7 @@ impl Default for DistillationLossConfig {
 /// ```
 /// use burn::tensor::{Device, Int, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::distillation_loss;
 ///
 /// let device = Device::flex();
 /// let kd = DistillationLossConfig::new().with_temperature(4.0).with_alpha(0.9).init();
@@ -267,6 +268,7 @@ pub(crate) fn mixed_terms<const D: usize, const DL: usize>(
 /// ```
 /// use burn::tensor::{Device, Int, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::{distillation_loss, distillation_loss_composed};
 ///
 /// let device = Device::flex();
 /// let kd = DistillationLossConfig::new().init();

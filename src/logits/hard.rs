@@ -262,6 +262,7 @@ impl CrossEntropyLossConfig {
 /// ```
 /// use burn::tensor::{Device, Int, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::CrossEntropyLossConfig;
 ///
 /// let device = Device::flex();
 /// let ce = CrossEntropyLossConfig::new().with_label_smoothing(0.1).init(&device);

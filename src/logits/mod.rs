@@ -10,11 +10,11 @@
 //! Student first, teacher second, everywhere; arguments named `*_logits` take raw logits
 //! (never probabilities).
 
-pub mod combined;
+pub(crate) mod combined;
 pub(crate) mod door;
-pub mod hard;
-pub mod pseudo;
-pub mod soft;
+pub(crate) mod hard;
+pub(crate) mod pseudo;
+pub(crate) mod soft;
 
 /// Re-exported from [`temperature`](crate::temperature), where it lives.
 pub use crate::temperature::T2Scaling;

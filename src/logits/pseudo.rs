@@ -34,6 +34,7 @@ use crate::temperature::{Temperature, temperature_softmax};
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::pseudo_label_ce;
 ///
 /// let device = Device::flex();
 /// let student = Tensor::<2>::from_floats([[0.0, 0.0], [0.0, 0.0]], &device);

@@ -104,6 +104,7 @@ impl SoftKlLossConfig {
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use kd_losses::prelude::*;
+/// use kd_losses::SoftKlLossConfig;
 ///
 /// let device = Device::flex();
 /// let loss = SoftKlLossConfig::new().with_temperature(4.0).init();

@@ -6,8 +6,8 @@ use crate::common::*;
 use burn::tensor::{Device, Tensor};
 use kd_losses::chunked::{chunk_rows_for_budget, chunked_divergence, chunked_rows};
 use kd_losses::divergence::{Divergence, JsdConvention, divergence};
-use kd_losses::prelude::*;
 use kd_losses::schedule::LearnableTemperatureConfig;
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use burn::tensor::{Device, Int, Tensor};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()

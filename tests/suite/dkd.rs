@@ -3,7 +3,7 @@
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
 use kd_losses::dkd::{DkdLossConfig, dkd};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()

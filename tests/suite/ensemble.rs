@@ -5,7 +5,7 @@ use crate::common::*;
 use burn::tensor::{Device, Tensor};
 use kd_losses::divergence::Divergence;
 use kd_losses::ensemble::{EnsembleMode, TeacherWeights, ensemble_divergence};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()

@@ -3,7 +3,7 @@
 //! tensors (messages pinned).
 
 use burn::tensor::{Device, Distribution, Tensor};
-use kd_losses::prelude::*;
+use kd_losses::*;
 use proptest::prelude::*;
 
 fn dev() -> Device {

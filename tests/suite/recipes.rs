@@ -10,7 +10,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 #[derive(Module, Debug)]
 struct TwoExitNet {

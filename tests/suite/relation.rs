@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use crate::common::*;
 use burn::tensor::{Device, Distribution, Tensor};
-use kd_losses::prelude::*;
+use kd_losses::*;
 use proptest::prelude::*;
 
 fn dev() -> Device {

@@ -6,8 +6,8 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use kd_losses::divergence::{Divergence, divergence};
-use kd_losses::prelude::*;
 use kd_losses::schedule::{LearnableTemperatureConfig, Schedule, TemperatureSchedule};
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()

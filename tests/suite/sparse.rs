@@ -5,10 +5,10 @@
 use crate::common::*;
 use burn::tensor::{Device, Int, Tensor};
 use kd_losses::divergence::Divergence;
-use kd_losses::prelude::*;
 use kd_losses::sparse::{
     SparseKdLossConfig, SparseOptions, check_topk_indices, sparse_divergence, topk_kd,
 };
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()

@@ -4,8 +4,8 @@
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
 use kd_losses::divergence::{Divergence, DivergenceLossConfig, divergence};
-use kd_losses::prelude::*;
 use kd_losses::vocab::align_vocab;
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()

@@ -20,7 +20,7 @@ mod validation;
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
 use kd_losses::divergence::{Divergence, DivergenceLossConfig};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 const NEG: f32 = f32::NEG_INFINITY;
 

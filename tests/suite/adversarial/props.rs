@@ -8,7 +8,7 @@ use crate::common::*;
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use proptest::prelude::*;
 
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn typed(data: Vec<f32>, shape: [usize; 2], dtype: FloatDType, device: &Device) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(data, shape), (device, DType::from(dtype)))

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use burn::tensor::{Bool, Device, Distribution, Tensor};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()

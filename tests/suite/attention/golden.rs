@@ -5,7 +5,7 @@
 //! file cannot map fails the test rather than being skipped.
 
 use crate::common::*;
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 #[test]
 fn golden_g_attention_mse() {

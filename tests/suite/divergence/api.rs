@@ -7,7 +7,7 @@ use kd_losses::divergence::{
     Divergence, DivergenceLossConfig, JsdConvention, generalized_jsd, reverse_kl, skew_kl,
     skew_reverse_kl, total_variation,
 };
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()

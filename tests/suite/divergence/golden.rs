@@ -6,7 +6,7 @@
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
 use kd_losses::divergence::{Divergence, JsdConvention, divergence};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn finish(case: &Case, rows: RowLoss, device: &Device) -> (Tensor<1>, Vec<f32>) {
     golden_finish(case, rows, device, golden_reduction)

@@ -9,7 +9,7 @@
 use crate::common::*;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use kd_losses::divergence::{divergence, soft_loss};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 /// The precision the crate promises for every divergence at `V ≤ 128 000` (docs/conventions.md).
 const PRECISION_RTOL: f64 = 5e-5;

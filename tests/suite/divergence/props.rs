@@ -11,8 +11,8 @@ use burn::tensor::{Device, Tensor};
 use kd_losses::chunked::{chunked_divergence, chunked_sparse_divergence};
 use kd_losses::divergence::{Divergence, JsdConvention, divergence};
 use kd_losses::ensemble::{EnsembleMode, TeacherWeights, ensemble_divergence};
-use kd_losses::prelude::*;
 use kd_losses::sparse::{SparseOptions, sparse_divergence};
+use kd_losses::*;
 use proptest::prelude::*;
 
 static DEVICES: LazyLock<Vec<(&'static str, Device)>> = LazyLock::new(devices);

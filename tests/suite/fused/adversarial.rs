@@ -4,7 +4,7 @@
 use crate::common::*;
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use kd_losses::fused::fused_available;
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn grad_of(loss: Tensor<1>, x: &Tensor<2>) -> Vec<f32> {
     let grads = loss.backward();

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 use kd_losses::divergence::{DivergenceLossConfig, divergence, soft_loss};
 use kd_losses::fused::kernel_runs;
 use kd_losses::logits::CrossEntropyOptions;
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 /// One door: a name and the reduced loss it computes from tracked student logits.
 type Door<'a> = (String, Box<dyn Fn(Tensor<3>) -> Tensor<1> + 'a>);

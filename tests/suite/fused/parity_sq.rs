@@ -11,7 +11,7 @@ use crate::common::*;
 use burn::tensor::{Bool, Device, Tensor};
 use kd_losses::attention::{HeadReduce, attention_mse_scores};
 use kd_losses::hidden::hidden_mse;
-use kd_losses::prelude::*;
+use kd_losses::*;
 use proptest::prelude::*;
 
 fn close(what: &str, got: &[f32], want: &[f32], rtol: f32) {

@@ -19,7 +19,7 @@ use kd_losses::fused_linear::{
     FusedLinearKdLoss, FusedLinearKdLossConfig, LinearHead, LinearTeacher,
     fused_linear_distillation,
 };
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 static DEVICES: LazyLock<Vec<(&'static str, Device)>> = LazyLock::new(devices);
 

@@ -7,7 +7,7 @@
 
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn mask_of(case: &Case, device: &Device) -> Option<RowMask> {
     case.inputs

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use crate::common::*;
 use burn::tensor::{Bool, Device, Tensor};
-use kd_losses::prelude::*;
+use kd_losses::*;
 use proptest::prelude::*;
 
 static DEVICES: LazyLock<Vec<(&'static str, Device)>> = LazyLock::new(devices);

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn dev() -> Device {
     Device::flex().autodiff()
@@ -182,7 +182,7 @@ fn class_weight_shape_panics() {
 #[test]
 fn check_labels_is_a_typed_error() {
     let d = dev();
-    let e = check_labels(&ints(vec![0, 9], [2], &d), 5, None).unwrap_err();
+    let e = kd_losses::logits::check_labels(&ints(vec![0, 9], [2], &d), 5, None).unwrap_err();
     assert_eq!(
         e,
         KdError::LabelOutOfRange {

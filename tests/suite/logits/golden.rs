@@ -6,7 +6,7 @@
 
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 fn reduction(name: &str) -> Option<Reduction> {
     golden_reduction(name)

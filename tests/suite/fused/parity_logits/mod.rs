@@ -19,7 +19,7 @@ mod soft;
 use crate::common::*;
 use burn::tensor::{Device, Int, Tensor};
 use kd_losses::fused::fused_available;
-use kd_losses::prelude::*;
+use kd_losses::*;
 
 /// `|a − b| ≤ rtol · max(1, |b|)` for values; non-finite values must match exactly.
 fn close_values(what: &str, a: f32, b: f32, rtol: f32, floor: f32) {
