@@ -26,6 +26,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod stats;
+use stats::mean_spread;
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -192,15 +194,6 @@ fn train_teacher(model: Mlp, data: &Split, cfg: &Train, device: &Device) -> Mlp 
     );
     bar.finish_and_clear();
     teacher
-}
-
-/// Mean and sample standard deviation (0 for one value).
-fn mean_spread(v: &[f64]) -> (f64, f64) {
-    let m = v.iter().sum::<f64>() / v.len() as f64;
-    let s = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>()
-        / v.len().max(2).saturating_sub(1) as f64)
-        .sqrt();
-    (m, s)
 }
 
 fn time_forward(model: &Mlp, s: &Split, device: &Device) -> f64 {

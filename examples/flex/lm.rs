@@ -325,3 +325,25 @@ pub fn lr_at(cfg: &Train, step: usize) -> f64 {
     let p = (step - warm) as f64 / (cfg.steps - warm).max(1) as f64;
     cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
 }
+
+/// One line of a step's loss terms: `name value, name value, …`.
+pub fn describe(terms: &kd_losses::LossTerms) -> String {
+    terms
+        .scalars()
+        .iter()
+        .map(|(n, v)| format!("{n} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The teacher and student of the character-level examples (`sequence`, `on_policy`).
+pub const TEACHER_ARCH: Arch = Arch {
+    layers: 4,
+    d: 64,
+    heads: 4,
+};
+pub const STUDENT_ARCH: Arch = Arch {
+    layers: 2,
+    d: 32,
+    heads: 4,
+};

@@ -80,10 +80,12 @@ use rand::{Rng, SeedableRng};
 
 #[path = "lm.rs"]
 mod lm;
+mod stats;
 use lm::{
-    Arch, Batch, Corpus, Lm, PAD, Train, ce_loss, lr_at, perplexity, sample_batch, train_alone,
-    validation_batches,
+    Batch, Corpus, Lm, PAD, STUDENT_ARCH, TEACHER_ARCH, Train, ce_loss, describe, lr_at,
+    perplexity, sample_batch, train_alone, validation_batches,
 };
+use stats::mean_spread;
 
 // ----------------------------------------------------------------------------------- options
 
@@ -419,24 +421,6 @@ fn train_on_policy(
     model
 }
 
-fn describe(terms: &LossTerms) -> String {
-    terms
-        .scalars()
-        .iter()
-        .map(|(n, v)| format!("{n} {v:.4}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Mean and sample standard deviation (0 for one value).
-fn mean_spread(v: &[f64]) -> (f64, f64) {
-    let m = v.iter().sum::<f64>() / v.len() as f64;
-    let s = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>()
-        / v.len().max(2).saturating_sub(1) as f64)
-        .sqrt();
-    (m, s)
-}
-
 fn main() {
     let total = Instant::now();
     let args: Vec<String> = std::env::args().collect();
@@ -479,16 +463,7 @@ fn main() {
     };
 
     let seq = 64; // dataset windows; prompt + completion fit in it
-    let teacher_arch = Arch {
-        layers: 4,
-        d: 64,
-        heads: 4,
-    };
-    let student_arch = Arch {
-        layers: 2,
-        d: 32,
-        heads: 4,
-    };
+    let (teacher_arch, student_arch) = (TEACHER_ARCH, STUDENT_ARCH);
     let teacher_cfg = Train {
         steps: if quick { 6 } else { 800 },
         batch: if quick { 8 } else { 16 },

@@ -45,8 +45,8 @@ use rand::rngs::StdRng;
 #[path = "lm.rs"]
 mod lm;
 use lm::{
-    Arch, Corpus, Lm, Train, ce_loss, lr_at, perplexity, sample_batch, train_alone,
-    validation_batches,
+    Corpus, Lm, STUDENT_ARCH, TEACHER_ARCH, Train, ce_loss, describe, lr_at, perplexity,
+    sample_batch, train_alone, validation_batches,
 };
 
 /// The distilled student together with its hidden-state projections: one module, so the
@@ -119,15 +119,10 @@ fn train_distilled(
             .extend(hidden, w.hidden)
             .extend(attention, w.attention);
         if step % 100 == 0 || step + 1 == cfg.steps {
-            let parts: Vec<String> = terms
-                .scalars()
-                .iter()
-                .map(|(n, v)| format!("{n} {v:.4}"))
-                .collect();
             println!(
                 "  step {step:>4} ({:.1}s): {}",
                 start.elapsed().as_secs_f64(),
-                parts.join(", ")
+                describe(&terms)
             );
         }
         let grads = GradientsParams::from_grads(terms.total().backward(), &model);
@@ -150,16 +145,7 @@ fn main() {
     );
 
     let seq = if quick { 32 } else { 64 };
-    let teacher_arch = Arch {
-        layers: 4,
-        d: 64,
-        heads: 4,
-    };
-    let student_arch = Arch {
-        layers: 2,
-        d: 32,
-        heads: 4,
-    };
+    let (teacher_arch, student_arch) = (TEACHER_ARCH, STUDENT_ARCH);
     let teacher_cfg = Train {
         steps: if quick { 6 } else { 800 },
         batch: if quick { 8 } else { 16 },
