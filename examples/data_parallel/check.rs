@@ -43,6 +43,16 @@ pub enum Norm {
     PerShard,
 }
 
+impl Norm {
+    /// The reduction of every shard of `batch` (the whole step).
+    pub fn reduction(self, batch: &Tokens) -> Reduction {
+        match self {
+            Norm::Global => global(batch),
+            Norm::PerShard => Reduction::RowMean,
+        }
+    }
+}
+
 /// Loss temperature and weight of the soft term.
 const TEMPERATURE: f64 = 2.0;
 const ALPHA: f64 = 0.5;
@@ -262,19 +272,14 @@ pub fn reference_grads(
 /// `ExecutionStrategy::MultiDevice` runs it): one worker per device, each computes its shard's
 /// gradient; the gradients are moved to the main device (the first) and summed with Burn's
 /// `GradientsAccumulator`. `parts[i]` are the rows of worker `i`.
-pub fn multi_device_grads(
+pub fn engine_step(
+    step: &MultiDevicesTrainStep<KdStep>,
     model: &KdStep,
     batch: &Tokens,
     parts: &[(usize, usize)],
     devices: &[Device],
-    norm: Norm,
-) -> Vec<(&'static str, Vec<f32>)> {
-    let main = &devices[0];
-    let reduction = match norm {
-        Norm::Global => global(batch),
-        Norm::PerShard => Reduction::RowMean,
-    };
-    let step = MultiDevicesTrainStep::<KdStep>::new(devices);
+    reduction: Reduction,
+) -> GradientsParams {
     let mut loaders: Vec<Box<dyn DataLoaderIterator<Shard>>> = parts
         .iter()
         .zip(devices)
@@ -290,9 +295,22 @@ pub fn multi_device_grads(
     assert_eq!(outputs.len(), devices.len(), "one output per worker");
     let mut accumulator = GradientsAccumulator::new();
     for output in outputs {
-        accumulator.accumulate(model, output.output.grads.to_device(main, model));
+        accumulator.accumulate(model, output.output.grads.to_device(&devices[0], model));
     }
-    student_grads(model, &accumulator.grads())
+    accumulator.grads()
+}
+
+/// The student's gradients after one [`engine_step`] on fresh workers.
+pub fn multi_device_grads(
+    model: &KdStep,
+    batch: &Tokens,
+    parts: &[(usize, usize)],
+    devices: &[Device],
+    norm: Norm,
+) -> Vec<(&'static str, Vec<f32>)> {
+    let step = MultiDevicesTrainStep::<KdStep>::new(devices);
+    let grads = engine_step(&step, model, batch, parts, devices, norm.reduction(batch));
+    student_grads(model, &grads)
 }
 
 /// Gradient accumulation over micro-batches on one device (what Burn's `Learner` does with
@@ -306,10 +324,7 @@ pub fn accumulated_grads(
     norm: Norm,
 ) -> Vec<(&'static str, Vec<f32>)> {
     let model = model.clone().fork(device);
-    let reduction = match norm {
-        Norm::Global => global(batch),
-        Norm::PerShard => Reduction::RowMean,
-    };
+    let reduction = norm.reduction(batch);
     let mut accumulator = GradientsAccumulator::new();
     for &(from, to) in parts {
         let shard = batch.slice(from, to).shard(reduction, device);

@@ -27,7 +27,7 @@
 #[path = "check.rs"]
 mod check;
 
-use burn::optim::{AdamConfig, GradientsAccumulator};
+use burn::optim::AdamConfig;
 use burn::tensor::Device;
 use check::{KdStep, Norm, Tokens};
 
@@ -122,24 +122,15 @@ fn main() {
             );
         }
         let batch = &batches[i % batches.len()];
-        let reduction = check::global(batch);
-        let mut loaders: Vec<Box<dyn burn::data::dataloader::DataLoaderIterator<check::Shard>>> =
-            [(0, 4), (4, 8)]
-                .iter()
-                .zip(&devices)
-                .map(|(&(from, to), device)| {
-                    Box::new(check::Shards::new(vec![
-                        batch.slice(from, to).shard(reduction, device),
-                    ]))
-                        as Box<dyn burn::data::dataloader::DataLoaderIterator<check::Shard>>
-                })
-                .collect();
-        let (outputs, _) = step.step(&mut loaders, &model).expect("a step");
-        let mut accumulator = GradientsAccumulator::new();
-        for output in outputs {
-            accumulator.accumulate(&model, output.output.grads.to_device(&main, &model));
-        }
-        model = optim.step(1e-2, model, accumulator.grads());
+        let grads = check::engine_step(
+            &step,
+            &model,
+            batch,
+            &[(0, 4), (4, 8)],
+            &devices,
+            check::global(batch),
+        );
+        model = optim.step(1e-2, model, grads);
     }
     println!(
         "step 60: loss (token mean per batch, mean over the 4 batches) {:.4}",
