@@ -267,9 +267,11 @@ proptest! {
                 let w = TeacherWeights::new(&[3.0]).unwrap();
                 let (v, g) = value_and_grad(floats(s.clone(), [r, c], dev), |x|
                     ensemble_divergence(x, vec![floats(t.clone(), [r, c], dev)], &w, mode, d, temp(tt), T2Scaling::Off));
-                // The probability mixture takes the teacher through `exp` and back through
-                // `log`: at T ≈ 0.3 a log-probability near -40 comes back with f32's relative
-                // error (~4e-6 absolute), which the reverse KL's gradient carries (1.2e-5 seen).
+                // With one teacher the probability mixture differs from the single-teacher path
+                // only by its renormalisation (a second log-softmax of the teacher) and by its
+                // composed rows; on one random peaked case (T ≈ 0.3, reverse KL) the gradient was
+                // 1.2e-5 off at 0.58, so this mode gets the cross-path tolerance. Not pinned to
+                // one cause yet; the other two modes keep 1e-5.
                 let rtol = if mode == EnsembleMode::Probabilities { F32_CROSS_RTOL } else { 1e-5 };
                 assert_close(&format!("{mode:?} value"), &v, &as64(&v0), rtol);
                 assert_close(&format!("{mode:?} grad"), &g, &as64(&g0), rtol);
