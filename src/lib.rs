@@ -131,7 +131,7 @@ pub use hidden::{
 pub use layer_map::LayerMap;
 pub use logits::{
     CrossEntropyLoss, CrossEntropyLossConfig, CrossEntropyOptions, DistillationLoss,
-    DistillationLossConfig, DistillationOutput, IGNORE_INDEX, PseudoLabelLoss,
+    DistillationLossConfig, DistillationOutput, IGNORE_INDEX, LogitTransform, PseudoLabelLoss,
     PseudoLabelLossConfig, SoftKlLoss, SoftKlLossConfig, cross_entropy, distillation_loss,
     distillation_loss_composed, pseudo_label_ce, soft_kl,
 };

@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 
 use super::{Divergence, divergence};
 use crate::error::KdError;
+use crate::logits::LogitTransform;
 use crate::reduction::{Reduction, RowLoss, RowMask};
 use crate::temperature::{T2Scaling, Temperature};
 use crate::vocab::{VocabAlignment, align_vocab};
@@ -83,17 +84,25 @@ pub struct DivergenceLossConfig {
     /// What to do when student and teacher vocabularies differ. Default: error.
     #[config(default = "VocabAlignment::Error")]
     pub vocab: VocabAlignment,
+    /// Scale / soft cap of the student's logits ([`LogitTransform`]). Default: none.
+    #[config(default = "LogitTransform::IDENTITY")]
+    pub student_logits: LogitTransform,
+    /// Scale / soft cap of the teacher's logits. Default: none.
+    #[config(default = "LogitTransform::IDENTITY")]
+    pub teacher_logits: LogitTransform,
 }
 
 impl DivergenceLossConfig {
     /// Builds the loss, validating every parameter.
     ///
     /// # Errors
-    /// [`KdError::InvalidTemperature`], or [`KdError::OutOfRange`] for the divergence's
-    /// parameter.
+    /// [`KdError::InvalidTemperature`], [`KdError::OutOfRange`] for the divergence's
+    /// parameter, or [`KdError::NotPositive`] for a logit scale or soft cap.
     pub fn try_init(&self) -> Result<DivergenceLoss, KdError> {
         Temperature::new(self.temperature)?;
         self.divergence.validate()?;
+        self.student_logits.validated()?;
+        self.teacher_logits.validated()?;
         Ok(DivergenceLoss {
             config: self.clone(),
         })
@@ -185,6 +194,10 @@ impl DivergenceLoss {
             panic!("{e}");
         }
         let d = c.divergence;
+        let (student_logits, teacher_logits) = (
+            c.student_logits.apply(student_logits),
+            c.teacher_logits.apply(teacher_logits),
+        );
         let (s, te) =
             align_vocab(student_logits, teacher_logits, c.vocab).unwrap_or_else(|e| panic!("{e}"));
         (s, te, d, t, T2Scaling::from_flag(c.t2_scaling))

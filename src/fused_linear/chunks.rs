@@ -4,10 +4,15 @@
 
 use burn::tensor::{Bool, DType, Int, Tensor};
 
-use super::{FusedLinearKdLoss, FusedLinearOutput, LinearHead, LinearTeacher, auto_chunk_rows};
+use super::{
+    FusedLinearKdLoss, FusedLinearOutput, HeadGradients, LinearHead, LinearTeacher,
+    auto_chunk_rows,
+};
 use crate::error::KdError;
 use crate::logits::combined::{Mix, Path, mixed_terms};
-use crate::reduction::{Normalizer, Reduction};
+use crate::logits::{CrossEntropyOptions, cross_entropy};
+use crate::reduction::{Normalizer, Reduction, RowMask};
+use crate::sparse::{SparseKdLoss, TopkTeacher};
 use crate::vocab::{VocabAlignment, align_vocab};
 
 /// The distillation loss of a student's LM head against a teacher, one row chunk at a time,
@@ -134,7 +139,39 @@ pub fn fused_linear_distillation(
             );
             t.dims()[1]
         }
+        LinearTeacher::Topk(t) => {
+            let [nt, _] = t.indices().dims();
+            assert!(
+                nt == n,
+                "teacher top-k indices: shape {:?} does not match student_hidden shape {:?} in the rows",
+                t.indices().dims(),
+                student_hidden.dims()
+            );
+            // Checked against the student's vocabulary, chunk by chunk.
+            v
+        }
     };
+    if let Some(ad) = &student_head.adapter {
+        let [ha, r] = ad.a.dims();
+        assert!(
+            ha == h,
+            "student_head.adapter.a: shape {:?} does not match student_hidden shape {:?} (expected [{h}, r])",
+            ad.a.dims(),
+            student_hidden.dims()
+        );
+        assert!(
+            ad.b.dims() == [r, v],
+            "student_head.adapter.b: shape {:?} does not match student_head.adapter.a shape {:?} and weight shape {:?} (expected [{r}, {v}])",
+            ad.b.dims(),
+            ad.a.dims(),
+            student_head.weight.dims()
+        );
+        assert!(
+            ad.scale.is_finite(),
+            "student_head.adapter.scale: {} is not finite",
+            ad.scale
+        );
+    }
     if v_t != v && cfg.vocab == VocabAlignment::Error {
         panic!(
             "{}",
@@ -167,73 +204,88 @@ pub fn fused_linear_distillation(
         .unwrap_or_else(|| auto_chunk_rows(n, h, v))
         .max(1);
 
-    let dtype = student_hidden.dtype();
-    let track_h = student_hidden.is_tracked();
-    let track_w = student_head.weight.is_tracked();
-    let track_b = student_head.bias.as_ref().is_some_and(|b| b.is_tracked());
-    let tracked = track_h || track_w || track_b;
+    let adapter = student_head.adapter.as_ref();
+    let computed = HeadGradients {
+        hidden: student_hidden.is_tracked(),
+        weight: student_head.weight.is_tracked(),
+        bias: student_head.bias.as_ref().is_some_and(|b| b.is_tracked()),
+        adapter: adapter.is_some_and(|a| a.a.is_tracked() || a.b.is_tracked()),
+    };
+    let tracked = computed.hidden || computed.weight || computed.bias || computed.adapter;
 
     // With a gradient to compute, everything below runs outside the caller's graph (each chunk's
     // loss on a fresh leaf); without, on the caller's tensors as they are.
-    let strip = |x: Tensor<2>| if tracked { x.inner() } else { x.detach() };
-    let hs = strip(student_hidden.clone());
-    let ws = strip(student_head.weight.clone());
-    let bs = student_head
-        .bias
-        .clone()
-        .map(|b| if tracked { b.inner() } else { b.detach() });
+    let head = student_head.clone().map(
+        |x| if tracked { x.inner() } else { x.detach() },
+        |x| if tracked { x.inner() } else { x.detach() },
+    );
+    let hs = if tracked {
+        student_hidden.clone().inner()
+    } else {
+        student_hidden.clone().detach()
+    };
     let inner_device = hs.device();
     let teacher = match teacher {
         LinearTeacher::Head { hidden, head } => LinearTeacher::Head {
             hidden: hidden.inner(),
-            head: LinearHead {
-                weight: head.weight.inner(),
-                bias: head.bias.map(Tensor::inner),
-            },
+            head: head.map(Tensor::inner, Tensor::inner),
         },
         LinearTeacher::Logits(t) => LinearTeacher::Logits(t.inner()),
+        LinearTeacher::Topk(t) => LinearTeacher::Topk(t.without_autodiff()),
     };
+    let sparse = matches!(teacher, LinearTeacher::Topk(_)).then(|| loss.sparse());
 
     // Gradient accumulators in f32 whatever the student's dtype (bf16 sums over N rows lose
     // the small contributions).
     let acc = DType::F32;
-    let mut grad_w: Option<Tensor<2>> = None;
-    let mut grad_b: Option<Tensor<1>> = None;
+    let mut grads = Accumulators::default();
     // `∂L/∂h_s`, written one chunk of rows at a time in place (no list of parts to concatenate).
-    let mut grad_h =
-        (track_h && n > 0).then(|| same_dtype(Tensor::<2>::zeros([n, h], &inner_device), acc));
+    grads.h = (computed.hidden && n > 0)
+        .then(|| same_dtype(Tensor::<2>::zeros([n, h], &inner_device), acc));
     let mut values: Option<(Tensor<1>, Tensor<1>, Tensor<1>)> = None;
-    // `W_sᵀ` in the accumulator dtype, for `∂L/∂h_s` only.
-    let ws_acc_t = track_h.then(|| same_dtype(ws.clone(), acc).transpose());
+    // `W_sᵀ` (and `Bᵀ`, `s·Aᵀ`) in the accumulator dtype, for `∂L/∂h_s` and `∂L/∂A` only.
+    let ws_acc_t = computed
+        .hidden
+        .then(|| same_dtype(head.weight.clone(), acc).transpose());
+    let adapter_acc = head.adapter.as_ref().filter(|_| computed.hidden || computed.adapter).map(|ad| {
+        (
+            same_dtype(ad.b.clone(), acc).transpose(),
+            same_dtype(ad.a.clone(), acc).mul_scalar(ad.scale).transpose(),
+        )
+    });
 
     let mut first = 0;
     while first < n {
         let rows = chunk.min(n - first);
         let h_c = hs.clone().narrow(0, first, rows);
-        let z_s = LinearHead::logits(&ws, &bs, h_c.clone());
-        let z_t = match &teacher {
-            LinearTeacher::Head { hidden, head } => {
-                let ht = hidden.clone().narrow(0, first, rows);
-                LinearHead::logits(&head.weight, &head.bias, ht)
-            }
-            LinearTeacher::Logits(t) => t.clone().narrow(0, first, rows),
-        }
-        .to_device(&inner_device);
-        let z_t = same_dtype(z_t, z_s.dtype());
-        let y_c = labels.clone().narrow(0, first, rows);
-
+        let (z_s, ha_c) = head.logits(h_c.clone());
         let leaf = if tracked {
             z_s.autodiff().require_grad()
         } else {
             z_s
         };
+        let autodiff = leaf.is_autodiff();
         // The teacher in the student's autodiff context (a constant either way).
-        let z_t = if leaf.is_autodiff() {
-            z_t.autodiff()
-        } else {
-            z_t
+        let dense = |z_t: Tensor<2>| {
+            let z_t = same_dtype(z_t.to_device(&inner_device), leaf.dtype());
+            if autodiff { z_t.autodiff() } else { z_t }
         };
-        let (total, soft, hard) = chunk_loss(loss, leaf.clone(), z_t, y_c, chunk_norm);
+        let y_c = labels.clone().narrow(0, first, rows);
+        let (total, soft, hard) = match &teacher {
+            LinearTeacher::Head { hidden, head } => {
+                let z_t = head.logits(hidden.clone().narrow(0, first, rows)).0;
+                chunk_loss(loss, leaf.clone(), dense(z_t), y_c, chunk_norm)
+            }
+            LinearTeacher::Logits(t) => {
+                let z_t = t.clone().narrow(0, first, rows);
+                chunk_loss(loss, leaf.clone(), dense(z_t), y_c, chunk_norm)
+            }
+            LinearTeacher::Topk(t) => {
+                let t_c = t.rows_on(first, rows, &inner_device, autodiff);
+                let sparse = sparse.as_ref().expect("built for a top-k teacher");
+                topk_chunk_loss(loss, sparse, leaf.clone(), t_c, y_c, chunk_norm)
+            }
+        };
         let g = tracked.then(|| {
             if total.is_tracked() {
                 leaf.grad(&total.clone().backward())
@@ -251,19 +303,38 @@ pub fn fused_linear_distillation(
         });
         if let Some(g) = g {
             let g = same_dtype(g, acc);
-            if let (Some(wt), Some(gh)) = (&ws_acc_t, grad_h.take()) {
-                let part = g.clone().matmul(wt.clone());
-                grad_h = Some(gh.slice_assign([first..first + rows, 0..h], part));
+            // `g·Bᵀ`, shared by `∂h` and `∂A`.
+            let gb = adapter_acc.as_ref().map(|(bt, _)| g.clone().matmul(bt.clone()));
+            if let (Some(wt), Some(gh)) = (&ws_acc_t, grads.h.take()) {
+                let mut part = g.clone().matmul(wt.clone());
+                if let (Some(gb), Some((_, at))) = (&gb, &adapter_acc) {
+                    part = part.add(gb.clone().matmul(at.clone()));
+                }
+                grads.h = Some(gh.slice_assign([first..first + rows, 0..h], part));
             }
-            if track_b {
-                let gb = g.clone().sum_dim(0).reshape([v]);
-                grad_b = Some(match grad_b {
-                    Some(a) => a.add(gb),
-                    None => gb,
+            if computed.bias {
+                let gbias = g.clone().sum_dim(0).reshape([v]);
+                grads.b = Some(match grads.b.take() {
+                    Some(a) => a.add(gbias),
+                    None => gbias,
                 });
             }
-            if track_w {
-                grad_w = Some(add_outer(grad_w, same_dtype(h_c, acc).transpose(), g));
+            if computed.adapter {
+                let scale = head.adapter.as_ref().map_or(1.0, |a| a.scale);
+                let h_t = same_dtype(h_c.clone(), acc).transpose();
+                // ∂A += s·h_cᵀ·(g·Bᵀ)      [H, r]
+                let gb = gb.expect("formed for the adapter");
+                let part = h_t.matmul(gb).mul_scalar(scale);
+                grads.a = Some(match grads.a.take() {
+                    Some(a) => a.add(part),
+                    None => part,
+                });
+                // ∂B += (s·h_c·A)ᵀ·g       [r, V]
+                let ha_t = same_dtype(ha_c.expect("formed with the adapter"), acc).transpose();
+                grads.lb = Some(add_outer(grads.lb.take(), ha_t, g.clone()));
+            }
+            if computed.weight {
+                grads.w = Some(add_outer(grads.w.take(), same_dtype(h_c, acc).transpose(), g));
             }
         }
         first += rows;
@@ -290,31 +361,37 @@ pub fn fused_linear_distillation(
         },
         alpha: cfg.alpha,
         chunk_rows: chunk,
+        gradients: if tracked {
+            computed
+        } else {
+            HeadGradients::default()
+        },
     };
     if !tracked {
         return output(total);
     }
 
-    // λ = ⟨h_s, ∂L/∂h_s⟩ + ⟨W_s, ∂L/∂W_s⟩ + ⟨b_s, ∂L/∂b_s⟩; L = ℓ + (λ − λ̄).
+    // λ = ⟨h_s, ∂L/∂h_s⟩ + ⟨W_s, ∂L/∂W_s⟩ + ⟨b_s, ∂L/∂b_s⟩ (+ ⟨A, ∂L/∂A⟩ + ⟨B, ∂L/∂B⟩);
+    // L = ℓ + (λ − λ̄). (An empty batch has no chunk: zero gradients, still connected.)
+    let zeros = |dims: [usize; 2]| Tensor::<2>::zeros(dims, &inner_device).cast(acc);
     let mut parts = Vec::new();
-    if let Some(g) = grad_h {
-        let g = same_dtype(g, dtype).autodiff();
-        parts.push(dot(student_hidden, g));
+    let mut term = |x: Tensor<2>, g: Option<Tensor<2>>| {
+        let g = g.unwrap_or_else(|| zeros(x.dims()));
+        let g = same_dtype(g, x.dtype()).autodiff();
+        parts.push(dot(x, g));
+    };
+    if computed.hidden && n > 0 {
+        term(student_hidden, grads.h);
     }
-    // (An empty batch has no chunk: zero gradients, still connected to the graph.)
-    if track_w && grad_w.is_none() {
-        grad_w = Some(Tensor::<2>::zeros([h, v], &inner_device).cast(acc));
+    if computed.weight {
+        term(student_head.weight.clone(), grads.w);
     }
-    if track_b && grad_b.is_none() {
-        grad_b = Some(Tensor::<1>::zeros([v], &inner_device).cast(acc));
+    if let (true, Some(b)) = (computed.bias, &student_head.bias) {
+        term(b.clone().unsqueeze_dim(0), grads.b.map(|g| g.unsqueeze_dim(0)));
     }
-    if let Some(g) = grad_w {
-        let g = same_dtype(g, student_head.weight.dtype()).autodiff();
-        parts.push(dot(student_head.weight.clone(), g));
-    }
-    if let (Some(g), Some(b)) = (grad_b, &student_head.bias) {
-        let g = same_dtype(g, b.dtype()).autodiff();
-        parts.push(dot(b.clone().unsqueeze_dim(0), g.unsqueeze_dim(0)));
+    if let (true, Some(ad)) = (computed.adapter, adapter) {
+        term(ad.a.clone(), grads.a);
+        term(ad.b.clone(), grads.lb);
     }
     let total = total.autodiff();
     let total = match parts.into_iter().reduce(Tensor::add) {
@@ -325,6 +402,16 @@ pub fn fused_linear_distillation(
         None => total,
     };
     output(total)
+}
+
+/// The gradients accumulated over the chunks, in f32.
+#[derive(Default)]
+struct Accumulators {
+    h: Option<Tensor<2>>,
+    w: Option<Tensor<2>>,
+    b: Option<Tensor<1>>,
+    a: Option<Tensor<2>>,
+    lb: Option<Tensor<2>>,
 }
 
 /// `⟨x, g⟩` as a `[1, n]×[n, 1]` matrix product: no `x ⊙ g` temporary of `x`'s size (for the
@@ -391,6 +478,37 @@ fn chunk_loss(
         alpha: cfg.alpha,
         smoothing: cfg.label_smoothing,
         ignore_index: cfg.ignore_index,
+        student_transform: cfg.student_logits,
+        teacher_transform: cfg.teacher_logits,
     };
     mixed_terms(student, teacher, labels, mix, reduction, Path::Door)
+}
+
+/// One chunk's `(total, soft, hard)` against a top-k teacher: the soft term is `sparse` (the
+/// crate's top-k loss, its kernel where one serves the tensors) on the rows whose label is kept,
+/// the hard term the cross-entropy; both reduced with the global normalizer.
+fn topk_chunk_loss(
+    loss: &FusedLinearKdLoss,
+    sparse: &SparseKdLoss,
+    student: Tensor<2>,
+    teacher: TopkTeacher<2>,
+    labels: Tensor<1, Int>,
+    reduction: Reduction,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let cfg = &loss.config;
+    // The student's transform once, for both terms (`sparse` holds the identity for it).
+    let student = cfg.student_logits.apply(student);
+    let mask = RowMask::from_labels(labels.clone(), cfg.ignore_index);
+    let soft = sparse.forward_masked(student.clone(), teacher, &mask, reduction);
+    let options = CrossEntropyOptions {
+        ignore_index: Some(cfg.ignore_index),
+        label_smoothing: cfg.label_smoothing,
+        class_weights: None,
+    };
+    let hard = cross_entropy(student, labels, &options).reduce(reduction);
+    let total = soft
+        .clone()
+        .mul_scalar(cfg.alpha)
+        .add(hard.clone().mul_scalar(1.0 - cfg.alpha));
+    (total, soft, hard)
 }

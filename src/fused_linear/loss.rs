@@ -7,6 +7,8 @@ use burn::tensor::{Bool, Int, Tensor};
 use super::{FusedLinearOutput, LinearHead, LinearTeacher, fused_linear_distillation};
 use crate::divergence::Divergence;
 use crate::error::{KdError, check_range};
+use crate::logits::LogitTransform;
+use crate::sparse::{MissingMass, SparseKdLoss, SparseKdLossConfig, StudentNorm};
 use crate::reduction::Reduction;
 use crate::temperature::{T2Scaling, Temperature};
 use crate::vocab::VocabAlignment;
@@ -38,6 +40,22 @@ pub struct FusedLinearKdLossConfig {
     /// What to do when the student's and teacher's vocabularies differ. Default: error.
     #[config(default = "VocabAlignment::Error")]
     pub vocab: VocabAlignment,
+    /// Scale / soft cap of the student's logits (Gemma-2: `LogitTransform::softcap(30.0)`),
+    /// applied to each chunk of logits before both terms; the gradient includes its
+    /// derivative. Default: none.
+    #[config(default = "LogitTransform::IDENTITY")]
+    pub student_logits: LogitTransform,
+    /// Scale / soft cap of the teacher's logits (its head's, the given logits, or top-k logits;
+    /// not top-k log-probabilities). Default: none.
+    #[config(default = "LogitTransform::IDENTITY")]
+    pub teacher_logits: LogitTransform,
+    /// A top-k teacher's missing mass ([`LinearTeacher::Topk`](super::LinearTeacher::Topk)
+    /// only). Default: renormalise over the top-k.
+    #[config(default = "MissingMass::Renormalize")]
+    pub missing_mass: MissingMass,
+    /// The student's normalisation against a top-k teacher. Default: the full vocabulary.
+    #[config(default = "StudentNorm::Full")]
+    pub student_norm: StudentNorm,
 }
 
 impl FusedLinearKdLossConfig {
@@ -45,7 +63,8 @@ impl FusedLinearKdLossConfig {
     ///
     /// # Errors
     /// [`KdError::InvalidTemperature`], [`KdError::OutOfRange`](crate::error::KdError::OutOfRange) (`alpha`, `label_smoothing`,
-    /// the divergence's parameter) or [`KdError::NotPositive`] (`chunk_rows = Some(0)`).
+    /// the divergence's parameter) or [`KdError::NotPositive`] (`chunk_rows = Some(0)`, a
+    /// logit scale or soft cap).
     pub fn try_init(&self) -> Result<FusedLinearKdLoss, KdError> {
         Temperature::new(self.temperature)?;
         check_range("alpha", self.alpha, 0.0, 1.0)?;
@@ -57,6 +76,8 @@ impl FusedLinearKdLossConfig {
             });
         }
         self.divergence.validate()?;
+        self.student_logits.validated()?;
+        self.teacher_logits.validated()?;
         let divergence = self.divergence;
         Ok(FusedLinearKdLoss {
             config: self.clone(),
@@ -159,5 +180,20 @@ impl FusedLinearKdLoss {
 
     pub(super) fn scaling(&self) -> T2Scaling {
         T2Scaling::from_flag(self.config.t2_scaling)
+    }
+
+    /// The top-k loss of a [`LinearTeacher::Topk`](super::LinearTeacher::Topk) chunk (the
+    /// student's transform is applied by the caller, once for both terms).
+    pub(super) fn sparse(&self) -> SparseKdLoss {
+        let c = &self.config;
+        SparseKdLossConfig {
+            temperature: c.temperature,
+            t2_scaling: c.t2_scaling,
+            missing_mass: c.missing_mass,
+            student_norm: c.student_norm,
+            student_logits: LogitTransform::IDENTITY,
+            teacher_logits: c.teacher_logits,
+        }
+        .init(self.divergence)
     }
 }

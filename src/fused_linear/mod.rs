@@ -55,29 +55,58 @@
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 
+use crate::sparse::TopkTeacher;
+
 mod chunks;
 mod loss;
 
 pub use chunks::fused_linear_distillation;
 pub use loss::{FusedLinearKdLoss, FusedLinearKdLossConfig};
 
-/// An LM head: `z = h·W + b`, with `W` laid out as [`burn::nn::Linear`] stores it.
+/// An LM head: `z = h·W + b`, with `W` laid out as [`burn::nn::Linear`] stores it, and an
+/// optional low-rank adapter: `z = h·W + s·(h·A)·B + b`.
+///
+/// Only what is tracked gets a gradient, and only its products are computed: a frozen `W`
+/// (not `require_grad`, e.g. a Burn parameter set with `.no_grad()`) costs no `hᵀ·g` product
+/// and no `[H, V]` accumulator; with an adapter, `∂A = s·hᵀ·(g·Bᵀ)` (`[H, r]`) and
+/// `∂B = s·(h·A)ᵀ·g` (`[r, V]`) are formed without `W + s·A·B` or its `[H, V]` gradient.
 ///
 /// # Shapes
 /// - `weight`: `[H, V]` (`[d_input, d_output]`)
 /// - `bias`: `[V]`
+/// - adapter: `a` `[H, r]`, `b` `[r, V]`
 #[derive(Debug, Clone)]
 pub struct LinearHead {
     /// `[H, V]`.
     pub weight: Tensor<2>,
     /// `[V]`, if the head has one.
     pub bias: Option<Tensor<1>>,
+    /// A low-rank adapter on the weight, if any.
+    pub adapter: Option<LowRankAdapter>,
+}
+
+/// A low-rank adapter of an LM head (LoRA): the head's weight acts as `W + scale · A·B`.
+///
+/// # Shapes
+/// - `a`: `[H, r]`, `b`: `[r, V]`
+#[derive(Debug, Clone)]
+pub struct LowRankAdapter {
+    /// `[H, r]` (LoRA's down projection, `lora_A` transposed into Burn's `[d_input, d_output]`).
+    pub a: Tensor<2>,
+    /// `[r, V]` (LoRA's up projection).
+    pub b: Tensor<2>,
+    /// `s` (LoRA's `alpha / r`).
+    pub scale: f64,
 }
 
 impl LinearHead {
     /// A head without bias.
     pub fn new(weight: Tensor<2>) -> Self {
-        LinearHead { weight, bias: None }
+        LinearHead {
+            weight,
+            bias: None,
+            adapter: None,
+        }
     }
 
     /// Adds a bias `[V]`.
@@ -86,11 +115,19 @@ impl LinearHead {
         self
     }
 
+    /// Adds a low-rank adapter: the weight acts as `W + scale · a·b` (`a`: `[H, r]`, `b`:
+    /// `[r, V]`). Freeze `W` (leave it untracked) to train the adapter alone.
+    pub fn with_adapter(mut self, a: Tensor<2>, b: Tensor<2>, scale: f64) -> Self {
+        self.adapter = Some(LowRankAdapter { a, b, scale });
+        self
+    }
+
     /// The weight and bias of a Burn [`Linear`] layer (tracked as its parameters are).
     pub fn from_linear(linear: &Linear) -> Self {
         LinearHead {
             weight: linear.weight.val(),
             bias: linear.bias.as_ref().map(|b| b.val()),
+            adapter: None,
         }
     }
 
@@ -98,13 +135,35 @@ impl LinearHead {
         self.weight.dims()
     }
 
-    /// `h·W + b` on the inner (non-autodiff) backend.
-    fn logits(w: &Tensor<2>, b: &Option<Tensor<1>>, h: Tensor<2>) -> Tensor<2> {
-        let z = h.matmul(w.clone());
-        match b {
+    /// The head with every tensor passed through `f` (to strip or keep autodiff).
+    fn map(self, f: impl Fn(Tensor<2>) -> Tensor<2>, g: impl Fn(Tensor<1>) -> Tensor<1>) -> Self {
+        LinearHead {
+            weight: f(self.weight),
+            bias: self.bias.map(g),
+            adapter: self.adapter.map(|a| LowRankAdapter {
+                a: f(a.a),
+                b: f(a.b),
+                scale: a.scale,
+            }),
+        }
+    }
+
+    /// `h·W + s·(h·A)·B + b` on the inner (non-autodiff) backend, and `s·(h·A)` when there is an
+    /// adapter (the factor of `∂B`).
+    fn logits(&self, h: Tensor<2>) -> (Tensor<2>, Option<Tensor<2>>) {
+        let z = h.clone().matmul(self.weight.clone());
+        let (z, ha) = match &self.adapter {
+            Some(ad) => {
+                let ha = h.matmul(ad.a.clone()).mul_scalar(ad.scale);
+                (z.add(ha.clone().matmul(ad.b.clone())), Some(ha))
+            }
+            None => (z, None),
+        };
+        let z = match &self.bias {
             Some(b) => z.add(b.clone().unsqueeze_dim(0)),
             None => z,
-        }
+        };
+        (z, ha)
     }
 }
 
@@ -122,6 +181,25 @@ pub enum LinearTeacher {
     },
     /// Precomputed teacher logits `[N, V]` (e.g. stored offline), read one chunk at a time.
     Logits(Tensor<2>),
+    /// The teacher's top-`k` ids and logits or log-probabilities per token (`[N, k]`), as
+    /// Axolotl and DistillKit store them offline: the soft term is the crate's top-k loss
+    /// ([`SparseKdLoss`](crate::sparse::SparseKdLoss), with the configuration's
+    /// [`MissingMass`](crate::sparse::MissingMass) and [`StudentNorm`](crate::sparse::StudentNorm))
+    /// on each chunk of the student's logits; nothing of size `[N, V]` is formed.
+    Topk(TopkTeacher<2>),
+}
+
+/// Which gradient products [`fused_linear_distillation`] computed: one per tracked input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeadGradients {
+    /// `∂L/∂h = g·Wᵀ (+ s·(g·Bᵀ)·Aᵀ)`.
+    pub hidden: bool,
+    /// `∂L/∂W = hᵀ·g` (skipped for a frozen head).
+    pub weight: bool,
+    /// `∂L/∂b = Σ_rows g`.
+    pub bias: bool,
+    /// `∂L/∂A` and `∂L/∂B` of the adapter.
+    pub adapter: bool,
 }
 
 /// Outputs of [`fused_linear_distillation`]: all `[1]`.
@@ -137,6 +215,8 @@ pub struct FusedLinearOutput {
     pub alpha: f64,
     /// The rows per chunk that were used.
     pub chunk_rows: usize,
+    /// The gradient products that were computed.
+    pub gradients: HeadGradients,
 }
 
 /// Fewest rows per chunk [`auto_chunk_rows`] picks: below this the four matrix products per

@@ -11,6 +11,7 @@ use crate::logits::door::LogitKernel;
 use crate::logits::hard::{CrossEntropyOptions, assert_label_shape, check_labels, cross_entropy};
 use crate::reduction::{Reduction, RowMask};
 use crate::rows::assert_same_shape;
+use super::transform::LogitTransform;
 use crate::temperature::T2Scaling;
 use crate::temperature::Temperature;
 
@@ -51,6 +52,12 @@ pub struct DistillationLoss {
     pub label_smoothing: f64,
     /// Ignore index of the labels (`-100`).
     pub ignore_index: i64,
+    /// Scale / soft cap of the student's logits ([`LogitTransform`]).
+    #[module(skip)]
+    pub student_logits: LogitTransform,
+    /// Scale / soft cap of the teacher's logits.
+    #[module(skip)]
+    pub teacher_logits: LogitTransform,
 }
 
 /// Configuration of [`DistillationLoss`] (Hinton's combined loss).
@@ -71,6 +78,13 @@ pub struct DistillationLossConfig {
     /// Labels equal to this are ignored by both terms.
     #[config(default = -100)]
     pub ignore_index: i64,
+    /// Scale / soft cap of the student's logits before both terms (Gemma-2:
+    /// `LogitTransform::softcap(30.0)`). Default: none.
+    #[config(default = "LogitTransform::IDENTITY")]
+    pub student_logits: LogitTransform,
+    /// Scale / soft cap of the teacher's logits. Default: none.
+    #[config(default = "LogitTransform::IDENTITY")]
+    pub teacher_logits: LogitTransform,
 }
 
 impl DistillationLossConfig {
@@ -86,6 +100,8 @@ impl DistillationLossConfig {
             t2_scaling: self.t2_scaling,
             label_smoothing: self.label_smoothing,
             ignore_index: self.ignore_index,
+            student_logits: self.student_logits,
+            teacher_logits: self.teacher_logits,
         };
         loss.validate()?;
         Ok(loss)
@@ -173,6 +189,10 @@ pub(crate) struct Mix {
     pub alpha: f64,
     pub smoothing: f64,
     pub ignore_index: i64,
+    /// Applied to the student's logits before both terms.
+    pub student_transform: LogitTransform,
+    /// Applied to the teacher's logits.
+    pub teacher_transform: LogitTransform,
 }
 
 /// Which path [`mixed_terms`] takes.
@@ -202,6 +222,8 @@ pub(crate) fn mixed_terms<const D: usize, const DL: usize>(
     if let Err(e) = mix.divergence.validate() {
         panic!("{e}");
     }
+    let student_logits = mix.student_transform.apply(student_logits);
+    let teacher_logits = mix.teacher_transform.apply(teacher_logits);
     if path == Path::Door {
         let kernel = LogitKernel {
             alpha: mix.alpha,
@@ -313,6 +335,8 @@ impl DistillationLoss {
             alpha: self.alpha,
             smoothing: self.label_smoothing,
             ignore_index: self.ignore_index,
+            student_transform: self.student_logits,
+            teacher_transform: self.teacher_logits,
         };
         let (total, soft, hard) =
             mixed_terms(student_logits, teacher_logits, labels, mix, reduction, path);
@@ -334,6 +358,8 @@ impl DistillationLoss {
         Temperature::new(self.temperature)?;
         check_range("alpha", self.alpha, 0.0, 1.0)?;
         check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)?;
+        self.student_logits.validated()?;
+        self.teacher_logits.validated()?;
         Ok(())
     }
 

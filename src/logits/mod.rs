@@ -15,6 +15,7 @@ pub(crate) mod door;
 pub(crate) mod hard;
 pub(crate) mod pseudo;
 pub(crate) mod soft;
+pub(crate) mod transform;
 
 /// Re-exported from [`temperature`](crate::temperature), where it lives.
 pub use crate::temperature::T2Scaling;
@@ -28,3 +29,4 @@ pub use hard::{
 };
 pub use pseudo::{PseudoLabelLoss, PseudoLabelLossConfig, pseudo_label_ce};
 pub use soft::{SoftKlLoss, SoftKlLossConfig, soft_kl};
+pub use transform::LogitTransform;

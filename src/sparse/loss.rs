@@ -4,7 +4,10 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::{MissingMass, SparseOptions, StudentNorm, TopkTeacher, sparse_divergence};
+use super::{
+    MissingMass, SparseOptions, StudentNorm, TopkSpace, TopkTeacher, sparse_divergence,
+};
+use crate::logits::LogitTransform;
 use crate::divergence::Divergence;
 use crate::error::KdError;
 use crate::reduction::{Reduction, RowLoss, RowMask};
@@ -26,16 +29,28 @@ pub struct SparseKdLossConfig {
     /// The student's normalisation.
     #[config(default = "StudentNorm::Full")]
     pub student_norm: StudentNorm,
+    /// Scale / soft cap of the student's logits ([`LogitTransform`]), applied over the full
+    /// vocabulary before the top-k bins are formed. Default: none.
+    #[config(default = "LogitTransform::IDENTITY")]
+    pub student_logits: LogitTransform,
+    /// Scale / soft cap of the teacher's stored top-k **logits**
+    /// ([`TopkSpace::Logits`](super::TopkSpace::Logits)); stored log-probabilities are taken as
+    /// they are (they were computed from the capped logits). Default: none.
+    #[config(default = "LogitTransform::IDENTITY")]
+    pub teacher_logits: LogitTransform,
 }
 
 impl SparseKdLossConfig {
     /// Builds the loss for `divergence`, validating everything.
     ///
     /// # Errors
-    /// [`KdError::InvalidTemperature`], or [`KdError::OutOfRange`] for the divergence.
+    /// [`KdError::InvalidTemperature`], [`KdError::OutOfRange`] for the divergence, or
+    /// [`KdError::NotPositive`] for a logit scale or soft cap.
     pub fn try_init(&self, divergence: Divergence) -> Result<SparseKdLoss, KdError> {
         Temperature::new(self.temperature)?;
         divergence.validate()?;
+        self.student_logits.validated()?;
+        self.teacher_logits.validated()?;
         Ok(SparseKdLoss {
             config: self.clone(),
             divergence,
@@ -88,6 +103,31 @@ impl SparseKdLoss {
         student_logits: Tensor<D>,
         teacher: TopkTeacher<D>,
     ) -> RowLoss {
+        let (student_logits, teacher) = self.transformed(student_logits, teacher);
+        self.rows(student_logits, teacher)
+    }
+
+    /// The student's logits and the teacher with the configured logit transforms applied.
+    fn transformed<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher: TopkTeacher<D>,
+    ) -> (Tensor<D>, TopkTeacher<D>) {
+        let c = &self.config;
+        let student_logits = c.student_logits.apply(student_logits);
+        let teacher = if teacher.space == TopkSpace::Logits && !c.teacher_logits.is_identity() {
+            TopkTeacher {
+                values: c.teacher_logits.apply(teacher.values),
+                ..teacher
+            }
+        } else {
+            teacher
+        };
+        (student_logits, teacher)
+    }
+
+    /// [`sparse_divergence`] of already transformed inputs.
+    fn rows<const D: usize>(&self, student_logits: Tensor<D>, teacher: TopkTeacher<D>) -> RowLoss {
         let c = &self.config;
         let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
         let scaling = T2Scaling::from_flag(c.t2_scaling);
@@ -115,11 +155,11 @@ impl SparseKdLoss {
         teacher: TopkTeacher<D>,
         reduction: Reduction,
     ) -> Tensor<1> {
+        let (student_logits, teacher) = self.transformed(student_logits, teacher);
         if let Some(loss) = self.fused(&student_logits, &teacher, None, reduction) {
             return loss;
         }
-        self.forward_no_reduction(student_logits, teacher)
-            .reduce(reduction)
+        self.rows(student_logits, teacher).reduce(reduction)
     }
 
     /// Reduced loss over the rows kept by `mask`.
@@ -133,10 +173,11 @@ impl SparseKdLoss {
         mask: &RowMask,
         reduction: Reduction,
     ) -> Tensor<1> {
+        let (student_logits, teacher) = self.transformed(student_logits, teacher);
         if let Some(loss) = self.fused(&student_logits, &teacher, Some(mask), reduction) {
             return loss;
         }
-        self.forward_no_reduction(student_logits, teacher)
+        self.rows(student_logits, teacher)
             .masked(mask)
             .reduce(reduction)
     }

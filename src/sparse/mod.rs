@@ -142,6 +142,16 @@ impl<const D: usize> TopkTeacher<D> {
         self.space
     }
 
+    /// The teacher without its autodiff association (values and indices on the inner backend).
+    #[cfg(feature = "chunked")]
+    pub(crate) fn without_autodiff(self) -> Self {
+        TopkTeacher {
+            indices: self.indices.inner(),
+            values: self.values.inner(),
+            space: self.space,
+        }
+    }
+
     /// The teacher flattened to `[R, k]` indices and values.
     pub(crate) fn flat_rows(&self) -> (Tensor<2, Int>, Tensor<2>) {
         let dims = self.indices.dims();
@@ -151,6 +161,27 @@ impl<const D: usize> TopkTeacher<D> {
             self.indices.clone().reshape([r, k]),
             self.values.clone().reshape([r, k]),
         )
+    }
+}
+
+#[cfg(feature = "chunked")]
+impl TopkTeacher<2> {
+    /// Rows `first..first + rows`, on `device`, with autodiff when `autodiff` (a constant of the
+    /// student's graph, as the dense teacher's logits are).
+    pub(crate) fn rows_on(
+        &self,
+        first: usize,
+        rows: usize,
+        device: &burn::tensor::Device,
+        autodiff: bool,
+    ) -> Self {
+        let lift = |x: Tensor<2>| if autodiff { x.autodiff() } else { x };
+        let indices = self.indices.clone().narrow(0, first, rows).to_device(device);
+        TopkTeacher {
+            indices: if autodiff { indices.autodiff() } else { indices },
+            values: lift(self.values.clone().narrow(0, first, rows).to_device(device)),
+            space: self.space,
+        }
     }
 }
 

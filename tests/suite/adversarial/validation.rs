@@ -10,6 +10,8 @@ fn literal(alpha: f64, smoothing: f64) -> DistillationLoss {
         t2_scaling: true,
         label_smoothing: smoothing,
         ignore_index: -100,
+        student_logits: LogitTransform::IDENTITY,
+        teacher_logits: LogitTransform::IDENTITY,
     }
 }
 

@@ -5,9 +5,11 @@
 //! hidden size or precomputed teacher logits, on every backend.
 //!
 //! `kd_losses::fused_linear` (feature `chunked`). `parity`: value and gradients against the
-//! materialized path; `api`: typed configuration errors and pinned panics.
+//! materialized path; `head`: a top-k teacher, soft caps, a frozen head and a low-rank adapter
+//! against the materialized path; `api`: typed configuration errors and pinned panics.
 
 mod api;
+mod head;
 mod parity;
 
 use std::sync::LazyLock;

@@ -5,7 +5,9 @@
 //!   never the teacher, documented edge cases.
 //! * `golden`: families a, b, d and e of `tests/golden`, loss and gradient, on every backend.
 //! * `props`: property tests (proptest) on every backend.
+//! * `transform`: logit scale and soft cap (golden family `s_softcap`, the crate's own).
 
 mod api;
 mod golden;
 mod props;
+mod transform;
