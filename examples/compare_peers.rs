@@ -25,7 +25,10 @@
 //!   head `[H, V]` applied to `[N, H]` hidden states, student and teacher, gradients for the
 //!   student's hidden states and head; impls `flex-fused-linear` (`fused_linear`: no `[N, V]`
 //!   logits) and `flex-materialized` (matmuls + `distillation_loss`), run by default for this
-//!   case only (needs `--all-features`).
+//!   case only (needs `--all-features`). Variants (any size, not in the default list):
+//!   `fused_linear_topk_NxHxV` (the teacher as its stored top-64 logits per token, `SparseKdLoss`
+//!   on each chunk or on the materialized logits) and `fused_linear_frozen_NxHxV` (a frozen head:
+//!   the gradient of the hidden states only).
 //!
 //! Implementations (`--impls`, comma-separated): `flex-fused` (the fused kernel), `flex-composed`,
 //! `ndarray-composed`, `wgpu-composed` (Mesa's software renderer without a GPU: slow; not in the
@@ -121,9 +124,11 @@ fn worker(case: &str, imp: &str, quick: bool) {
             (logit_case && dims.len() == 2).then_some(dims)
         })
         .or_else(|| {
-            // Any fused_linear_NxHxV.
+            // Any fused_linear_NxHxV, fused_linear_topk_NxHxV, fused_linear_frozen_NxHxV.
             let dims: Vec<usize> = case
                 .strip_prefix("fused_linear_")?
+                .trim_start_matches("topk_")
+                .trim_start_matches("frozen_")
                 .split('x')
                 .map(|d| d.parse().ok())
                 .collect::<Option<_>>()?;

@@ -78,7 +78,7 @@ pub fn make_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
     let composed = imp.ends_with("-composed");
     let normal = Distribution::Normal(0.0, 1.0);
     if case.starts_with("fused_linear") {
-        return fused_linear_step(shape, imp, dev);
+        return fused_linear_step(case, shape, imp, dev);
     }
     if case.starts_with("door_") {
         return door_step(case, shape, imp, dev);
@@ -313,8 +313,13 @@ fn door_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
 /// for the hidden states and the head weight. `*-fused-linear` runs
 /// [`fused_linear_distillation`](kd_losses::fused_linear::fused_linear_distillation) (no `[N, V]`
 /// logits); `*-materialized` forms both logits with a matmul and runs `distillation_loss` on them.
+///
+/// Variants: `fused_linear_frozen_NxHxV` — the head is frozen (no `∂W`; the gradient of the
+/// hidden states only); `fused_linear_topk_NxHxV` — the teacher is its top-64 logits per token
+/// (computed once, outside the step), the soft term `SparseKdLoss` (forward KL, renormalised,
+/// full student normaliser) on each chunk, or on the materialized logits.
 #[cfg(feature = "chunked")]
-fn fused_linear_step(shape: &[usize], imp: &str, dev: &Device) -> Step {
+fn fused_linear_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
     use kd_losses::fused_linear::{
         FusedLinearKdLossConfig, LinearHead, LinearTeacher, fused_linear_distillation,
     };
@@ -323,6 +328,8 @@ fn fused_linear_step(shape: &[usize], imp: &str, dev: &Device) -> Step {
         materialized || imp.ends_with("-fused-linear"),
         "{imp}: the fused_linear cases take *-fused-linear or *-materialized"
     );
+    let frozen = case.starts_with("fused_linear_frozen_");
+    let topk = case.starts_with("fused_linear_topk_");
     let (n, h, v) = (shape[0], shape[1], shape[2]);
     let normal = Distribution::Normal(0.0, 1.0);
     let scale = 1.0 / (h as f64).sqrt();
@@ -331,6 +338,11 @@ fn fused_linear_step(shape: &[usize], imp: &str, dev: &Device) -> Step {
     let ht = Tensor::<2>::random([n, h], normal, dev);
     let wt = Tensor::<2>::random([h, v], normal, dev).mul_scalar(2.0 * scale);
     let y = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), dev);
+    // The stored top-64 teacher of the `topk` variant.
+    let stored = topk.then(|| {
+        let (vals, idx) = ht.clone().matmul(wt.clone()).topk_with_indices(64, 1);
+        (idx, vals)
+    });
     // KD_FUSED_LINEAR_CHUNK overrides the automatic chunk size (for measuring it).
     let chunk = std::env::var("KD_FUSED_LINEAR_CHUNK")
         .ok()
@@ -344,17 +356,45 @@ fn fused_linear_step(shape: &[usize], imp: &str, dev: &Device) -> Step {
         .with_temperature(2.0)
         .with_alpha(0.5)
         .init();
+    let sparse = kd_losses::SparseKdLossConfig::new()
+        .with_temperature(2.0)
+        .init(Divergence::ForwardKl);
     let dev = dev.clone();
     Box::new(move || {
-        let (hs, w) = (hs.clone().require_grad(), w.clone().require_grad());
+        let hs = hs.clone().require_grad();
+        let w = if frozen {
+            w.clone()
+        } else {
+            w.clone().require_grad()
+        };
+        let teacher_topk = || {
+            let (idx, vals) = stored.clone().expect("the top-k variant");
+            TopkTeacher::from_logits(idx, vals)
+        };
         let total = if materialized {
             let z = hs.clone().matmul(w.clone());
-            let zt = ht.clone().matmul(wt.clone());
-            distillation_loss(z, zt, y.clone(), &kd, Reduction::RowMean).total
+            if topk {
+                let mask = RowMask::from_labels(y.clone(), -100);
+                let soft = sparse.forward_masked(z.clone(), teacher_topk(), &mask, Reduction::RowMean);
+                let options = CrossEntropyOptions {
+                    ignore_index: Some(-100),
+                    label_smoothing: 0.0,
+                    class_weights: None,
+                };
+                let hard = cross_entropy(z, y.clone(), &options).reduce(Reduction::RowMean);
+                soft.mul_scalar(0.5).add(hard.mul_scalar(0.5))
+            } else {
+                let zt = ht.clone().matmul(wt.clone());
+                distillation_loss(z, zt, y.clone(), &kd, Reduction::RowMean).total
+            }
         } else {
-            let teacher = LinearTeacher::Head {
-                hidden: ht.clone(),
-                head: LinearHead::new(wt.clone()),
+            let teacher = if topk {
+                LinearTeacher::Topk(teacher_topk())
+            } else {
+                LinearTeacher::Head {
+                    hidden: ht.clone(),
+                    head: LinearHead::new(wt.clone()),
+                }
             };
             let head = LinearHead::new(w.clone());
             fused_linear_distillation(
@@ -376,6 +416,6 @@ fn fused_linear_step(shape: &[usize], imp: &str, dev: &Device) -> Step {
 }
 
 #[cfg(not(feature = "chunked"))]
-fn fused_linear_step(_: &[usize], _: &str, _: &Device) -> Step {
+fn fused_linear_step(_: &str, _: &[usize], _: &str, _: &Device) -> Step {
     panic!("the fused_linear cases need the `chunked` feature (--all-features)")
 }

@@ -117,6 +117,24 @@ impl LinearHead {
 
     /// Adds a low-rank adapter: the weight acts as `W + scale · a·b` (`a`: `[H, r]`, `b`:
     /// `[r, V]`). Freeze `W` (leave it untracked) to train the adapter alone.
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Int, Tensor};
+    /// use kd_losses::fused_linear::{FusedLinearKdLossConfig, LinearHead, LinearTeacher};
+    ///
+    /// let device = Device::flex().autodiff();
+    /// let h = Tensor::<2>::from_floats([[1.0, 0.0], [0.5, 1.0]], &device).require_grad();
+    /// let w = Tensor::<2>::from_floats([[1.0, 0.0, -1.0], [0.0, 2.0, 1.0]], &device); // frozen
+    /// let a = Tensor::<2>::from_floats([[0.1], [0.2]], &device).require_grad(); // [H, r = 1]
+    /// let b = Tensor::<2>::from_floats([[0.3, -0.1, 0.2]], &device).require_grad(); // [r, V]
+    /// let head = LinearHead::new(w.clone()).with_adapter(a.clone(), b.clone(), 2.0);
+    /// let teacher = LinearTeacher::Logits(Tensor::<2>::from_floats([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], &device));
+    /// let labels = Tensor::<1, Int>::from_ints([0, 1], &device);
+    /// let out = FusedLinearKdLossConfig::new().init().forward(h.clone(), &head, teacher, labels);
+    /// assert!(out.gradients.adapter && !out.gradients.weight); // no [H, V] product for W
+    /// let grads = out.total.backward();
+    /// assert!(a.grad(&grads).is_some() && b.grad(&grads).is_some() && w.grad(&grads).is_none());
+    /// ```
     pub fn with_adapter(mut self, a: Tensor<2>, b: Tensor<2>, scale: f64) -> Self {
         self.adapter = Some(LowRankAdapter { a, b, scale });
         self
@@ -186,6 +204,29 @@ pub enum LinearTeacher {
     /// ([`SparseKdLoss`](crate::sparse::SparseKdLoss), with the configuration's
     /// [`MissingMass`](crate::sparse::MissingMass) and [`StudentNorm`](crate::sparse::StudentNorm))
     /// on each chunk of the student's logits; nothing of size `[N, V]` is formed.
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Int, Tensor};
+    /// use kd_losses::fused_linear::{FusedLinearKdLossConfig, LinearHead, LinearTeacher};
+    /// use kd_losses::sparse::{MissingMass, TopkTeacher};
+    ///
+    /// let device = Device::flex().autodiff();
+    /// let h = Tensor::<2>::from_floats([[1.0, 0.0], [0.5, 1.0]], &device).require_grad();
+    /// let w = Tensor::<2>::from_floats([[1.0, 0.0, -1.0, 0.5], [0.0, 2.0, 1.0, 0.0]], &device)
+    ///     .require_grad();
+    /// // Per token, the teacher's top-2 ids and log-probabilities (stored offline).
+    /// let teacher = TopkTeacher::from_log_probs(
+    ///     Tensor::<2, Int>::from_ints([[0, 3], [1, 2]], &device),
+    ///     Tensor::<2>::from_floats([[-0.2, -2.0], [-0.5, -1.2]], &device),
+    /// );
+    /// let loss = FusedLinearKdLossConfig::new()
+    ///     .with_missing_mass(MissingMass::TailBucket)
+    ///     .init();
+    /// let labels = Tensor::<1, Int>::from_ints([0, 1], &device);
+    /// let out = loss.forward(h.clone(), &LinearHead::new(w.clone()), LinearTeacher::Topk(teacher), labels);
+    /// let grads = out.total.backward();
+    /// assert!(h.grad(&grads).is_some() && w.grad(&grads).is_some());
+    /// ```
     Topk(TopkTeacher<2>),
 }
 

@@ -35,7 +35,7 @@ use crate::error::KdError;
 ///
 /// let cap = LogitTransform::softcap(30.0).unwrap();
 /// let z = Tensor::<1>::from_floats([0.0, 30.0, 1e4, f32::NEG_INFINITY], &Device::flex());
-/// let y: Vec<f32> = cap.apply(z).into_data().to_vec().unwrap();
+/// let y: Vec<f32> = cap.apply(z).into_data().try_to_vec::<f32>().unwrap();
 /// assert!((y[1] - 30.0 * 1f32.tanh()).abs() < 1e-4);
 /// assert!((y[2] - 30.0).abs() < 1e-4);
 /// assert_eq!(y[3], f32::NEG_INFINITY);
