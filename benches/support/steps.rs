@@ -375,7 +375,8 @@ fn fused_linear_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> St
             let z = hs.clone().matmul(w.clone());
             if topk {
                 let mask = RowMask::from_labels(y.clone(), -100);
-                let soft = sparse.forward_masked(z.clone(), teacher_topk(), &mask, Reduction::RowMean);
+                let soft =
+                    sparse.forward_masked(z.clone(), teacher_topk(), &mask, Reduction::RowMean);
                 let options = CrossEntropyOptions {
                     ignore_index: Some(-100),
                     label_smoothing: 0.0,

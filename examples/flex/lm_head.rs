@@ -9,10 +9,16 @@
 //! hidden states and the two LM heads: the `[tokens, 32 000]` logits of student and teacher
 //! never exist, one row chunk of them at a time does.
 //!
+//! A second student (same initialisation and batches) is distilled from the teacher's **top-64
+//! log-probabilities** per token, the form Axolotl and DistillKit store offline
+//! ([`LinearTeacher::Topk`], the missing mass in a tail bin), again through its head.
+//!
 //! Last, one training step of the distilled student on a 4 096-token batch runs both ways, the
 //! fused linear loss and the materialized path (logits of both models, then
-//! [`distillation_loss`]), and prints the loss of each, the largest difference of their head
-//! gradients, the median step time and the step's peak memory over the memory before it.
+//! [`distillation_loss`]), with plain and with **soft-capped** logits (Gemma-2's
+//! `30 · tanh(z / 30)`, [`LogitTransform`]), and prints the loss of each, the largest difference
+//! of their head gradients, the median step time and the step's peak memory over the memory
+//! before it.
 //!
 //! ```text
 //! cargo run --release -p kd-examples --bin lm_head            # full run (minutes on 2 cores)
@@ -27,11 +33,13 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor};
+use kd_losses::LogitTransform;
 use kd_losses::distillation_loss;
 use kd_losses::fused_linear::{
     FusedLinearKdLoss, FusedLinearKdLossConfig, LinearHead, LinearTeacher,
 };
 use kd_losses::prelude::*;
+use kd_losses::sparse::MissingMass;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -81,11 +89,40 @@ fn flat_labels(batch: &Batch) -> Tensor<1, Int> {
     batch.labels.clone().reshape([b * s])
 }
 
+/// What the student is distilled from.
+#[derive(Clone, Copy)]
+enum TeacherForm {
+    /// The teacher's last hidden states and LM head (its logits formed chunk by chunk).
+    Head,
+    /// The teacher's top-`k` log-probabilities per token, as a team stores them offline.
+    Topk(usize),
+}
+
+/// The teacher's top-`k` token ids and log-probabilities per position of `batch`. Here they are
+/// computed on the fly from the teacher's logits; Axolotl and DistillKit compute them once,
+/// store them with the dataset (`k` ids + `k` values per token instead of a 32 000-wide row)
+/// and read them back, so the teacher does not run during the student's training.
+fn stored_topk(teacher: &Lm, batch: &Batch, k: usize) -> TopkTeacher<2> {
+    let logits = rows(teacher.forward(batch).logits);
+    let log_probs = burn::tensor::activation::log_softmax(logits, 1);
+    let (values, ids) = log_probs.topk_with_indices(k, 1);
+    TopkTeacher::from_log_probs(ids, values)
+}
+
 /// The distillation loss of `student` against `teacher` on `batch`, without logits.
-fn fused_loss(student: &Lm, teacher: &Lm, batch: &Batch, loss: &FusedLinearKdLoss) -> LossTerms {
-    let teacher_side = LinearTeacher::Head {
-        hidden: rows(teacher.last_hidden(batch)),
-        head: LinearHead::from_linear(&teacher.head),
+fn fused_loss(
+    student: &Lm,
+    teacher: &Lm,
+    batch: &Batch,
+    loss: &FusedLinearKdLoss,
+    form: TeacherForm,
+) -> LossTerms {
+    let teacher_side = match form {
+        TeacherForm::Head => LinearTeacher::Head {
+            hidden: rows(teacher.last_hidden(batch)),
+            head: LinearHead::from_linear(&teacher.head),
+        },
+        TeacherForm::Topk(k) => LinearTeacher::Topk(stored_topk(teacher, batch, k)),
     };
     let out = loss.forward(
         rows(student.last_hidden(batch)),
@@ -158,6 +195,7 @@ fn train_student(
     batch: usize,
     seq: usize,
     loss: &FusedLinearKdLoss,
+    form: TeacherForm,
     device: &Device,
 ) -> Lm {
     let mut optim = AdamConfig::new().init();
@@ -165,7 +203,7 @@ fn train_student(
     let start = Instant::now();
     for step in 0..steps {
         let b = sample_batch(ids, batch, seq, &mut rng, device);
-        let terms = fused_loss(&model, teacher, &b, loss);
+        let terms = fused_loss(&model, teacher, &b, loss, form);
         if step % 50 == 0 || step + 1 == steps {
             let parts: Vec<String> = terms
                 .scalars()
@@ -220,7 +258,7 @@ fn step(
     kd: &DistillationLoss,
 ) -> (f64, Vec<f32>) {
     let total = if fused {
-        fused_loss(student, teacher, batch, loss)
+        fused_loss(student, teacher, batch, loss, TeacherForm::Head)
             .get("total")
             .expect("total term")
     } else {
@@ -287,6 +325,7 @@ fn main() {
     // (No perplexity of the initial student: `no_grad` on a clone of a Burn module also stops
     // the original's parameters from requiring a gradient.)
     let init = Lm::new(student_arch, vocab, seq, &device);
+    let init_topk = init.clone();
     let loss = FusedLinearKdLossConfig::new()
         .with_temperature(2.0)
         .with_alpha(0.5)
@@ -303,10 +342,34 @@ fn main() {
         batch,
         seq,
         &loss,
+        TeacherForm::Head,
         &device,
     );
     let student_ppl = perplexity(&student, &valid);
     println!("student: validation perplexity {student_ppl:.2} distilled");
+
+    // The same student distilled from the teacher's top-64 log-probabilities per token (the
+    // offline form), the missing mass in one tail bin.
+    let k = 64;
+    let loss_topk = FusedLinearKdLossConfig::new()
+        .with_temperature(2.0)
+        .with_alpha(0.5)
+        .with_missing_mass(MissingMass::TailBucket)
+        .init();
+    println!("student from the teacher's top-{k} log-probabilities (tail bucket), same seed:");
+    let student_topk = train_student(
+        init_topk,
+        &teacher,
+        &words.train,
+        steps,
+        batch,
+        seq,
+        &loss_topk,
+        TeacherForm::Topk(k),
+        &device,
+    );
+    let topk_ppl = perplexity(&student_topk, &valid);
+    println!("student: validation perplexity {topk_ppl:.2} distilled from the top-{k} teacher");
 
     // Side by side: one step on a large batch, both ways.
     let big = if quick { 8 } else { 64 };
@@ -326,40 +389,63 @@ fn main() {
     );
     println!("| path | loss | median step | peak extra memory |");
     println!("|---|---|---|---|");
-    let mut heads = Vec::new();
-    for (name, fused) in [
-        ("fused linear (no logits)", true),
-        ("materialized logits", false),
+    // Plain heads, then Gemma-2-style soft-capped ones (`c · tanh(z / c)`, c = 30, on both
+    // models' logits): the cap is a configuration option of both losses, its derivative part of
+    // the gradient.
+    let cap = LogitTransform::softcap(30.0).expect("a positive cap");
+    let capped_loss = FusedLinearKdLossConfig::new()
+        .with_temperature(2.0)
+        .with_alpha(0.5)
+        .with_student_logits(cap)
+        .with_teacher_logits(cap)
+        .init();
+    let capped_kd = DistillationLossConfig::new()
+        .with_temperature(2.0)
+        .with_alpha(0.5)
+        .with_student_logits(cap)
+        .with_teacher_logits(cap)
+        .init();
+    for (heads_name, loss, kd) in [
+        ("", &loss, &kd),
+        (", soft-capped c = 30", &capped_loss, &capped_kd),
     ] {
-        let _ = step(fused, &student, &teacher, &b, &loss, &kd);
-        let ((value, g), peak) = with_peak(|| step(fused, &student, &teacher, &b, &loss, &kd));
-        let mut times = Vec::new();
-        for _ in 0..reps {
-            let t = Instant::now();
-            let _ = step(fused, &student, &teacher, &b, &loss, &kd);
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+        let mut heads = Vec::new();
+        for (name, fused) in [
+            ("fused linear (no logits)", true),
+            ("materialized logits", false),
+        ] {
+            let _ = step(fused, &student, &teacher, &b, loss, kd);
+            let ((value, g), peak) = with_peak(|| step(fused, &student, &teacher, &b, loss, kd));
+            let mut times = Vec::new();
+            for _ in 0..reps {
+                let t = Instant::now();
+                let _ = step(fused, &student, &teacher, &b, loss, kd);
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            let peak = peak.map_or("n/a".into(), |m| format!("{m:.0} MB"));
+            println!(
+                "| {name}{heads_name} | {value:.6} | {:.0} ms | {peak} |",
+                times[times.len() / 2]
+            );
+            heads.push((value, g));
         }
-        times.sort_by(f64::total_cmp);
-        let peak = peak.map_or("n/a".into(), |m| format!("{m:.0} MB"));
+        let (a, b) = (&heads[0], &heads[1]);
+        let scale = b.1.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff =
+            a.1.iter()
+                .zip(&b.1)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         println!(
-            "| {name} | {value:.6} | {:.0} ms | {peak} |",
-            times[times.len() / 2]
+            "|   difference{heads_name} | {:.2e} (relative) | head gradient {:.2e} of its largest entry | |",
+            (a.0 - b.0).abs() / b.0.abs(),
+            diff / scale.max(f32::MIN_POSITIVE)
         );
-        heads.push((value, g));
     }
-    let (a, b) = (&heads[0], &heads[1]);
-    let scale = b.1.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff =
-        a.1.iter()
-            .zip(&b.1)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    println!(
-        "loss difference {:.2e} (relative); head-gradient difference {:.2e} of its largest entry",
-        (a.0 - b.0).abs() / b.0.abs(),
-        diff / scale.max(f32::MIN_POSITIVE)
-    );
     if quick {
         println!("(--quick is a smoke test: tiny model, vocabulary and batch.)");
     }
-    println!("teacher_ppl={teacher_ppl:.4} student_ppl={student_ppl:.4}");
+    println!(
+        "teacher_ppl={teacher_ppl:.4} student_ppl={student_ppl:.4} topk_student_ppl={topk_ppl:.4}"
+    );
 }

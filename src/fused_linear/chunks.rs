@@ -5,8 +5,7 @@
 use burn::tensor::{Bool, DType, Int, Tensor};
 
 use super::{
-    FusedLinearKdLoss, FusedLinearOutput, HeadGradients, LinearHead, LinearTeacher,
-    auto_chunk_rows,
+    FusedLinearKdLoss, FusedLinearOutput, HeadGradients, LinearHead, LinearTeacher, auto_chunk_rows,
 };
 use crate::error::KdError;
 use crate::logits::combined::{Mix, Path, mixed_terms};
@@ -224,6 +223,17 @@ pub fn fused_linear_distillation(
     } else {
         student_hidden.clone().detach()
     };
+    // Half-precision students run in f32: the chunk's logits product, the loss and every
+    // gradient product accumulate in f32 (one f32 copy of the head, the one `∂L/∂h` needs
+    // anyway); the gradients are handed back in the parameters' dtype.
+    let half = matches!(hs.dtype(), DType::F16 | DType::BF16);
+    let (hs, head) = if half {
+        let up2 = |x: Tensor<2>| x.cast(DType::F32);
+        let up1 = |x: Tensor<1>| x.cast(DType::F32);
+        (up2(hs), head.map(up2, up1))
+    } else {
+        (hs, head)
+    };
     let inner_device = hs.device();
     let teacher = match teacher {
         LinearTeacher::Head { hidden, head } => LinearTeacher::Head {
@@ -247,12 +257,18 @@ pub fn fused_linear_distillation(
     let ws_acc_t = computed
         .hidden
         .then(|| same_dtype(head.weight.clone(), acc).transpose());
-    let adapter_acc = head.adapter.as_ref().filter(|_| computed.hidden || computed.adapter).map(|ad| {
-        (
-            same_dtype(ad.b.clone(), acc).transpose(),
-            same_dtype(ad.a.clone(), acc).mul_scalar(ad.scale).transpose(),
-        )
-    });
+    let adapter_acc = head
+        .adapter
+        .as_ref()
+        .filter(|_| computed.hidden || computed.adapter)
+        .map(|ad| {
+            (
+                same_dtype(ad.b.clone(), acc).transpose(),
+                same_dtype(ad.a.clone(), acc)
+                    .mul_scalar(ad.scale)
+                    .transpose(),
+            )
+        });
 
     let mut first = 0;
     while first < n {
@@ -304,7 +320,9 @@ pub fn fused_linear_distillation(
         if let Some(g) = g {
             let g = same_dtype(g, acc);
             // `g·Bᵀ`, shared by `∂h` and `∂A`.
-            let gb = adapter_acc.as_ref().map(|(bt, _)| g.clone().matmul(bt.clone()));
+            let gb = adapter_acc
+                .as_ref()
+                .map(|(bt, _)| g.clone().matmul(bt.clone()));
             if let (Some(wt), Some(gh)) = (&ws_acc_t, grads.h.take()) {
                 let mut part = g.clone().matmul(wt.clone());
                 if let (Some(gb), Some((_, at))) = (&gb, &adapter_acc) {
@@ -334,7 +352,11 @@ pub fn fused_linear_distillation(
                 grads.lb = Some(add_outer(grads.lb.take(), ha_t, g.clone()));
             }
             if computed.weight {
-                grads.w = Some(add_outer(grads.w.take(), same_dtype(h_c, acc).transpose(), g));
+                grads.w = Some(add_outer(
+                    grads.w.take(),
+                    same_dtype(h_c, acc).transpose(),
+                    g,
+                ));
             }
         }
         first += rows;
@@ -387,7 +409,10 @@ pub fn fused_linear_distillation(
         term(student_head.weight.clone(), grads.w);
     }
     if let (true, Some(b)) = (computed.bias, &student_head.bias) {
-        term(b.clone().unsqueeze_dim(0), grads.b.map(|g| g.unsqueeze_dim(0)));
+        term(
+            b.clone().unsqueeze_dim(0),
+            grads.b.map(|g| g.unsqueeze_dim(0)),
+        );
     }
     if let (true, Some(ad)) = (computed.adapter, adapter) {
         term(ad.a.clone(), grads.a);

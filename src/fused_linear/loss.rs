@@ -8,8 +8,8 @@ use super::{FusedLinearOutput, LinearHead, LinearTeacher, fused_linear_distillat
 use crate::divergence::Divergence;
 use crate::error::{KdError, check_range};
 use crate::logits::LogitTransform;
-use crate::sparse::{MissingMass, SparseKdLoss, SparseKdLossConfig, StudentNorm};
 use crate::reduction::Reduction;
+use crate::sparse::{MissingMass, SparseKdLoss, SparseKdLossConfig, StudentNorm};
 use crate::temperature::{T2Scaling, Temperature};
 use crate::vocab::VocabAlignment;
 

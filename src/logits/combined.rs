@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Int, Tensor};
 
+use super::transform::LogitTransform;
 use crate::combine::LossTerms;
 use crate::divergence::Divergence;
 use crate::error::{KdError, check_range};
@@ -11,7 +12,6 @@ use crate::logits::door::LogitKernel;
 use crate::logits::hard::{CrossEntropyOptions, assert_label_shape, check_labels, cross_entropy};
 use crate::reduction::{Reduction, RowMask};
 use crate::rows::assert_same_shape;
-use super::transform::LogitTransform;
 use crate::temperature::T2Scaling;
 use crate::temperature::Temperature;
 

@@ -4,12 +4,10 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::{
-    MissingMass, SparseOptions, StudentNorm, TopkSpace, TopkTeacher, sparse_divergence,
-};
-use crate::logits::LogitTransform;
+use super::{MissingMass, SparseOptions, StudentNorm, TopkSpace, TopkTeacher, sparse_divergence};
 use crate::divergence::Divergence;
 use crate::error::KdError;
+use crate::logits::LogitTransform;
 use crate::reduction::{Reduction, RowLoss, RowMask};
 use crate::temperature::{T2Scaling, Temperature};
 

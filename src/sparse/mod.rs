@@ -176,9 +176,17 @@ impl TopkTeacher<2> {
         autodiff: bool,
     ) -> Self {
         let lift = |x: Tensor<2>| if autodiff { x.autodiff() } else { x };
-        let indices = self.indices.clone().narrow(0, first, rows).to_device(device);
+        let indices = self
+            .indices
+            .clone()
+            .narrow(0, first, rows)
+            .to_device(device);
         TopkTeacher {
-            indices: if autodiff { indices.autodiff() } else { indices },
+            indices: if autodiff {
+                indices.autodiff()
+            } else {
+                indices
+            },
             values: lift(self.values.clone().narrow(0, first, rows).to_device(device)),
             space: self.space,
         }

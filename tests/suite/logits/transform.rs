@@ -84,7 +84,12 @@ fn golden_softcap_and_scale_door_and_composed() {
 /// `c · tanh(s·z / c)` by hand (±inf kept), independent of `LogitTransform::apply`.
 fn by_hand(z: Tensor<2>, scale: f64, cap: f64) -> Tensor<2> {
     let inf = z.clone().is_inf();
-    let capped = z.clone().mul_scalar(scale).div_scalar(cap).tanh().mul_scalar(cap);
+    let capped = z
+        .clone()
+        .mul_scalar(scale)
+        .div_scalar(cap)
+        .tanh()
+        .mul_scalar(cap);
     capped.mask_where(inf, z)
 }
 
@@ -160,7 +165,10 @@ fn invalid_transforms_are_typed_errors() {
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         assert!(matches!(
             LogitTransform::softcap(bad),
-            Err(KdError::NotPositive { name: "softcap", .. })
+            Err(KdError::NotPositive {
+                name: "softcap",
+                ..
+            })
         ));
         assert!(matches!(
             LogitTransform::scaled(bad),
