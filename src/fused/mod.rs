@@ -79,7 +79,7 @@ mod ext;
 mod kernel;
 #[cfg(feature = "cpu-kernel")]
 mod pool;
-mod route;
+pub(crate) mod route;
 mod simd;
 #[cfg(feature = "cpu-kernel")]
 mod sq;

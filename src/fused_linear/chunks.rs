@@ -348,15 +348,11 @@ pub fn fused_linear_distillation(
                     None => part,
                 });
                 // ∂B += (s·h_c·A)ᵀ·g       [r, V]
-                let ha_t = same_dtype(ha_c.expect("formed with the adapter"), acc).transpose();
-                grads.lb = Some(add_outer(grads.lb.take(), ha_t, g.clone()));
+                let ha = same_dtype(ha_c.expect("formed with the adapter"), acc);
+                grads.lb = Some(add_outer(grads.lb.take(), ha, g.clone()));
             }
             if computed.weight {
-                grads.w = Some(add_outer(
-                    grads.w.take(),
-                    same_dtype(h_c, acc).transpose(),
-                    g,
-                ));
+                grads.w = Some(add_outer(grads.w.take(), same_dtype(h_c, acc), g));
             }
         }
         first += rows;
@@ -455,15 +451,23 @@ fn dot(x: Tensor<2>, g: Tensor<2>) -> Tensor<1> {
 /// instead of a second head-sized product per chunk.
 const OUTER_BLOCK_COLS: usize = 4096;
 
-/// `acc + hᵀ·g` (`hᵀ`: `[H, rows]`, `g`: `[rows, V]`), the product formed `OUTER_BLOCK_COLS`
-/// columns at a time and added into `acc`'s block: on Flex, whose binary ops and `slice_assign`
+/// `acc + hᵀ·g` (`h`: `[rows, H]`, `g`: `[rows, V]`). On Flex (feature `cpu-kernel`) one GEMM
+/// reads and writes `acc` in place. Elsewhere the product is formed `OUTER_BLOCK_COLS` columns
+/// at a time and added into `acc`'s block: on a backend whose binary ops and `slice_assign`
 /// reuse a uniquely owned buffer, `acc` is updated in place and the only temporary is one block.
 /// Without `acc`, the product itself.
-fn add_outer(acc: Option<Tensor<2>>, ht: Tensor<2>, g: Tensor<2>) -> Tensor<2> {
-    let Some(mut acc) = acc else {
-        return ht.matmul(g);
+fn add_outer(acc: Option<Tensor<2>>, h: Tensor<2>, g: Tensor<2>) -> Tensor<2> {
+    let Some(acc) = acc else {
+        return h.transpose().matmul(g);
     };
-    let [h, v] = acc.dims();
+    #[cfg(feature = "cpu-kernel")]
+    let acc = match super::gemm::flex_add_outer(acc, &h, &g) {
+        Ok(sum) => return sum,
+        Err(acc) => acc,
+    };
+    let mut acc = acc;
+    let ht = h.transpose();
+    let [rows_h, v] = acc.dims();
     let mut col = 0;
     while col < v {
         let cols = OUTER_BLOCK_COLS.min(v - col);
@@ -471,7 +475,7 @@ fn add_outer(acc: Option<Tensor<2>>, ht: Tensor<2>, g: Tensor<2>) -> Tensor<2> {
         // `view + part` is written into `part` (the view is shared, `part` is not); once the view
         // is gone `acc` is uniquely owned again and `slice_assign` writes into it.
         let sum = acc.clone().narrow(1, col, cols).add(part);
-        acc = acc.slice_assign([0..h, col..col + cols], sum);
+        acc = acc.slice_assign([0..rows_h, col..col + cols], sum);
         col += cols;
     }
     acc

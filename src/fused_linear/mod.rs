@@ -58,6 +58,8 @@ use burn::tensor::Tensor;
 use crate::sparse::TopkTeacher;
 
 mod chunks;
+#[cfg(feature = "cpu-kernel")]
+mod gemm;
 mod loss;
 
 pub use chunks::fused_linear_distillation;
