@@ -190,6 +190,29 @@ fn topk_teacher_through_the_head_equals_sparse_loss_on_materialized_logits() {
     }
 }
 
+/// `α · T²·D(teacher ‖ student) + (1 − α) · CE` on materialized logits, mean over the rows whose
+/// label is kept: the reference of the head's own parity tests.
+fn mixed_reference(
+    z: Tensor<2>,
+    zt: Tensor<2>,
+    labels: Tensor<1, Int>,
+    kind: Divergence,
+    temperature: f64,
+    alpha: f64,
+) -> Tensor<1> {
+    let options = CrossEntropyOptions {
+        ignore_index: Some(-100),
+        label_smoothing: 0.0,
+        class_weights: None,
+    };
+    let hard = cross_entropy(z.clone(), labels.clone(), &options).reduce(Reduction::RowMean);
+    let t = Temperature::new(temperature).unwrap();
+    let soft = divergence(z, zt, kind, t, T2Scaling::On)
+        .masked(&RowMask::from_labels(labels, -100))
+        .reduce(Reduction::RowMean);
+    soft.mul_scalar(alpha).add(hard.mul_scalar(1.0 - alpha))
+}
+
 /// `c · tanh(s·z / c)` by hand.
 fn capped(z: Tensor<2>, scale: f64, cap: f64) -> Tensor<2> {
     z.mul_scalar(scale).div_scalar(cap).tanh().mul_scalar(cap)
@@ -228,18 +251,7 @@ fn soft_capped_and_scaled_logits_through_the_head() {
                 scale_t,
                 ct,
             );
-            let labels = labels_of(&x, true, dev);
-            let options = CrossEntropyOptions {
-                ignore_index: Some(-100),
-                label_smoothing: 0.0,
-                class_weights: None,
-            };
-            let hard =
-                cross_entropy(z.clone(), labels.clone(), &options).reduce(Reduction::RowMean);
-            let soft = divergence(z, zt, kind, Temperature::new(2.0).unwrap(), T2Scaling::On)
-                .masked(&RowMask::from_labels(labels, -100))
-                .reduce(Reduction::RowMean);
-            let total = soft.mul_scalar(0.4).add(hard.mul_scalar(0.6));
+            let total = mixed_reference(z, zt, labels_of(&x, true, dev), kind, 2.0, 0.4);
             let e = collect(total, &h, &w, &b);
             compare(&format!("{name} softcap {kind:?}"), &a, &e);
             checks += 4;
@@ -357,24 +369,14 @@ fn low_rank_adapter_gets_its_gradients_without_the_head_gradient() {
                     )
                     .add(bias.clone().unsqueeze_dim(0));
                 let cfg = &loss.config;
-                let options = CrossEntropyOptions {
-                    ignore_index: Some(-100),
-                    label_smoothing: 0.0,
-                    class_weights: None,
-                };
-                let hard =
-                    cross_entropy(z.clone(), labels.clone(), &options).reduce(Reduction::RowMean);
-                let soft = divergence(
+                mixed_reference(
                     z,
                     teacher_z,
+                    labels,
                     loss.divergence,
-                    Temperature::new(cfg.temperature).unwrap(),
-                    T2Scaling::On,
+                    cfg.temperature,
+                    cfg.alpha,
                 )
-                .masked(&RowMask::from_labels(labels, -100))
-                .reduce(Reduction::RowMean);
-                soft.mul_scalar(cfg.alpha)
-                    .add(hard.mul_scalar(1.0 - cfg.alpha))
             };
             let value = scalar(total.clone());
             let grads = total.backward();
