@@ -108,7 +108,7 @@ where
         // SAFETY: the pointers cover `m·n`, `k·m` and `k·n` f32 (checked above), `dst` is
         // uniquely borrowed and does not alias `hs` or `gs` (distinct buffers: `a` was unique).
         unsafe {
-            gemm::gemm(
+            ::gemm::gemm(
                 m,
                 n,
                 k,
@@ -127,7 +127,7 @@ where
                 false,
                 false,
                 false,
-                gemm::Parallelism::Rayon(0),
+                ::gemm::Parallelism::Rayon(0),
             );
         }
         Ok(Tensor::from_primitive::<B>(a))
