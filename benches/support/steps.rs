@@ -341,7 +341,12 @@ fn fused_linear_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> St
     // The stored top-64 teacher of the `topk` variant.
     let stored = topk.then(|| {
         let (vals, idx) = ht.clone().matmul(wt.clone()).topk_with_indices(64, 1);
-        (idx, vals)
+        // As read from storage: `[N, 64]` tensors of their own (Flex's top-k results are views
+        // into the sorted `[N, V]` buffers, which they would keep alive).
+        (
+            Tensor::<2, Int>::from_data(idx.into_data(), dev),
+            Tensor::<2>::from_data(vals.into_data(), dev),
+        )
     });
     // KD_FUSED_LINEAR_CHUNK overrides the automatic chunk size (for measuring it).
     let chunk = std::env::var("KD_FUSED_LINEAR_CHUNK")
