@@ -135,7 +135,7 @@ pub(crate) trait NoSqKernel {
 
 impl<B> NoSqKernel for &Probe<B> {}
 
-fn primitive<B, const D: usize, K>(x: &Tensor<D, K>) -> Option<K::Primitive>
+pub(crate) fn primitive<B, const D: usize, K>(x: &Tensor<D, K>) -> Option<K::Primitive>
 where
     B: burn::backend::Backend,
     K: burn::tensor::BackendPrimitive<B> + burn::tensor::kind::Basic,

@@ -50,13 +50,14 @@ pub(crate) trait NoFlexGemm {
 
 impl<B> NoFlexGemm for &Probe<B> {}
 
+/// `x`'s Flex primitive (the routing's own conversion), if it lives on Flex.
 #[allow(dead_code)]
 fn flex<B>(x: &Tensor<2>) -> Option<FlexTensor>
 where
     B: IsFlex,
     DispatchTensor: DispatchKindConversion<B>,
 {
-    x.clone().try_into_primitive::<B>().ok()
+    crate::fused::route::primitive::<B, 2, burn::tensor::Float>(x)
 }
 
 impl<B> FlexGemm for Probe<B>
