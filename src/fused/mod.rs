@@ -306,6 +306,23 @@ fn as_rows<const D: usize>(x: Tensor<D>) -> Tensor<2> {
     }
 }
 
+/// `x`'s gradient, computed outside Burn's graph, handed to the graph as it is: a `[1]` zero
+/// whose backward gives `x` the gradient `c · grad` (`c` the upstream scalar; in place where
+/// the buffer is not shared). `grad` must be untracked, with `x`'s shape and dtype. `Err(grad)`
+/// where no backend with a kernel holds `x` under autodiff (or `KD_FUSED=0`): the caller takes
+/// the composed route.
+pub(crate) fn hand_over(x: &Tensor<2>, grad: Tensor<2>) -> Result<Tensor<1>, Tensor<2>> {
+    if forced_off() || !x.is_tracked() {
+        return Err(grad);
+    }
+    let grad_ad = grad.clone().autodiff();
+    let mut out = None;
+    for_each_probe!(|p| if out.is_none() {
+        out = p.hand_over(x, &grad_ad);
+    });
+    out.ok_or(grad)
+}
+
 /// Whether the fused squared-error kernel (hidden-state and attention-map MSE) runs for `x`:
 /// Flex (with or without autodiff), `f32`, and `KD_FUSED` not `0`. Elsewhere (CubeCL included)
 /// the composed path runs.

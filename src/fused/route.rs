@@ -21,7 +21,7 @@ use core::marker::PhantomData;
 use burn::backend::{DispatchKindConversion, DispatchTensor, TensorMetadata};
 use burn::tensor::{Int, Tensor};
 
-use super::ext::{KdFusedBackend, KdSqBackend};
+use super::ext::{KdFusedBackend, KdHandOverBackend, KdSqBackend};
 use super::kernel::{KernelParams, SoftKind};
 
 /// What a backend's logit kernel computes: its input dtypes and divergences (the CPU kernel:
@@ -135,6 +135,36 @@ pub(crate) trait NoSqKernel {
 
 impl<B> NoSqKernel for &Probe<B> {}
 
+/// A backend that Burn can convert to and that takes a gradient computed outside the graph.
+pub(crate) trait HandOver {
+    /// `[1]` zero whose backward gives `x` the gradient `c · grad` (`grad` untracked, `x`'s
+    /// shape and dtype), or `None` if `x` lives elsewhere.
+    fn hand_over(&self, x: &Tensor<2>, grad: &Tensor<2>) -> Option<Tensor<1>>;
+}
+
+/// The fallback: this backend type takes no gradient from outside (every non-`Autodiff` one).
+#[allow(dead_code)]
+pub(crate) trait NoHandOver {
+    /// `None`.
+    fn hand_over(&self, _x: &Tensor<2>, _grad: &Tensor<2>) -> Option<Tensor<1>> {
+        None
+    }
+}
+
+impl<B> NoHandOver for &Probe<B> {}
+
+impl<B> HandOver for Probe<B>
+where
+    B: KdHandOverBackend,
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    fn hand_over(&self, x: &Tensor<2>, grad: &Tensor<2>) -> Option<Tensor<1>> {
+        let xp = primitive::<B, 2, _>(x)?;
+        let gp = primitive::<B, 2, _>(grad)?;
+        Some(Tensor::<1>::from_primitive::<B>(B::kd_hand_over(xp, gp)))
+    }
+}
+
 pub(crate) fn primitive<B, const D: usize, K>(x: &Tensor<D, K>) -> Option<K::Primitive>
 where
     B: burn::backend::Backend,
@@ -219,7 +249,10 @@ macro_rules! for_each_probe {
         #[allow(unused_imports)]
         use $crate::fused::route::Probe;
         #[allow(unused_imports)]
-        use $crate::fused::route::{Kernel as _, NoKernel as _, NoSqKernel as _, SqKernel as _};
+        use $crate::fused::route::{
+            HandOver as _, Kernel as _, NoHandOver as _, NoKernel as _, NoSqKernel as _,
+            SqKernel as _,
+        };
         #[cfg(feature = "cpu-kernel")]
         {
             {

@@ -21,23 +21,28 @@
 //! for [`Reduction::RowMean`](crate::reduction::Reduction::RowMean)), so the chunks add up to the loss of the whole batch exactly.
 //!
 //! The gradients are computed during the forward pass (as Liger-Kernel's fused linear losses
-//! do) and handed to Burn's graph through a first-order surrogate,
+//! do) and handed to Burn's graph as they are: on Flex and the CubeCL backends under autodiff,
+//! `total` is `ℓ` plus one graph node of value 0 per tracked input whose backward gives that
+//! input its accumulated gradient (times the upstream scalar, in place): no product and no
+//! head-sized copy in the backward pass ([`FusedLinearOutput::handed_over`] says so). On other
+//! backends the same gradients go through a first-order surrogate,
 //!
 //! ```text
 //! L  =  ℓ  +  (λ − λ̄),     λ = ⟨h_s, ∂L/∂h_s⟩ + ⟨W_s, ∂L/∂W_s⟩ + ⟨b_s, ∂L/∂b_s⟩,   λ̄ = λ detached
 //! ```
 //!
 //! whose value is exactly `ℓ` and whose gradient with respect to `h_s`, `W_s` and `b_s` is exactly
-//! the loss's: backpropagation goes on from `h_s` into the student's trunk as usual. Only the
-//! tensors that are tracked get a term.
+//! the loss's. Either way backpropagation goes on from `h_s` into the student's trunk as usual,
+//! and only the tensors that are tracked get a gradient.
 //!
 //! # Memory model
 //! Per chunk: the two `[chunk, V]` logits, the loss kernel's `[chunk, V]` gradient and one
 //! `[chunk, V]` temporary (the logits are dropped before the gradient products); across chunks:
 //! `∂L/∂W_s` (`[H, V]`, as large as `W_s`, and what any backward pass produces), to which each
 //! chunk's `h_cᵀ·g` is added 4 096 columns at a time (no second head-sized product), and
-//! `∂L/∂h_s` (`[N, H]`, written in place chunk by chunk). The backward pass then writes the
-//! gradient of `W_s` (`[H, V]`) from the accumulator. With the `cpu-kernel` feature the fused
+//! `∂L/∂h_s` (`[N, H]`, written in place chunk by chunk). The backward pass hands the
+//! accumulators over as the gradients (the surrogate's backward, on other backends, writes a
+//! copy of each). With the `cpu-kernel` feature the fused
 //! kernel's buffer cache (`kd_losses::fused::clear_buffer_cache`) is emptied after the chunks, so
 //! that its last chunk-sized buffer does not stay through the backward pass. The materialized
 //! path holds `[N, V]` student and teacher logits, the softmax stash and an `[N, V]` gradient.
@@ -49,7 +54,7 @@
 //! * Gradients reach the student's hidden states, head weight and bias, not the temperature.
 //! * `soft` and `hard` in the output are values for logging (no graph); `total` carries the
 //!   gradient.
-//! * Second derivatives through the surrogate are not those of the loss.
+//! * Second derivatives (through the hand-over or the surrogate) are not those of the loss.
 //! * Without autodiff (or when nothing is tracked) the chunks are only evaluated.
 
 use burn::nn::Linear;
@@ -260,6 +265,11 @@ pub struct FusedLinearOutput {
     pub chunk_rows: usize,
     /// The gradient products that were computed.
     pub gradients: HeadGradients,
+    /// Whether those gradients reach Burn's graph as they are: `total`'s backward hands each
+    /// accumulator over without a product or a copy (Flex and the CubeCL backends under
+    /// autodiff). `false` where the first-order surrogate carries them (other backends,
+    /// `KD_FUSED=0`) or nothing is tracked.
+    pub handed_over: bool,
 }
 
 /// Fewest rows per chunk [`auto_chunk_rows`] picks: below this the four matrix products per

@@ -73,12 +73,13 @@ impl<B: KdFusedBackend> Backward<B, 1> for KdFusedBackward {
     }
 }
 
-/// The top-k teacher loss as a graph node: the gradient computed in the forward pass, scaled
-/// by the upstream scalar.
+/// A node whose one parent's gradient was computed in the forward pass and kept as the node's
+/// state: the backward hands it over, scaled by the upstream scalar (as is for `c = 1`). The
+/// top-k teacher loss and the LM head's gradient hand-over ([`KdHandOverBackend`]).
 #[derive(Debug)]
-struct KdSparseBackward;
+struct KdStashedBackward;
 
-impl<B: KdFusedBackend> Backward<B, 1> for KdSparseBackward {
+impl<B: KdFusedBackend> Backward<B, 1> for KdStashedBackward {
     type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -192,7 +193,7 @@ impl<B: KdFusedBackend, C: CheckpointStrategy> KdFusedBackend for Autodiff<B, C>
         let values = values.into_primitive();
         let weights = weights.into_primitive();
         let first = |out: FloatTensor<B>| B::float_slice(out, &[burn::backend::Slice::from(0..1)]);
-        match KdSparseBackward
+        match KdStashedBackward
             .prepare::<C>([student.node()])
             .compute_bound()
             .stateful()
@@ -352,5 +353,24 @@ impl<B: KdSqBackend, C: CheckpointStrategy> KdSqBackend for Autodiff<B, C> {
             <FloatTensor<Self>>::new(value),
             <FloatTensor<Self>>::new(grad),
         )
+    }
+}
+
+impl<B: KdFusedBackend, C: CheckpointStrategy> KdHandOverBackend for Autodiff<B, C> {
+    fn kd_hand_over(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let grad = grad.into_primitive();
+        let zero = B::float_zeros(
+            burn::backend::Shape::new([1]),
+            &burn::backend::TensorMetadata::device(&grad),
+            burn::tensor::FloatDType::F32,
+        );
+        match KdStashedBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(grad, zero),
+            OpsKind::UnTracked(prep) => prep.finish(zero),
+        }
     }
 }

@@ -161,6 +161,15 @@ pub(crate) trait KdSqBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
+/// A gradient computed outside Burn's graph (the LM head's chunked `∂L/∂W`, `∂L/∂h`), handed to
+/// the graph as it is: no product, no copy. Implemented on `Autodiff` over the backends with a
+/// fused kernel (Flex, CubeCL), whose `kd_scale_by` applies the upstream scalar in place.
+pub(crate) trait KdHandOverBackend: Backend {
+    /// A `[1]` zero (`f32`) whose backward gives `x` the gradient `c · grad`, `c` the upstream
+    /// scalar. `grad` is untracked and has `x`'s shape and dtype.
+    fn kd_hand_over(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
 #[cfg(feature = "cpu-kernel")]
 mod flex;
 

@@ -237,3 +237,63 @@ fn wide_vocabulary_head_gradient_in_blocks() {
         compare(&format!("{name} V = {WIDE}"), &a, &e);
     }
 }
+
+/// The loss inside a larger graph, as in training: hidden states from a trunk (`h = x·M`), the
+/// head weight used a second time (a tied embedding's penalty), the loss scaled by 0.5. The
+/// gradients of `M`, `W` and `b` equal the materialized path's; on Flex and wgpu (autodiff) the
+/// accumulated gradients are handed over as they are, on ndarray through the surrogate.
+#[test]
+fn handed_over_gradients_compose_with_the_rest_of_the_graph() {
+    for (name, dev) in DEVICES.iter() {
+        let x = inputs(21);
+        let loss = FusedLinearKdLossConfig::new()
+            .with_alpha(0.4)
+            .with_chunk_rows(Some(3))
+            .init();
+        let trunk = values(H * H, 22, 0.8);
+        let run = |fused_path: bool| {
+            let m = floats(trunk.clone(), [H, H], dev).require_grad();
+            let (x_in, w, b) = leaves(&x, dev);
+            let x_in = x_in.detach();
+            let h = x_in.matmul(m.clone());
+            let zt = floats(x.ht.clone(), [N, HT], dev).matmul(floats(x.wt.clone(), [HT, V], dev));
+            let labels: Tensor<1, Int> = ints(x.labels.clone(), [N], dev);
+            let (kd, handed) = if fused_path {
+                let head = LinearHead::new(w.clone()).with_bias(b.clone());
+                let out = loss.forward(h, &head, LinearTeacher::Logits(zt), labels);
+                (out.total, out.handed_over)
+            } else {
+                let z = h.matmul(w.clone()).add(b.clone().unsqueeze_dim(0));
+                let out = distillation_loss(
+                    z,
+                    zt,
+                    labels,
+                    &DistillationLossConfig::new().with_alpha(0.4).init(),
+                    Reduction::RowMean,
+                );
+                (out.total, false)
+            };
+            let total = kd
+                .mul_scalar(0.5)
+                .add(w.clone().powi_scalar(2).sum().mul_scalar(0.1));
+            let value = scalar(total.clone());
+            let grads = total.backward();
+            let g = Grads {
+                value,
+                h: to_vec(m.grad(&grads).expect("the trunk has a gradient")),
+                w: to_vec(w.grad(&grads).expect("w has a gradient")),
+                b: to_vec(b.grad(&grads).expect("b has a gradient")),
+            };
+            (g, handed)
+        };
+        let (a, handed) = run(true);
+        let (b, _) = run(false);
+        compare(&format!("{name}: trunk, tied weight, scaled loss"), &a, &b);
+        assert_eq!(
+            handed,
+            *name != "ndarray",
+            "{name}: gradients handed over = {handed}"
+        );
+        report("fused_linear_handover", name, 4);
+    }
+}
