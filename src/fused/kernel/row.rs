@@ -205,7 +205,9 @@ pub(super) fn row<L: Lanes>(
         l.hsum(dacc)
     };
     let c0 = ln_ss - ln_st;
-    let value = if first_empty {
+    // A soft scale of 0 (the cross-entropy alone, whose teacher is the student): the value
+    // weighs nothing, so it is not refined (every row of a zero divergence would be).
+    let value = if first_empty || p.soft_scale == 0.0 {
         0.0
     } else {
         refine_divergence(
