@@ -72,6 +72,12 @@
 // cannot see (see `route`): in an application whose Burn has neither Flex nor a CubeCL backend,
 // every kernel compiled here is dead code, by design rather than by a mismatched `cfg`.
 #![allow(dead_code)]
+// Built without either kernel (`default-features = false`), the probes compile to nothing and
+// their inputs go unused.
+#![cfg_attr(
+    not(any(feature = "cpu-kernel", feature = "gpu-kernel")),
+    allow(unused_variables, unused_mut)
+)]
 
 #[cfg(feature = "gpu-kernel")]
 mod cube;
@@ -311,6 +317,7 @@ fn as_rows<const D: usize>(x: Tensor<D>) -> Tensor<2> {
 /// the buffer is not shared). `grad` must be untracked, with `x`'s shape and dtype. `Err(grad)`
 /// where no backend with a kernel holds `x` under autodiff (or `KD_FUSED=0`): the caller takes
 /// the composed route.
+#[cfg(feature = "chunked")]
 pub(crate) fn hand_over(x: &Tensor<2>, grad: Tensor<2>) -> Result<Tensor<1>, Tensor<2>> {
     if forced_off() || !x.is_tracked() {
         return Err(grad);

@@ -1,18 +1,19 @@
 //! The chunked evaluation: per chunk of rows the logits of both models, the chunk's loss and
-//! its gradient, accumulated into `∂L/∂h` and `∂L/∂W`, and the surrogate that hands them to
-//! Burn's graph.
+//! its gradient, accumulated into `∂L/∂h` and `∂L/∂W` (`super::grads`, which also hands them to
+//! Burn's graph).
 
 use burn::tensor::{Bool, DType, Int, Tensor};
 
+use super::check::check_inputs;
+use super::grads::{Accumulators, add_outer, attach, same_dtype};
 use super::{
     FusedLinearKdLoss, FusedLinearOutput, HeadGradients, LinearHead, LinearTeacher, auto_chunk_rows,
 };
-use crate::error::KdError;
 use crate::logits::combined::{Mix, Path, mixed_terms};
 use crate::logits::{CrossEntropyOptions, cross_entropy};
 use crate::reduction::{Normalizer, Reduction, RowMask};
 use crate::sparse::{SparseKdLoss, TopkTeacher};
-use crate::vocab::{VocabAlignment, align_vocab};
+use crate::vocab::align_vocab;
 
 /// The distillation loss of a student's LM head against a teacher, one row chunk at a time,
 /// without materializing the `[N, V]` logits; see the [module docs](crate::fused_linear).
@@ -74,115 +75,14 @@ pub fn fused_linear_distillation(
 ) -> FusedLinearOutput {
     let cfg = &loss.config;
     let [n, h] = student_hidden.dims();
-    let [hw, v] = student_head.dims();
-    assert!(
-        hw == h,
-        "student_head.weight: shape {:?} does not match student_hidden shape {:?} (expected [{h}, V])",
-        student_head.weight.dims(),
-        student_hidden.dims()
+    let v = check_inputs(
+        &student_hidden,
+        student_head,
+        &teacher,
+        &labels,
+        mask.as_ref(),
+        cfg,
     );
-    if let Some(b) = &student_head.bias {
-        assert!(
-            b.dims() == [v],
-            "student_head.bias: shape {:?} does not match student_head.weight shape {:?} (expected [{v}])",
-            b.dims(),
-            student_head.weight.dims()
-        );
-    }
-    assert!(
-        labels.dims() == [n],
-        "labels: shape {:?} does not match student_hidden shape {:?} (expected [{n}])",
-        labels.dims(),
-        student_hidden.dims()
-    );
-    if let Some(m) = &mask {
-        assert!(
-            m.dims() == [n],
-            "mask: shape {:?} does not match student_hidden shape {:?} (expected [{n}])",
-            m.dims(),
-            student_hidden.dims()
-        );
-    }
-    let v_t = match &teacher {
-        LinearTeacher::Head { hidden, head } => {
-            let [nt, ht] = hidden.dims();
-            assert!(
-                nt == n,
-                "teacher hidden: shape {:?} does not match student_hidden shape {:?} in the rows",
-                hidden.dims(),
-                student_hidden.dims()
-            );
-            let [hwt, vt] = head.dims();
-            assert!(
-                hwt == ht,
-                "teacher head.weight: shape {:?} does not match teacher hidden shape {:?} (expected [{ht}, V])",
-                head.weight.dims(),
-                hidden.dims()
-            );
-            if let Some(b) = &head.bias {
-                assert!(
-                    b.dims() == [vt],
-                    "teacher head.bias: shape {:?} does not match teacher head.weight shape {:?}",
-                    b.dims(),
-                    head.weight.dims()
-                );
-            }
-            vt
-        }
-        LinearTeacher::Logits(t) => {
-            assert!(
-                t.dims()[0] == n,
-                "teacher logits: shape {:?} does not match student_hidden shape {:?} in the rows",
-                t.dims(),
-                student_hidden.dims()
-            );
-            t.dims()[1]
-        }
-        LinearTeacher::Topk(t) => {
-            let [nt, _] = t.indices().dims();
-            assert!(
-                nt == n,
-                "teacher top-k indices: shape {:?} does not match student_hidden shape {:?} in the rows",
-                t.indices().dims(),
-                student_hidden.dims()
-            );
-            // Checked against the student's vocabulary, chunk by chunk.
-            v
-        }
-    };
-    if let Some(ad) = &student_head.adapter {
-        let [ha, r] = ad.a.dims();
-        assert!(
-            ha == h,
-            "student_head.adapter.a: shape {:?} does not match student_hidden shape {:?} (expected [{h}, r])",
-            ad.a.dims(),
-            student_hidden.dims()
-        );
-        assert!(
-            ad.b.dims() == [r, v],
-            "student_head.adapter.b: shape {:?} does not match student_head.adapter.a shape {:?} and weight shape {:?} (expected [{r}, {v}])",
-            ad.b.dims(),
-            ad.a.dims(),
-            student_head.weight.dims()
-        );
-        assert!(
-            ad.scale.is_finite(),
-            "student_head.adapter.scale: {} is not finite",
-            ad.scale
-        );
-    }
-    if v_t != v && cfg.vocab == VocabAlignment::Error {
-        panic!(
-            "{}",
-            KdError::VocabMismatch {
-                student: v,
-                teacher: v_t
-            }
-        );
-    }
-    if let Err(e) = crate::logits::hard::check_labels(&labels, v, Some(cfg.ignore_index)) {
-        panic!("labels: {e}");
-    }
 
     // Masked rows become ignored labels: one rule for both terms.
     let labels = match mask {
@@ -395,110 +295,33 @@ pub fn fused_linear_distillation(
         return output(total, false);
     }
 
-    // Each accumulated gradient reaches the graph in one of two ways. Where a backend with a
-    // kernel holds the parameter under autodiff (Flex, CubeCL), a node of value 0 whose backward
-    // hands the accumulator itself over (no product, no head-sized copy). Elsewhere the
-    // first-order surrogate λ = ⟨x, ∂L/∂x⟩ summed over the parameters, L = ℓ + (λ − λ̄).
     // (An empty batch has no chunk: zero gradients, still connected.)
-    let zeros = |dims: [usize; 2]| Tensor::<2>::zeros(dims, &inner_device).cast(acc);
-    let mut handed = Vec::new();
-    let mut parts = Vec::new();
-    let mut term = |x: Tensor<2>, g: Option<Tensor<2>>| {
-        let g = g.unwrap_or_else(|| zeros(x.dims()));
-        let g = same_dtype(g, x.dtype());
-        match crate::fused::hand_over(&x, g) {
-            Ok(zero) => handed.push(zero),
-            Err(g) => parts.push(dot(x, g.autodiff())),
-        }
-    };
+    let zeros = |x: &Tensor<2>| Tensor::<2>::zeros(x.dims(), &inner_device).cast(acc);
+    let mut terms = Vec::new();
     if computed.hidden && n > 0 {
-        term(student_hidden, grads.h);
+        let g = grads.h.unwrap_or_else(|| zeros(&student_hidden));
+        terms.push((student_hidden, g));
     }
     if computed.weight {
-        term(student_head.weight.clone(), grads.w);
+        let g = grads.w.unwrap_or_else(|| zeros(&student_head.weight));
+        terms.push((student_head.weight.clone(), g));
     }
     if let (true, Some(b)) = (computed.bias, &student_head.bias) {
-        term(
-            b.clone().unsqueeze_dim(0),
-            grads.b.map(|g| g.unsqueeze_dim(0)),
-        );
+        let b = b.clone().unsqueeze_dim(0);
+        let g = grads
+            .b
+            .map(|g| g.unsqueeze_dim(0))
+            .unwrap_or_else(|| zeros(&b));
+        terms.push((b, g));
     }
     if let (true, Some(ad)) = (computed.adapter, adapter) {
-        term(ad.a.clone(), grads.a);
-        term(ad.b.clone(), grads.lb);
+        let ga = grads.a.unwrap_or_else(|| zeros(&ad.a));
+        let gb = grads.lb.unwrap_or_else(|| zeros(&ad.b));
+        terms.push((ad.a.clone(), ga));
+        terms.push((ad.b.clone(), gb));
     }
-    let handed_over = parts.is_empty() && !handed.is_empty();
-    let mut total = total.autodiff();
-    if let Some(lambda) = parts.into_iter().reduce(Tensor::add) {
-        let lambda = same_dtype(lambda, total.dtype());
-        total = total.add(lambda.clone().sub(lambda.detach()));
-    }
-    for zero in handed {
-        let dtype = total.dtype();
-        total = total.add(same_dtype(zero, dtype));
-    }
+    let (total, handed_over) = attach(total.autodiff(), terms);
     output(total, handed_over)
-}
-
-/// The gradients accumulated over the chunks, in f32.
-#[derive(Default)]
-struct Accumulators {
-    h: Option<Tensor<2>>,
-    w: Option<Tensor<2>>,
-    b: Option<Tensor<1>>,
-    a: Option<Tensor<2>>,
-    lb: Option<Tensor<2>>,
-}
-
-/// `⟨x, g⟩` as a `[1, n]×[n, 1]` matrix product: no `x ⊙ g` temporary of `x`'s size (for the
-/// head weight, as large as the head), and the backward's gradient of `x` is `g` itself. In f32
-/// at least: its value cancels in `λ − λ̄` only while it is finite (f16 overflows at 65 504).
-fn dot(x: Tensor<2>, g: Tensor<2>) -> Tensor<1> {
-    let n = x.dims().iter().product::<usize>();
-    let (x, g) = match x.dtype() {
-        DType::F16 | DType::BF16 => (x.cast(DType::F32), g.cast(DType::F32)),
-        _ => (x, g),
-    };
-    x.reshape([1, n]).matmul(g.reshape([n, 1])).reshape([1])
-}
-
-/// Columns of `∂L/∂W_s` per product in [`add_outer`]: `H × 4 096` f32 (16.8 MB at `H = 1 024`)
-/// instead of a second head-sized product per chunk.
-const OUTER_BLOCK_COLS: usize = 4096;
-
-/// `acc + hᵀ·g` (`h`: `[rows, H]`, `g`: `[rows, V]`). On Flex (feature `cpu-kernel`) one GEMM
-/// reads and writes `acc` in place. Elsewhere the product is formed `OUTER_BLOCK_COLS` columns
-/// at a time and added into `acc`'s block: on a backend whose binary ops and `slice_assign`
-/// reuse a uniquely owned buffer, `acc` is updated in place and the only temporary is one block.
-/// Without `acc`, the product itself.
-fn add_outer(acc: Option<Tensor<2>>, h: Tensor<2>, g: Tensor<2>) -> Tensor<2> {
-    let Some(acc) = acc else {
-        return h.transpose().matmul(g);
-    };
-    #[cfg(feature = "cpu-kernel")]
-    let acc = match super::gemm::flex_add_outer(acc, &h, &g) {
-        Ok(sum) => return sum,
-        Err(acc) => acc,
-    };
-    let mut acc = acc;
-    let ht = h.transpose();
-    let [rows_h, v] = acc.dims();
-    let mut col = 0;
-    while col < v {
-        let cols = OUTER_BLOCK_COLS.min(v - col);
-        let part = ht.clone().matmul(g.clone().narrow(1, col, cols));
-        // `view + part` is written into `part` (the view is shared, `part` is not); once the view
-        // is gone `acc` is uniquely owned again and `slice_assign` writes into it.
-        let sum = acc.clone().narrow(1, col, cols).add(part);
-        acc = acc.slice_assign([0..rows_h, col..col + cols], sum);
-        col += cols;
-    }
-    acc
-}
-
-/// `x` in `dtype` (no cast when it already is).
-fn same_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
-    if x.dtype() == dtype { x } else { x.cast(dtype) }
 }
 
 /// One chunk's `(total, soft, hard)`, each reduced with the global normalizer.

@@ -62,9 +62,11 @@ use burn::tensor::Tensor;
 
 use crate::sparse::TopkTeacher;
 
+mod check;
 mod chunks;
 #[cfg(feature = "cpu-kernel")]
 mod gemm;
+mod grads;
 mod loss;
 
 pub use chunks::fused_linear_distillation;
