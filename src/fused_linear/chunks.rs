@@ -38,8 +38,8 @@ use crate::vocab::align_vocab;
 ///
 /// # Panics
 /// If a shape does not match (named, with both shapes), a label is out of range, the
-/// vocabularies differ under [`VocabAlignment::Error`] (the message of
-/// [`KdError::VocabMismatch`]), or the loss holds an invalid configuration.
+/// vocabularies differ under [`VocabAlignment::Error`](crate::vocab::VocabAlignment::Error) (the message of
+/// [`KdError::VocabMismatch`](crate::error::KdError::VocabMismatch)), or the loss holds an invalid configuration.
 ///
 /// # Example
 /// ```
