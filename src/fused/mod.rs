@@ -20,8 +20,8 @@
 //!
 //! # Where it runs
 //! * **Flex** (Burn's CPU backend; feature `cpu-kernel`, the default): a row-parallel kernel on
-//!   all cores, vectorised with AVX2 + FMA when the CPU has them (chosen at run time) for the
-//!   forward and reverse KL, a scalar row for the other divergences; `f32`.
+//!   all cores, vectorised with AVX2 + FMA when the CPU has them (chosen at run time): one row
+//!   for the forward and reverse KL, a general row for the other divergences; `f32`.
 //! * **The CubeCL backends** (wgpu, Vulkan, Metal, CUDA, ROCm, with or without Burn's `fusion`;
 //!   feature `gpu-kernel`): one cube per row (`cube/`); `f32`, `f16` and `bf16` read as they
 //!   are with `f32` arithmetic; every divergence; and the top-k teacher's forward KL

@@ -20,8 +20,8 @@ use row::row;
 pub(crate) use schedule::par_row_blocks;
 
 /// Which divergence the soft term is. The CPU kernel computes the two KL directions with its
-/// vectorised row (`row`) and the others with a scalar row (`general`); the CubeCL kernel
-/// computes all of them.
+/// row (`row`) and the others with the general row (`general`), both vectorised; the CubeCL
+/// kernel computes all of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum SoftKind {
     /// `KL(p_teacher ‖ p_student)` (Hinton).
@@ -45,8 +45,8 @@ pub(crate) enum SoftKind {
 }
 
 impl SoftKind {
-    /// Whether this is one of the two KL directions (the kinds the CPU kernel's vectorised row
-    /// computes; the others take its scalar row).
+    /// Whether this is one of the two KL directions (the kinds the CPU kernel's KL row
+    /// computes; the others take its general row).
     pub(crate) fn is_kl(self) -> bool {
         matches!(self, SoftKind::ForwardKl | SoftKind::ReverseKl)
     }
@@ -106,6 +106,26 @@ fn rows_block<L: Lanes>(
     let mut acc = RowValues::default();
     let r = weights.len();
     let mut grad = grad;
+    if !p.kind.is_kl() {
+        for i in 0..r {
+            let g = grad.as_deref_mut().map(|g| &mut g[i * v..(i + 1) * v]);
+            let label = if p.has_hard { labels[i] } else { 0 };
+            let rv = general::general_row(
+                l,
+                &s[i * v..(i + 1) * v],
+                &t[i * v..(i + 1) * v],
+                label,
+                weights[i],
+                p,
+                int_pow,
+                &mut scratch,
+                g,
+            );
+            acc.soft += rv.soft;
+            acc.hard += rv.hard;
+        }
+        return acc;
+    }
     let mut maxima = if r > 0 {
         row_maxima(l, &s[..v], &t[..v])
     } else {
@@ -193,33 +213,6 @@ pub(crate) fn run_rows(
         }
         return RowValues::default();
     }
-    if !p.kind.is_kl() {
-        // The other divergences: the scalar row of `general`, in parallel over row blocks.
-        let blocks = par_row_blocks(r, v, grad, |rows, mut g| {
-            let mut acc = RowValues::default();
-            for (k, i) in rows.enumerate() {
-                let gi = g.as_deref_mut().map(|g| &mut g[k * v..(k + 1) * v]);
-                let label = if p.has_hard { labels[i] } else { 0 };
-                let rv = general::general_row(
-                    &s[i * v..(i + 1) * v],
-                    &t[i * v..(i + 1) * v],
-                    label,
-                    weights[i],
-                    p,
-                    gi,
-                );
-                acc.soft += rv.soft;
-                acc.hard += rv.hard;
-            }
-            acc
-        });
-        return blocks
-            .iter()
-            .fold(RowValues::default(), |acc, rv| RowValues {
-                soft: acc.soft + rv.soft,
-                hard: acc.hard + rv.hard,
-            });
-    }
     let blocks = par_row_blocks(r, v, grad, |rows, g| {
         let labels = if p.has_hard {
             &labels[rows.clone()]
@@ -297,7 +290,7 @@ mod timing {
 
     /// Kernel-only timing (not a test of speed: prints, never asserts). Run with
     /// `cargo test --release --lib kernel_timing -- --ignored --nocapture` (`KD_TIMING_SHAPE=RxV`,
-    /// `KD_TIMING_REPS=N` for the median of N calls).
+    /// `KD_TIMING_REPS=N` for the median of N calls, `KD_TIMING_KIND` for the divergence).
     #[test]
     #[ignore]
     fn kernel_timing() {
@@ -312,8 +305,26 @@ mod timing {
             .collect();
         let y: Vec<i64> = (0..r as i64).map(|i| i % v as i64).collect();
         let w = vec![1.0 / r as f32; r];
+        // `KD_TIMING_KIND`: fkl (default), rkl, jsd (β = 0.5), skew (skew KL, α = 0.1), tvd, sym.
+        let kind = match std::env::var("KD_TIMING_KIND").as_deref().unwrap_or("fkl") {
+            "fkl" => SoftKind::ForwardKl,
+            "rkl" => SoftKind::ReverseKl,
+            "jsd" => SoftKind::Mixture {
+                teacher_share: 0.5,
+                teacher_coef: 0.5,
+                student_coef: 0.5,
+            },
+            "skew" => SoftKind::Mixture {
+                teacher_share: 0.9,
+                teacher_coef: 1.0,
+                student_coef: 0.0,
+            },
+            "tvd" => SoftKind::TotalVariation,
+            "sym" => SoftKind::SymmetricKl,
+            other => panic!("KD_TIMING_KIND: unknown kind {other}"),
+        };
         let p = KernelParams {
-            kind: SoftKind::ForwardKl,
+            kind,
             temperature: 2.0,
             soft_scale: 4.0,
             has_hard: true,

@@ -17,12 +17,16 @@ pub(super) fn powk<L: Lanes>(l: L, x: L::V, k: u32) -> L::V {
     }
 }
 
-/// Per-thread scratch: exponentials of one row.
+/// Per-thread scratch: exponentials of one row, and the general row's per-entry terms.
 #[derive(Default)]
 pub(crate) struct Scratch {
     pub(super) et: Vec<f32>,
     pub(super) es: Vec<f32>,
     pub(super) e1: Vec<f32>,
+    /// `q·∂D/∂q` per entry (the general row's gradient pass).
+    pub(super) qg: Vec<f32>,
+    /// Whether the general row's previous row had a small value (needed its `D2` sums).
+    pub(super) small_last: bool,
 }
 
 /// Weighted values of one row: `(w · soft_r, w · hard_r)`.

@@ -472,29 +472,7 @@ fn bf16_head_error_is_within_the_stated_bounds() {
             let z = h.clone().matmul(w.clone());
             let zt = f64t(&ht0, [BN, BH]).matmul(f64t(&wt0, [BH, BV]));
             let y: Tensor<1, Int> = ints(labels.clone(), [BN], &dev);
-            let cfg = &loss.config;
-            let options = CrossEntropyOptions {
-                ignore_index: Some(-100),
-                label_smoothing: cfg.label_smoothing,
-                class_weights: None,
-            };
-            let hard = cross_entropy(z.clone(), y.clone(), &options).reduce(Reduction::RowMean);
-            let soft = divergence(
-                z,
-                zt,
-                loss.divergence,
-                Temperature::new(cfg.temperature).unwrap(),
-                if cfg.t2_scaling {
-                    T2Scaling::On
-                } else {
-                    T2Scaling::Off
-                },
-            )
-            .masked(&RowMask::from_labels(y, -100))
-            .reduce(Reduction::RowMean);
-            let total = soft
-                .mul_scalar(cfg.alpha)
-                .add(hard.mul_scalar(1.0 - cfg.alpha));
+            let total = super::composed_loss(&loss, z, zt, y);
             assert_eq!(total.dtype(), DType::F64, "the reference runs in float64");
             let value = total.clone().into_scalar::<f64>();
             let grads = total.backward();

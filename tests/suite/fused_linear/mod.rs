@@ -100,6 +100,35 @@ fn collect(total: Tensor<1>, h: &Tensor<2>, w: &Tensor<2>, b: &Tensor<1>) -> Gra
 }
 
 /// The materialized path: full logits, composed losses, autodiff through the matmuls.
+/// The loss `loss` computes, composed on materialized student and teacher logits `z`, `zt`
+/// (any float dtype): the divergence and the cross-entropy over the rows whose label is not
+/// `-100`, row mean, mixed with `α`.
+pub(super) fn composed_loss(
+    loss: &FusedLinearKdLoss,
+    z: Tensor<2>,
+    zt: Tensor<2>,
+    labels: Tensor<1, Int>,
+) -> Tensor<1> {
+    let cfg = &loss.config;
+    let options = CrossEntropyOptions {
+        ignore_index: Some(-100),
+        label_smoothing: cfg.label_smoothing,
+        class_weights: None,
+    };
+    let hard = cross_entropy(z.clone(), labels.clone(), &options).reduce(Reduction::RowMean);
+    let scaling = if cfg.t2_scaling {
+        T2Scaling::On
+    } else {
+        T2Scaling::Off
+    };
+    let temperature = Temperature::new(cfg.temperature).unwrap();
+    let soft = divergence(z, zt, loss.divergence, temperature, scaling)
+        .masked(&RowMask::from_labels(labels, -100))
+        .reduce(Reduction::RowMean);
+    soft.mul_scalar(cfg.alpha)
+        .add(hard.mul_scalar(1.0 - cfg.alpha))
+}
+
 fn materialized(
     x: &Inputs,
     dev: &Device,
@@ -120,31 +149,8 @@ fn materialized(
             }
         }
     }
-    let cfg = &loss.config;
     let labels_t: Tensor<1, Int> = ints(labels.clone(), [N], dev);
-    let options = CrossEntropyOptions {
-        ignore_index: Some(-100),
-        label_smoothing: cfg.label_smoothing,
-        class_weights: None,
-    };
-    let hard = cross_entropy(z.clone(), labels_t.clone(), &options).reduce(Reduction::RowMean);
-    let mask = RowMask::from_labels(labels_t, -100);
-    let soft = divergence(
-        z,
-        zt,
-        loss.divergence,
-        Temperature::new(cfg.temperature).unwrap(),
-        if cfg.t2_scaling {
-            T2Scaling::On
-        } else {
-            T2Scaling::Off
-        },
-    )
-    .masked(&mask)
-    .reduce(Reduction::RowMean);
-    let total = soft
-        .mul_scalar(cfg.alpha)
-        .add(hard.mul_scalar(1.0 - cfg.alpha));
+    let total = composed_loss(loss, z, zt, labels_t);
     collect(total, &h, &w, &b)
 }
 
