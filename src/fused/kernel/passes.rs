@@ -88,6 +88,35 @@ pub(super) fn pass_b_block<L: Lanes, const E1: bool>(
     }
 }
 
+/// Pass B on block `b` of a row (the tail block from the padded copies): the exponentials into
+/// the scratch rows `et`, `es` (and `e1` when `need_e1`, else its first block as a dummy).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pass_b_at<L: Lanes>(
+    l: L,
+    b: usize,
+    (s, t): (&[f32], &[f32]),
+    (s_tail, t_tail): (&Block, &Block),
+    tail: usize,
+    (et, es, e1): (&mut [f32], &mut [f32], &mut [f32]),
+    need_e1: bool,
+    acc: &mut [L::V; 3],
+    shift: &RowShift<L>,
+    int_pow: u32,
+) {
+    let sb = l.load(logit_block(s, s_tail, b, tail));
+    let tb = l.load(logit_block(t, t_tail, b, tail));
+    let etb = blk_mut(&mut et[b * LANES..b * LANES + LANES]);
+    let esb = blk_mut(&mut es[b * LANES..b * LANES + LANES]);
+    if need_e1 {
+        let e1b = blk_mut(&mut e1[b * LANES..b * LANES + LANES]);
+        pass_b_block::<L, true>(l, sb, tb, etb, esb, e1b, acc, shift, int_pow);
+    } else {
+        let e1b = blk_mut(&mut e1[..LANES]);
+        pass_b_block::<L, false>(l, sb, tb, etb, esb, e1b, acc, shift, int_pow);
+    }
+}
+
 /// Row maxima and `log₂e / T`, splatted for pass B.
 pub(super) struct RowShift<L: Lanes> {
     pub(super) scale: L::V,

@@ -109,17 +109,20 @@ pub(super) fn row<L: Lanes>(
             nms = l.gt_max(nms, l.load(blk(&ns[b * LANES..b * LANES + LANES])));
             nmt = l.gt_max(nmt, l.load(blk(&nt[b * LANES..b * LANES + LANES])));
         }
-        let sb = l.load(logit_block(s, &s_tail, b, tail));
-        let tb = l.load(logit_block(t, &t_tail, b, tail));
-        let etb = blk_mut(&mut et[b * LANES..b * LANES + LANES]);
-        let esb = blk_mut(&mut es[b * LANES..b * LANES + LANES]);
-        if need_e1 {
-            let e1b = blk_mut(&mut e1s[b * LANES..b * LANES + LANES]);
-            pass_b_block::<L, true>(l, sb, tb, etb, esb, e1b, &mut acc, &shift, int_pow);
-        } else {
-            let e1b = blk_mut(&mut e1s[..LANES]);
-            pass_b_block::<L, false>(l, sb, tb, etb, esb, e1b, &mut acc, &shift, int_pow);
-        }
+        let scratch_rows = (&mut et[..], &mut es[..], &mut e1s[..]);
+        let (rows, tails) = ((s, t), (&s_tail, &t_tail));
+        pass_b_at(
+            l,
+            b,
+            rows,
+            tails,
+            tail,
+            scratch_rows,
+            need_e1,
+            &mut acc,
+            &shift,
+            int_pow,
+        );
     }
     let next_max = next.map_or((0.0, 0.0), |(ns, nt)| {
         finish_maxima(l, nms, nmt, &ns[tail..], &nt[tail..])

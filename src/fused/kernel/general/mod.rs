@@ -14,7 +14,7 @@
 use super::super::simd::{Block, LANES, Lanes};
 use super::passes::{
     RowShift, RowValues, Scratch, blk, blk_mut, grad_block, ln_or_zero, logit_block, pad,
-    pass_b_block, recip_or_one, row_maxima,
+    pass_b_at, recip_or_one, row_maxima,
 };
 use super::row::REFINE_FACTOR;
 use super::{KernelParams, SoftKind};
@@ -283,17 +283,20 @@ pub(super) fn general_row<L: Lanes>(
         ms: l.splat(ms),
     };
     for b in 0..nb {
-        let sb = l.load(logit_block(s, &s_tail, b, tail));
-        let tb = l.load(logit_block(t, &t_tail, b, tail));
-        let etb = blk_mut(&mut et[b * LANES..b * LANES + LANES]);
-        let esb = blk_mut(&mut es[b * LANES..b * LANES + LANES]);
-        if need_e1 {
-            let e1b = blk_mut(&mut e1[b * LANES..b * LANES + LANES]);
-            pass_b_block::<L, true>(l, sb, tb, etb, esb, e1b, &mut acc, &shift, int_pow);
-        } else {
-            let e1b = blk_mut(&mut e1[..LANES]);
-            pass_b_block::<L, false>(l, sb, tb, etb, esb, e1b, &mut acc, &shift, int_pow);
-        }
+        let scratch_rows = (&mut et[..], &mut es[..], &mut e1[..]);
+        let (rows, tails) = ((s, t), (&s_tail, &t_tail));
+        pass_b_at(
+            l,
+            b,
+            rows,
+            tails,
+            tail,
+            scratch_rows,
+            need_e1,
+            &mut acc,
+            &shift,
+            int_pow,
+        );
     }
     let (st, ss) = (l.hsum(acc[0]), l.hsum(acc[1]));
     let s1 = if need_e1 { l.hsum(acc[2]) } else { ss };
