@@ -35,6 +35,7 @@
 
 use burn::tensor::Tensor;
 
+use crate::chunk::{eval_chunk, link, row_chunks};
 use crate::divergence::{Divergence, dense_rows};
 use crate::error::KdError;
 use crate::reduction::RowLoss;
@@ -73,36 +74,21 @@ pub fn chunked_rows<F>(student_logits: Tensor<2>, chunk_rows: usize, f: F) -> Te
 where
     F: Fn(Tensor<2>, usize, usize) -> Tensor<1>,
 {
-    assert!(chunk_rows > 0, "chunk_rows must be > 0, got 0");
-    let [r, v] = student_logits.dims();
+    let r = student_logits.dims()[0];
     let tracked = student_logits.is_tracked();
     // Chunks are sliced from a copy outside the autodiff graph.
     let base = student_logits.clone().inner();
     let mut values = Vec::new();
     let mut grads = Vec::new();
-    let mut first = 0;
-    while first < r {
-        let n = chunk_rows.min(r - first);
+    for (first, n) in row_chunks(r, chunk_rows) {
         let chunk = base.clone().narrow(0, first, n);
-        if tracked {
-            let leaf = chunk.autodiff().require_grad();
-            let out = f(leaf.clone(), first, n);
+        let ([out], g) = eval_chunk(chunk, tracked, |x| {
+            let out = f(x, first, n);
             check_len(&out, n);
-            // A row function that ignores the student (e.g. a skew KL at α = 1) is untracked.
-            let g = if out.is_tracked() {
-                leaf.grad(&out.clone().sum().backward())
-            } else {
-                None
-            }
-            .unwrap_or_else(|| Tensor::<2>::zeros([n, v], &base.device()));
-            values.push(out.inner());
-            grads.push(g);
-        } else {
-            let out = f(chunk.clone(), first, n);
-            check_len(&out, n);
-            values.push(out);
-        }
-        first += n;
+            [out]
+        });
+        values.push(out);
+        grads.extend(g);
     }
     if values.is_empty() {
         return Tensor::<1>::zeros([0], &student_logits.device());
@@ -111,12 +97,7 @@ where
     if !tracked {
         return values;
     }
-    let g = Tensor::cat(grads, 0).reshape([r, v, 1]).autodiff();
-    let x = student_logits.reshape([r, 1, v]);
-    let x_bar = x.clone().detach();
-    let linear = x.matmul(g.clone()).reshape([r]);
-    let constant = x_bar.matmul(g).reshape([r]);
-    values.autodiff().add(linear.sub(constant))
+    link(values, vec![(student_logits, Tensor::cat(grads, 0))]).0
 }
 
 fn check_len(out: &Tensor<1>, n: usize) {

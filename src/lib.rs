@@ -80,6 +80,8 @@
 
 pub mod attention;
 #[cfg(feature = "chunked")]
+mod chunk;
+#[cfg(feature = "chunked")]
 #[cfg_attr(docsrs, doc(cfg(feature = "chunked")))]
 pub mod chunked;
 pub mod combine;

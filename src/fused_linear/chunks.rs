@@ -5,10 +5,11 @@
 use burn::tensor::{Bool, DType, Int, Tensor};
 
 use super::check::check_inputs;
-use super::grads::{Accumulators, add_outer, attach, same_dtype};
+use super::grads::{Accumulators, add_outer};
 use super::{
     FusedLinearKdLoss, FusedLinearOutput, HeadGradients, LinearHead, LinearTeacher, auto_chunk_rows,
 };
+use crate::chunk::{eval_chunk, link, row_chunks, same_dtype};
 use crate::logits::combined::{Mix, Path, mixed_terms};
 use crate::logits::{CrossEntropyOptions, cross_entropy};
 use crate::reduction::{Normalizer, Reduction, RowMask};
@@ -170,54 +171,36 @@ pub fn fused_linear_distillation(
             )
         });
 
-    let mut first = 0;
-    while first < n {
-        let rows = chunk.min(n - first);
+    for (first, rows) in row_chunks(n, chunk) {
         let h_c = hs.clone().narrow(0, first, rows);
         let (z_s, ha_c) = head.logits(h_c.clone());
-        let leaf = if tracked {
-            z_s.autodiff().require_grad()
-        } else {
-            z_s
-        };
-        let autodiff = leaf.is_autodiff();
-        // The teacher in the student's autodiff context (a constant either way).
-        let dense = |z_t: Tensor<2>| {
-            let z_t = same_dtype(z_t.to_device(&inner_device), leaf.dtype());
-            if autodiff { z_t.autodiff() } else { z_t }
-        };
         let y_c = labels.clone().narrow(0, first, rows);
-        let (total, soft, hard) = match &teacher {
-            LinearTeacher::Head { hidden, head } => {
-                let z_t = head.logits(hidden.clone().narrow(0, first, rows)).0;
-                chunk_loss(loss, leaf.clone(), dense(z_t), y_c, chunk_norm)
-            }
-            LinearTeacher::Logits(t) => {
-                let z_t = t.clone().narrow(0, first, rows);
-                chunk_loss(loss, leaf.clone(), dense(z_t), y_c, chunk_norm)
-            }
-            LinearTeacher::Topk(t) => {
-                let t_c = t.rows_on(first, rows, &inner_device, autodiff);
-                let sparse = sparse.as_ref().expect("built for a top-k teacher");
-                topk_chunk_loss(loss, sparse, leaf.clone(), t_c, y_c, chunk_norm)
-            }
-        };
-        // The logged terms leave the graph before the backward pass: their nodes hold the
-        // chunk's logits (to recompute a term's gradient on demand), and Burn frees orphaned
-        // nodes during a backward pass. Dropped after it, they kept two `[chunk, V]` tensors
-        // alive into the next chunk (+67 MB at `[8192, 1024, 32000]`).
-        let (soft, hard) = (soft.inner(), hard.inner());
-        let g = tracked.then(|| {
-            if total.is_tracked() {
-                leaf.grad(&total.clone().backward())
-            } else {
-                None
-            }
-            .unwrap_or_else(|| Tensor::<2>::zeros([rows, v], &inner_device))
+        // The chunk's logits (and the graph that held them) are gone when `eval_chunk`
+        // returns, before the gradient products.
+        let ([total, soft, hard], g) = eval_chunk(z_s, tracked, |leaf| {
+            let autodiff = leaf.is_autodiff();
+            // The teacher in the student's autodiff context (a constant either way).
+            let dense = |z_t: Tensor<2>| {
+                let z_t = same_dtype(z_t.to_device(&inner_device), leaf.dtype());
+                if autodiff { z_t.autodiff() } else { z_t }
+            };
+            let (total, soft, hard) = match &teacher {
+                LinearTeacher::Head { hidden, head } => {
+                    let z_t = head.logits(hidden.clone().narrow(0, first, rows)).0;
+                    chunk_loss(loss, leaf.clone(), dense(z_t), y_c, chunk_norm)
+                }
+                LinearTeacher::Logits(t) => {
+                    let z_t = t.clone().narrow(0, first, rows);
+                    chunk_loss(loss, leaf.clone(), dense(z_t), y_c, chunk_norm)
+                }
+                LinearTeacher::Topk(t) => {
+                    let t_c = t.rows_on(first, rows, &inner_device, autodiff);
+                    let sparse = sparse.as_ref().expect("built for a top-k teacher");
+                    topk_chunk_loss(loss, sparse, leaf.clone(), t_c, y_c, chunk_norm)
+                }
+            };
+            [total, soft, hard]
         });
-        let total = total.inner();
-        // The chunk's logits (and the graph that held them) go before the gradient products.
-        drop(leaf);
         values = Some(match values {
             Some((t, s, hh)) => (t.add(total), s.add(soft), hh.add(hard)),
             None => (total, soft, hard),
@@ -260,7 +243,6 @@ pub fn fused_linear_distillation(
                 grads.w = Some(add_outer(grads.w.take(), same_dtype(h_c, acc), g));
             }
         }
-        first += rows;
     }
     // The fused CPU kernel hands each chunk's gradient buffer to its cache when the chunk is
     // done; the last one would stay beside the head-sized gradients through the backward pass.
@@ -320,7 +302,7 @@ pub fn fused_linear_distillation(
         terms.push((ad.a.clone(), ga));
         terms.push((ad.b.clone(), gb));
     }
-    let (total, handed_over) = attach(total.autodiff(), terms);
+    let (total, handed_over) = link(total, terms);
     output(total, handed_over)
 }
 

@@ -77,3 +77,21 @@ fn chunked_without_autodiff_and_on_3d_input() {
     let g = to_vec(x.grad(&r.mul_scalar(2.0).sum().backward()).unwrap());
     assert_eq!(g, vec![2.0; 4]);
 }
+
+/// One row and one chunk: the value `[1]` takes the shared driver's hand-over path on Flex and
+/// wgpu (the gradient node of the fused backends) and the inner-product surrogate on ndarray; either way
+/// the gradient is scaled by the value's cotangent and adds to the rest of the graph.
+#[test]
+fn single_row_gradient_follows_its_cotangent_on_every_backend() {
+    for (name, device) in devices() {
+        let x = Tensor::<2>::from_floats([[1.0, -2.0, 0.5]], &device).require_grad();
+        let r = chunked_rows(x.clone(), 4, |c, _, n| {
+            c.powi_scalar(2).sum_dim(1).reshape([n])
+        });
+        assert_eq!(to_vec(r.clone()), vec![5.25]);
+        // L = 3·r + Σ x  →  ∂L/∂x = 6·x + 1
+        let loss = r.mul_scalar(3.0).add(x.clone().sum());
+        let g = to_vec(x.grad(&loss.backward()).unwrap());
+        assert_eq!(g, vec![7.0, -11.0, 4.0], "{name}");
+    }
+}
