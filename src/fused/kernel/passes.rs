@@ -88,27 +88,36 @@ pub(super) fn pass_b_block<L: Lanes, const E1: bool>(
     }
 }
 
-/// Pass B on block `b` of a row (the tail block from the padded copies): the exponentials into
-/// the scratch rows `et`, `es` (and `e1` when `need_e1`, else its first block as a dummy).
+/// What pass B reads of one row: the logits (the tail block from the padded copies), the shift,
+/// and whether the `T = 1` exponentials of the hard term are needed (`int_pow`: `1/T` when it
+/// is a whole number, for the integer-power shortcut, else 0).
+pub(super) struct PassBRow<'a, L: Lanes> {
+    pub(super) s: &'a [f32],
+    pub(super) t: &'a [f32],
+    pub(super) s_tail: &'a Block,
+    pub(super) t_tail: &'a Block,
+    pub(super) tail: usize,
+    pub(super) need_e1: bool,
+    pub(super) shift: RowShift<L>,
+    pub(super) int_pow: u32,
+}
+
+/// Pass B on block `b` of a row: the exponentials into the scratch rows `et`, `es` (and `e1`
+/// when `need_e1`, else its first block as a dummy), their sums into `acc`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(super) fn pass_b_at<L: Lanes>(
     l: L,
     b: usize,
-    (s, t): (&[f32], &[f32]),
-    (s_tail, t_tail): (&Block, &Block),
-    tail: usize,
+    row: &PassBRow<'_, L>,
     (et, es, e1): (&mut [f32], &mut [f32], &mut [f32]),
-    need_e1: bool,
     acc: &mut [L::V; 3],
-    shift: &RowShift<L>,
-    int_pow: u32,
 ) {
-    let sb = l.load(logit_block(s, s_tail, b, tail));
-    let tb = l.load(logit_block(t, t_tail, b, tail));
+    let sb = l.load(logit_block(row.s, row.s_tail, b, row.tail));
+    let tb = l.load(logit_block(row.t, row.t_tail, b, row.tail));
     let etb = blk_mut(&mut et[b * LANES..b * LANES + LANES]);
     let esb = blk_mut(&mut es[b * LANES..b * LANES + LANES]);
-    if need_e1 {
+    let (shift, int_pow) = (&row.shift, row.int_pow);
+    if row.need_e1 {
         let e1b = blk_mut(&mut e1[b * LANES..b * LANES + LANES]);
         pass_b_block::<L, true>(l, sb, tb, etb, esb, e1b, acc, shift, int_pow);
     } else {

@@ -93,12 +93,21 @@ pub(super) fn row<L: Lanes>(
     );
     let zero = l.splat(0.0);
     let mut acc = [zero; 3];
-    let shift = RowShift::<L> {
-        scale: l.splat(inv_t * std::f32::consts::LOG2_E),
-        mt: l.splat(mt),
-        ms: l.splat(ms),
-    };
     let (s_tail, t_tail) = (pad(&s[tail..]), pad(&t[tail..]));
+    let pass_b = PassBRow::<L> {
+        s,
+        t,
+        s_tail: &s_tail,
+        t_tail: &t_tail,
+        tail,
+        need_e1,
+        shift: RowShift {
+            scale: l.splat(inv_t * std::f32::consts::LOG2_E),
+            mt: l.splat(mt),
+            ms: l.splat(ms),
+        },
+        int_pow,
+    };
     let nb = vp / LANES;
     let mut nms = l.splat(f32::NEG_INFINITY);
     let mut nmt = nms;
@@ -110,19 +119,7 @@ pub(super) fn row<L: Lanes>(
             nmt = l.gt_max(nmt, l.load(blk(&nt[b * LANES..b * LANES + LANES])));
         }
         let scratch_rows = (&mut et[..], &mut es[..], &mut e1s[..]);
-        let (rows, tails) = ((s, t), (&s_tail, &t_tail));
-        pass_b_at(
-            l,
-            b,
-            rows,
-            tails,
-            tail,
-            scratch_rows,
-            need_e1,
-            &mut acc,
-            &shift,
-            int_pow,
-        );
+        pass_b_at(l, b, &pass_b, scratch_rows, &mut acc);
     }
     let next_max = next.map_or((0.0, 0.0), |(ns, nt)| {
         finish_maxima(l, nms, nmt, &ns[tail..], &nt[tail..])

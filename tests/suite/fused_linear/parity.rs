@@ -289,9 +289,11 @@ fn handed_over_gradients_compose_with_the_rest_of_the_graph() {
         let (a, handed) = run(true);
         let (b, _) = run(false);
         compare(&format!("{name}: trunk, tied weight, scaled loss"), &a, &b);
+        // `KD_FUSED=0` turns the hand-over off with the kernels (the surrogate carries them).
+        let kernels_on = std::env::var("KD_FUSED").map_or(true, |v| v != "0");
         assert_eq!(
             handed,
-            *name != "ndarray",
+            *name != "ndarray" && kernels_on,
             "{name}: gradients handed over = {handed}"
         );
         report("fused_linear_handover", name, 4);

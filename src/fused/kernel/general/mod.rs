@@ -13,7 +13,7 @@
 
 use super::super::simd::{Block, LANES, Lanes};
 use super::passes::{
-    RowShift, RowValues, Scratch, blk, blk_mut, grad_block, ln_or_zero, logit_block, pad,
+    PassBRow, RowShift, RowValues, Scratch, blk, blk_mut, grad_block, ln_or_zero, logit_block, pad,
     pass_b_at, recip_or_one, row_maxima,
 };
 use super::row::REFINE_FACTOR;
@@ -277,26 +277,23 @@ pub(super) fn general_row<L: Lanes>(
     } = scratch;
     let zero = l.splat(0.0);
     let mut acc = [zero; 3];
-    let shift = RowShift::<L> {
-        scale: l.splat(inv_t * std::f32::consts::LOG2_E),
-        mt: l.splat(mt),
-        ms: l.splat(ms),
+    let pass_b = PassBRow::<L> {
+        s,
+        t,
+        s_tail: &s_tail,
+        t_tail: &t_tail,
+        tail,
+        need_e1,
+        shift: RowShift {
+            scale: l.splat(inv_t * std::f32::consts::LOG2_E),
+            mt: l.splat(mt),
+            ms: l.splat(ms),
+        },
+        int_pow,
     };
     for b in 0..nb {
         let scratch_rows = (&mut et[..], &mut es[..], &mut e1[..]);
-        let (rows, tails) = ((s, t), (&s_tail, &t_tail));
-        pass_b_at(
-            l,
-            b,
-            rows,
-            tails,
-            tail,
-            scratch_rows,
-            need_e1,
-            &mut acc,
-            &shift,
-            int_pow,
-        );
+        pass_b_at(l, b, &pass_b, scratch_rows, &mut acc);
     }
     let (st, ss) = (l.hsum(acc[0]), l.hsum(acc[1]));
     let s1 = if need_e1 { l.hsum(acc[2]) } else { ss };
