@@ -26,6 +26,10 @@
 //! backward pass must produce: here it is computed during the forward pass and held until the
 //! backward (as Liger-Kernel's fused losses do). `benches/chunked.rs` measures both paths.
 //!
+//! [`chunked_divergence`] is the same door as [`divergence`](crate::divergence::divergence):
+//! reduced on a backend with a fused kernel, the kernel runs (its working memory is that
+//! gradient alone), and the chunks above are its composed path.
+//!
 //! # Limits
 //! * Only the student's logits receive a gradient: a per-row temperature that is itself
 //!   tracked (a [learnable](crate::schedule::LearnableTemperature) one) is rejected — use the
@@ -38,8 +42,9 @@ use burn::tensor::Tensor;
 use crate::chunk::{eval_chunk, link, row_chunks};
 use crate::divergence::{Divergence, dense_rows};
 use crate::error::KdError;
+use crate::logits::door::{LogitKernel, logit_rows};
 use crate::reduction::RowLoss;
-use crate::rows::{assert_same_shape, flatten_rows};
+use crate::rows::{assert_same_shape, flatten_rows, flatten_rows_native, same_dtype};
 use crate::sparse::{SparseOptions, TopkTeacher, check_sparse_inputs, sparse_rows};
 use crate::temperature::{RowTemperature, T2Scaling};
 
@@ -126,6 +131,12 @@ fn untracked(t: RowTemperature) -> RowTemperature {
 /// r_i = s · D(softmax(student_i / T), softmax(teacher_i / T))        (as the unchunked loss)
 /// ```
 ///
+/// It is the same door as [`divergence`](crate::divergence::divergence): reduced where a fused
+/// kernel serves the tensors (Flex, CubeCL; a scalar temperature), the kernel runs, whose working
+/// memory is the student gradient alone (the floor of any backward pass), so no chunks are
+/// needed; the per-row values ([`RowLoss::values`]), a per-row temperature and the backends
+/// without a kernel take the composed path chunk by chunk.
+///
 /// # Shapes
 /// - `student_logits`, `teacher_logits`: `[..., V]`; returns a [`RowLoss`].
 ///
@@ -161,15 +172,24 @@ pub fn chunked_divergence<const D: usize>(
     if let Err(e) = divergence.validate() {
         panic!("{e}");
     }
+    assert!(chunk_rows > 0, "chunk_rows must be > 0, got 0");
     let temperature = untracked(temperature.into());
-    let (s, rows, v) = flatten_rows(student_logits);
-    let (t, _, _) = flatten_rows(teacher_logits.detach());
+    // In their own dtype, as `divergence`: the kernels read `f16`/`bf16` as they are.
+    let (s, rows, v) = flatten_rows_native(student_logits);
+    let (t, _, _) = flatten_rows_native(teacher_logits.detach());
     temperature.check_rows(s.dims()[0]);
-    let values = chunked_rows(s, chunk_rows, |sc, first, n| {
-        let tc = t.clone().narrow(0, first, n);
-        dense_rows(sc, tc, divergence, &temperature.narrow(first, n), scaling)
-    });
-    RowLoss::new(values, &rows, v)
+    let kernel = match &temperature {
+        RowTemperature::Scalar(t) => Some(LogitKernel::soft(divergence.kernel_kind(), *t, scaling)),
+        RowTemperature::PerRow(_) => None,
+    };
+    logit_rows(vec![s, t], &rows, v, kernel, None, move |x| {
+        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        let (s, t) = same_dtype(s, t);
+        chunked_rows(s, chunk_rows, |sc, first, n| {
+            let tc = t.clone().narrow(0, first, n);
+            dense_rows(sc, tc, divergence, &temperature.narrow(first, n), scaling)
+        })
+    })
 }
 
 /// [`sparse_divergence`](crate::sparse::sparse_divergence) evaluated `chunk_rows` rows at a

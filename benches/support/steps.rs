@@ -207,6 +207,7 @@ pub fn door_impls(case: &str) -> &'static [&'static str] {
             "flex-module",
             "flex-module-masked",
             "flex-soft-loss",
+            "flex-chunked",
             "flex-divergence-module",
             "flex-composed",
         ]
@@ -217,6 +218,7 @@ pub fn door_impls(case: &str) -> &'static [&'static str] {
             "flex-module",
             "flex-module-masked",
             "flex-soft-loss",
+            "flex-chunked",
             "flex-composed",
         ]
     } else if case.starts_with("door_ce") {
@@ -236,8 +238,8 @@ pub fn door_impls(case: &str) -> &'static [&'static str] {
 /// generalized JSD, β = 0.5, `T = 1`), `ce` (cross-entropy) or `mix` (`0.5·T²·KL + 0.5·CE`,
 /// `T = 2`), reduced with the row mean, through the door `imp` (see [`door_impls`]): the
 /// free function reduced (`fn`), after an all-true mask (`fn-masked`), the Module's `forward`
-/// (`module`) or `forward_masked` (`module-masked`), `soft_loss`, `DivergenceLoss` with the
-/// forward KL (`divergence-module`), `DistillationLoss` with `α = 0` (`distillation`), or the
+/// (`module`) or `forward_masked` (`module-masked`), `soft_loss`, `chunked_divergence` with
+/// 256-row chunks (`chunked`), `DivergenceLoss` with the forward KL (`divergence-module`), `DistillationLoss` with `α = 0` (`distillation`), or the
 /// composed reference.
 fn door_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
     use kd_losses::divergence::{DivergenceLossConfig, JsdConvention, divergence, soft_loss};
@@ -299,6 +301,10 @@ fn door_step(case: &str, shape: &[usize], imp: &str, dev: &Device) -> Step {
             (_, "module" | "divergence-module") => divergence_module.forward(x, t, red),
             (_, "module-masked") => divergence_module.forward_masked(x, t, &mask, red),
             (_, "soft-loss") => soft_loss(x, t, d, tt, T2Scaling::On, None, red),
+            #[cfg(feature = "chunked")]
+            (_, "chunked") => {
+                kd_losses::chunked::chunked_divergence(x, t, d, tt, T2Scaling::On, 256).reduce(red)
+            }
             _ => divergence(x, t, d, tt, T2Scaling::On).reduce_composed(red),
         };
         let grads = value.backward();

@@ -1,6 +1,6 @@
 //! One door to the kernels: every public way to a logit loss — the free function reduced (after a
 //! mask or not, every `Reduction` including the normalizer), the Module's `forward` /
-//! `forward_masked`, `soft_loss`, `CrossEntropyLoss`, `DistillationLoss` — runs the fused kernel
+//! `forward_masked`, `soft_loss`, `chunked_divergence`, `CrossEntropyLoss`, `DistillationLoss` — runs the fused kernel
 //! where one serves the tensors (counted by `kd_losses::fused::kernel_runs`), and the composed
 //! path elsewhere, with the value and student gradient of `RowLoss::reduce_composed`.
 
@@ -108,6 +108,23 @@ fn every_door_of_every_divergence_reaches_the_kernel() {
                             }),
                         ),
                     ];
+                    // The chunked form is the same door (its chunks are the composed path's).
+                    #[cfg(feature = "chunked")]
+                    doors.push((
+                        "chunked_divergence(..).reduce".into(),
+                        Box::new(move |x| {
+                            kd_losses::chunked::chunked_divergence(
+                                x,
+                                teacher(),
+                                d,
+                                temp,
+                                T2Scaling::On,
+                                4,
+                            )
+                            .masked_opt(m)
+                            .reduce(red)
+                        }),
+                    ));
                     if d == Divergence::ForwardKl {
                         let kl = SoftKlLossConfig::new().with_temperature(2.0).init();
                         doors.push((
