@@ -44,8 +44,10 @@ use crate::divergence::{Divergence, dense_rows};
 use crate::error::KdError;
 use crate::logits::door::{LogitKernel, logit_rows};
 use crate::reduction::RowLoss;
-use crate::rows::{assert_same_shape, flatten_rows, flatten_rows_native, same_dtype};
-use crate::sparse::{SparseOptions, TopkTeacher, check_sparse_inputs, sparse_rows};
+use crate::rows::{assert_same_shape, flatten_rows_native, same_dtype};
+use crate::sparse::{
+    SparseKernel, SparseOptions, TopkTeacher, check_sparse_inputs, sparse_row_loss, sparse_rows,
+};
 use crate::temperature::{RowTemperature, T2Scaling};
 
 /// Evaluates a row-wise loss `f` chunk by chunk, with the exact value and student gradient of
@@ -193,7 +195,8 @@ pub fn chunked_divergence<const D: usize>(
 }
 
 /// [`sparse_divergence`](crate::sparse::sparse_divergence) evaluated `chunk_rows` rows at a
-/// time (indices checked once, up front).
+/// time (indices checked once, up front). The same door as `sparse_divergence`: reduced where
+/// the top-k kernel serves the tensors, the kernel runs; the chunks are the composed path.
 ///
 /// ```text
 /// r_i = s · D(q_i, p_i)     over the k + 1 bins of the sparse module
@@ -234,23 +237,27 @@ pub fn chunked_sparse_divergence<const D: usize>(
     chunk_rows: usize,
 ) -> RowLoss {
     let v = check_sparse_inputs(&student_logits.dims(), &teacher, divergence, options);
+    assert!(chunk_rows > 0, "chunk_rows must be > 0, got 0");
     let temperature = untracked(temperature.into());
-    let (s, rows, _) = flatten_rows(student_logits);
+    let (s, rows, _) = flatten_rows_native(student_logits);
     let (idx, vals) = teacher.flat_rows();
     temperature.check_rows(s.dims()[0]);
-    let values = chunked_rows(s, chunk_rows, |sc, first, n| {
-        let tc = temperature.narrow(first, n);
-        let r = sparse_rows(
-            sc,
-            idx.clone().narrow(0, first, n),
-            vals.clone().narrow(0, first, n),
-            divergence,
-            options,
-            &tc,
-        );
-        tc.scale(r, scaling)
-    });
-    RowLoss::new(values, &rows, v)
+    let kernel = SparseKernel::new(divergence, options, &temperature, scaling);
+    let composed_idx = idx.clone();
+    sparse_row_loss(s, idx, vals, &rows, v, kernel, move |s, vals| {
+        chunked_rows(s, chunk_rows, |sc, first, n| {
+            let tc = temperature.narrow(first, n);
+            let r = sparse_rows(
+                sc,
+                composed_idx.clone().narrow(0, first, n),
+                vals.clone().narrow(0, first, n),
+                divergence,
+                options,
+                &tc,
+            );
+            tc.scale(r, scaling)
+        })
+    })
 }
 
 /// A `chunk_rows` that keeps one chunk's `f32` working set under `bytes` for vocabulary `v`,

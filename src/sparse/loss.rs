@@ -154,9 +154,6 @@ impl SparseKdLoss {
         reduction: Reduction,
     ) -> Tensor<1> {
         let (student_logits, teacher) = self.transformed(student_logits, teacher);
-        if let Some(loss) = self.fused(&student_logits, &teacher, None, reduction) {
-            return loss;
-        }
         self.rows(student_logits, teacher).reduce(reduction)
     }
 
@@ -172,9 +169,6 @@ impl SparseKdLoss {
         reduction: Reduction,
     ) -> Tensor<1> {
         let (student_logits, teacher) = self.transformed(student_logits, teacher);
-        if let Some(loss) = self.fused(&student_logits, &teacher, Some(mask), reduction) {
-            return loss;
-        }
         self.rows(student_logits, teacher)
             .masked(mask)
             .reduce(reduction)
@@ -199,52 +193,10 @@ impl SparseKdLoss {
 
     fn kernel_supported(&self) -> bool {
         let c = &self.config;
-        self.divergence.kernel_kind() == crate::fused::SoftKind::ForwardKl
-            && c.missing_mass == MissingMass::Renormalize
-            && c.student_norm == StudentNorm::Full
-    }
-
-    /// The top-k kernel ([`crate::fused`], CubeCL backends) for the forward KL with
-    /// `Renormalize` + `Full` (the offline top-k logits of LLM distillation), or `None` (the
-    /// composed path runs, with the same result).
-    fn fused<const D: usize>(
-        &self,
-        student_logits: &Tensor<D>,
-        teacher: &TopkTeacher<D>,
-        mask: Option<&RowMask>,
-        reduction: Reduction,
-    ) -> Option<Tensor<1>> {
-        let c = &self.config;
         let options = SparseOptions {
             missing_mass: c.missing_mass,
             student_norm: c.student_norm,
         };
-        if !self.fused_available(student_logits) || teacher.values.dtype() != student_logits.dtype()
-        {
-            return None;
-        }
-        let dims = student_logits.dims();
-        let v = super::rows::check_sparse_inputs(&dims, teacher, self.divergence, options);
-        if let Some(m) = mask {
-            crate::rows::assert_same_dims("mask", m.dims(), &dims[..D - 1]);
-        }
-        let t = Temperature::new(c.temperature).unwrap_or_else(|e| panic!("{e}"));
-        let scaling = T2Scaling::from_flag(c.t2_scaling);
-        let weights = crate::reduction::row_weights(
-            mask.map(RowMask::flat),
-            &dims[..D - 1],
-            v,
-            reduction,
-            &student_logits.device(),
-        );
-        let (indices, values) = teacher.flat_rows();
-        crate::fused::sparse_kl(
-            student_logits,
-            indices,
-            values,
-            weights,
-            t.get(),
-            scaling.factor(t),
-        )
+        super::rows::supported(self.divergence, options)
     }
 }

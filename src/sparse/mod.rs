@@ -43,7 +43,7 @@ mod rows;
 
 pub use loss::{SparseKdLoss, SparseKdLossConfig};
 #[cfg(feature = "chunked")]
-pub(crate) use rows::{check_sparse_inputs, sparse_rows};
+pub(crate) use rows::{SparseKernel, check_sparse_inputs, sparse_row_loss, sparse_rows};
 pub use rows::{sparse_divergence, topk_kd};
 
 use crate::error::KdError;

@@ -5,8 +5,10 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use super::{MissingMass, SparseOptions, StudentNorm, TopkSpace, TopkTeacher, check_topk_indices};
 use crate::divergence::Divergence;
-use crate::reduction::RowLoss;
-use crate::rows::{flatten_rows, point_masses, row_logsumexp};
+use std::sync::Arc;
+
+use crate::reduction::{RowLoss, row_weights};
+use crate::rows::{at_least_f32, flatten_rows_native, point_masses, row_logsumexp};
 use crate::temperature::{RowTemperature, T2Scaling};
 
 /// Any [`Divergence`](crate::divergence::Divergence) between the student and a top-k teacher, per row; see the
@@ -54,11 +56,94 @@ pub fn sparse_divergence<const D: usize>(
 ) -> RowLoss {
     let v = check_sparse_inputs(&student_logits.dims(), &teacher, divergence, options);
     let temperature = temperature.into();
-    let (s, rows, _) = flatten_rows(student_logits);
+    // In its own dtype: the top-k kernel reads `f16`/`bf16` as they are; the rows widen.
+    let (s, rows, _) = flatten_rows_native(student_logits);
     let (idx, vals) = teacher.flat_rows();
     temperature.check_rows(s.dims()[0]);
-    let values = sparse_rows(s, idx, vals, divergence, options, &temperature);
-    RowLoss::new(temperature.scale(values, scaling), &rows, v)
+    let kernel = SparseKernel::new(divergence, options, &temperature, scaling);
+    let composed_idx = idx.clone();
+    sparse_row_loss(s, idx, vals, &rows, v, kernel, move |s, vals| {
+        let values = sparse_rows(
+            s,
+            composed_idx.clone(),
+            vals,
+            divergence,
+            options,
+            &temperature,
+        );
+        temperature.scale(values, scaling)
+    })
+}
+
+/// The top-k kernel's parameters for a loss it computes (the forward KL with
+/// `MissingMass::Renormalize` and `StudentNorm::Full`, a scalar temperature): `(T, s)`.
+#[derive(Clone, Copy)]
+pub(crate) struct SparseKernel {
+    temperature: f64,
+    soft_scale: f64,
+}
+
+impl SparseKernel {
+    /// `None` for what the kernel does not compute.
+    pub(crate) fn new(
+        divergence: Divergence,
+        options: SparseOptions,
+        temperature: &RowTemperature,
+        scaling: T2Scaling,
+    ) -> Option<Self> {
+        let RowTemperature::Scalar(t) = temperature else {
+            return None;
+        };
+        supported(divergence, options).then(|| SparseKernel {
+            temperature: t.get(),
+            soft_scale: scaling.factor(*t),
+        })
+    }
+}
+
+/// Whether the top-k kernel computes `divergence` with `options`.
+pub(crate) fn supported(divergence: Divergence, options: SparseOptions) -> bool {
+    divergence.kernel_kind() == crate::fused::SoftKind::ForwardKl
+        && options.missing_mass == MissingMass::Renormalize
+        && options.student_norm == StudentNorm::Full
+}
+
+/// The one door of the top-k losses: rows of `[R, V]` student logits `s` (its own dtype) against
+/// `[R, k]` teacher entries, computed on demand by `rows(s widened to f32, vals)` (the composed
+/// path, plain or chunked), with the top-k kernel as their reduction where it serves the
+/// tensors (CubeCL backends; the teacher's values in the student's dtype).
+pub(crate) fn sparse_row_loss(
+    s: Tensor<2>,
+    idx: Tensor<2, Int>,
+    vals: Tensor<2>,
+    row_dims: &[usize],
+    v: usize,
+    kernel: Option<SparseKernel>,
+    rows: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<1> + Send + Sync + 'static,
+) -> RowLoss {
+    let loss = RowLoss::from_rows(vec![s, vals], row_dims, v, move |x| {
+        let [s, vals] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
+        rows(at_least_f32(s), vals)
+    });
+    let Some(kernel) = kernel else {
+        return loss;
+    };
+    let dims = row_dims.to_vec();
+    loss.with_fused_reduction(Arc::new(move |inputs, keep, reduction| {
+        let (s, vals) = (&inputs[0], &inputs[1]);
+        if vals.dtype() != s.dtype() {
+            return None;
+        }
+        let weights = row_weights(keep.cloned(), &dims, v, reduction, &s.device());
+        crate::fused::sparse_kl(
+            s,
+            idx.clone(),
+            vals.clone(),
+            weights,
+            kernel.temperature,
+            kernel.soft_scale,
+        )
+    }))
 }
 
 /// Validates a sparse call (shapes, divergence parameters, indices, option combinations) and

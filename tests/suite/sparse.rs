@@ -279,28 +279,39 @@ fn topk_kernel_matches_composed() {
                             name == "wgpu",
                             "{name}: the top-k kernel serves the CubeCL backends"
                         );
-                        let run = |fused: bool| {
+                        // 0: the Module; 1: the free function reduced (the same door);
+                        // 2: the composed reference.
+                        let run = |door: u8| {
                             let st = floats(s.clone(), [b, sq, v], &device).require_grad();
                             let teacher = TopkTeacher::from_logits(
                                 ints(ids.clone(), [b, sq, k], &device),
                                 floats(vals.clone(), [b, sq, k], &device),
                             );
-                            let out = match (fused, masked) {
-                                (true, false) => loss.forward(st.clone(), teacher, red),
-                                (true, true) => {
-                                    loss.forward_masked(st.clone(), teacher, &mask, red)
-                                }
-                                (false, m) => sparse_divergence(
-                                    st.clone(),
+                            let rows = |st: Tensor<3>, teacher| {
+                                sparse_divergence(
+                                    st,
                                     teacher,
                                     Divergence::ForwardKl,
                                     SparseOptions::default(),
                                     Temperature::new(temp).unwrap(),
                                     T2Scaling::On,
                                 )
-                                .masked_opt(if m { Some(&mask) } else { None })
-                                .reduce(red),
+                                .masked_opt(if masked {
+                                    Some(&mask)
+                                } else {
+                                    None
+                                })
                             };
+                            let before = kd_losses::fused::kernel_runs();
+                            let out = match (door, masked) {
+                                (0, false) => loss.forward(st.clone(), teacher, red),
+                                (0, true) => loss.forward_masked(st.clone(), teacher, &mask, red),
+                                (1, _) => rows(st.clone(), teacher).reduce(red),
+                                _ => rows(st.clone(), teacher).reduce_composed(red),
+                            };
+                            let ran = kd_losses::fused::kernel_runs() - before;
+                            let expected = u64::from(door < 2 && sparse_on_gpu);
+                            assert_eq!(ran, expected, "{name} door {door}: kernel runs");
                             let value = scalar(out.clone());
                             // The masked runs differentiate a scaled loss: the kept gradient is
                             // scaled by the upstream gradient (on the device on CubeCL).
@@ -310,25 +321,29 @@ fn topk_kernel_matches_composed() {
                                 to_vec(st.grad(&out.mul_scalar(c).backward()).unwrap()),
                             )
                         };
-                        let ((va, ga), (vb, gb)) = (run(true), run(false));
-                        let what = format!("{name} k={k} T={temp} {rn} masked={masked}");
-                        if !vb.is_finite() {
-                            assert_eq!(va, vb, "{what}: fused vs composed");
-                            checks += 1;
-                            continue;
-                        }
-                        assert!(
-                            (va - vb).abs() <= 2e-5 * vb.abs().max(1.0),
-                            "{what}: fused {va} vs composed {vb}"
-                        );
-                        let scale = gb.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                        for (i, (x, y)) in ga.iter().zip(&gb).enumerate() {
+                        let (vb, gb) = run(2);
+                        for door in [0, 1] {
+                            let (va, ga) = run(door);
+                            let what =
+                                format!("{name} k={k} T={temp} {rn} masked={masked} door {door}");
+                            if !vb.is_finite() {
+                                assert_eq!(va, vb, "{what}: fused vs composed");
+                                checks += 1;
+                                continue;
+                            }
                             assert!(
-                                (x - y).abs() <= 2e-5 * scale.max(1e-3),
-                                "{what}: grad[{i}] fused {x} vs composed {y}"
+                                (va - vb).abs() <= 2e-5 * vb.abs().max(1.0),
+                                "{what}: fused {va} vs composed {vb}"
                             );
+                            let scale = gb.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                            for (i, (x, y)) in ga.iter().zip(&gb).enumerate() {
+                                assert!(
+                                    (x - y).abs() <= 2e-5 * scale.max(1e-3),
+                                    "{what}: grad[{i}] fused {x} vs composed {y}"
+                                );
+                            }
+                            checks += 2;
                         }
-                        checks += 2;
                     }
                 }
             }
@@ -361,7 +376,7 @@ fn topk_kernel_matches_composed() {
                     Temperature::new(2.0).unwrap(),
                     T2Scaling::On,
                 )
-                .reduce(Reduction::BatchMean),
+                .reduce_composed(Reduction::BatchMean),
             );
             assert!(
                 (va - vb).abs() <= 1e-4 * vb.abs().max(1.0),
