@@ -40,11 +40,10 @@
 use burn::tensor::Tensor;
 
 use crate::chunk::{eval_chunk, link, row_chunks};
-use crate::divergence::{Divergence, dense_rows};
+use crate::divergence::{Divergence, dense_kernel, dense_row_loss, dense_rows};
 use crate::error::KdError;
-use crate::logits::door::{LogitKernel, logit_rows};
 use crate::reduction::RowLoss;
-use crate::rows::{assert_same_shape, flatten_rows_native, same_dtype};
+use crate::rows::{assert_same_shape, flatten_rows_native};
 use crate::sparse::{
     SparseKernel, SparseOptions, TopkTeacher, check_sparse_inputs, sparse_row_loss, sparse_rows,
 };
@@ -180,13 +179,8 @@ pub fn chunked_divergence<const D: usize>(
     let (s, rows, v) = flatten_rows_native(student_logits);
     let (t, _, _) = flatten_rows_native(teacher_logits.detach());
     temperature.check_rows(s.dims()[0]);
-    let kernel = match &temperature {
-        RowTemperature::Scalar(t) => Some(LogitKernel::soft(divergence.kernel_kind(), *t, scaling)),
-        RowTemperature::PerRow(_) => None,
-    };
-    logit_rows(vec![s, t], &rows, v, kernel, None, move |x| {
-        let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
-        let (s, t) = same_dtype(s, t);
+    let kernel = dense_kernel(divergence, &temperature, scaling);
+    dense_row_loss(s, t, &rows, v, kernel, move |s, t| {
         chunked_rows(s, chunk_rows, |sc, first, n| {
             let tc = t.clone().narrow(0, first, n);
             dense_rows(sc, tc, divergence, &temperature.narrow(first, n), scaling)

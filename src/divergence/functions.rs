@@ -59,14 +59,39 @@ pub fn divergence<const D: usize>(
     let (s, rows, v) = flatten_rows_native(student_logits);
     let (t, _, _) = flatten_rows_native(teacher_logits.detach());
     temperature.check_rows(s.dims()[0]);
-    let kernel = match &temperature {
+    let kernel = dense_kernel(divergence, &temperature, scaling);
+    dense_row_loss(s, t, &rows, v, kernel, move |s, t| {
+        dense_rows(s, t, divergence, &temperature, scaling)
+    })
+}
+
+/// The logit kernel of a divergence at a scalar temperature (`None` for a per-row one).
+pub(crate) fn dense_kernel(
+    divergence: Divergence,
+    temperature: &RowTemperature,
+    scaling: T2Scaling,
+) -> Option<LogitKernel> {
+    match temperature {
         RowTemperature::Scalar(t) => Some(LogitKernel::soft(divergence.kernel_kind(), *t, scaling)),
         RowTemperature::PerRow(_) => None,
-    };
-    logit_rows(vec![s, t], &rows, v, kernel, None, move |x| {
+    }
+}
+
+/// The door of the dense divergences: rows of `[R, V]` student and (detached) teacher logits in
+/// their own dtype, computed on demand by `rows(s, t)` (the composed path, plain or chunked; the
+/// two widened to one dtype of at least `f32`), with `kernel` as their reduction.
+pub(crate) fn dense_row_loss(
+    s: Tensor<2>,
+    t: Tensor<2>,
+    row_dims: &[usize],
+    v: usize,
+    kernel: Option<LogitKernel>,
+    rows: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<1> + Send + Sync + 'static,
+) -> RowLoss {
+    logit_rows(vec![s, t], row_dims, v, kernel, None, move |x| {
         let [s, t] = <[Tensor<2>; 2]>::try_from(x).expect("two inputs");
         let (s, t) = same_dtype(s, t);
-        dense_rows(s, t, divergence, &temperature, scaling)
+        rows(s, t)
     })
 }
 

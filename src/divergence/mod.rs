@@ -69,7 +69,7 @@ mod loss;
 /// Re-exported from [`temperature`](crate::temperature), where it lives.
 pub use crate::temperature::RowTemperature;
 #[cfg(feature = "chunked")]
-pub(crate) use functions::dense_rows;
+pub(crate) use functions::{dense_kernel, dense_row_loss, dense_rows};
 pub use functions::{
     divergence, divergence_from_log_probs, generalized_jsd, reverse_kl, skew_kl, skew_reverse_kl,
     symmetric_kl, total_variation,

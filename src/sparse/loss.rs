@@ -174,8 +174,9 @@ impl SparseKdLoss {
             .reduce(reduction)
     }
 
-    /// Whether [`forward`](Self::forward) / [`forward_masked`](Self::forward_masked) run the
-    /// fused top-k kernel for `student_logits`: the forward KL with `MissingMass::Renormalize`
+    /// Whether [`forward`](Self::forward) / [`forward_masked`](Self::forward_masked) (and
+    /// [`sparse_divergence`]`(..).reduce(..)`, the same door) run the fused top-k kernel for
+    /// `student_logits`: the forward KL with `MissingMass::Renormalize`
     /// and `StudentNorm::Full` (the defaults) on a CubeCL backend (`gpu-kernel`), `f32`, `f16` or
     /// `bf16`. Elsewhere the composed path runs, with the same results.
     ///

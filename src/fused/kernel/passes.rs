@@ -133,6 +133,18 @@ pub(super) struct RowShift<L: Lanes> {
     pub(super) ms: L::V,
 }
 
+impl<L: Lanes> RowShift<L> {
+    /// The shift of a row with maxima `mt`, `ms` at `1/T = inv_t`.
+    #[inline(always)]
+    pub(super) fn new(l: L, inv_t: f32, mt: f32, ms: f32) -> Self {
+        RowShift {
+            scale: l.splat(inv_t * std::f32::consts::LOG2_E),
+            mt: l.splat(mt),
+            ms: l.splat(ms),
+        }
+    }
+}
+
 /// `log p − log q = ((t − m_t) − (s − m_s))/T + c0` per lane.
 #[inline(always)]
 pub(super) fn log_ratio<L: Lanes>(l: L, s: L::V, t: L::V, k: &PassC<L>) -> L::V {

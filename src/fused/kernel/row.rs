@@ -101,11 +101,7 @@ pub(super) fn row<L: Lanes>(
         t_tail: &t_tail,
         tail,
         need_e1,
-        shift: RowShift {
-            scale: l.splat(inv_t * std::f32::consts::LOG2_E),
-            mt: l.splat(mt),
-            ms: l.splat(ms),
-        },
+        shift: RowShift::new(l, inv_t, mt, ms),
         int_pow,
     };
     let nb = vp / LANES;

@@ -284,11 +284,7 @@ pub(super) fn general_row<L: Lanes>(
         t_tail: &t_tail,
         tail,
         need_e1,
-        shift: RowShift {
-            scale: l.splat(inv_t * std::f32::consts::LOG2_E),
-            mt: l.splat(mt),
-            ms: l.splat(ms),
-        },
+        shift: RowShift::new(l, inv_t, mt, ms),
         int_pow,
     };
     for b in 0..nb {
