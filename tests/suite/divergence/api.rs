@@ -142,3 +142,56 @@ fn total_variation_is_in_unit_interval_and_skew_is_bounded() {
     let v = scalar(skew_kl(s, t, 0.25, t1(), T2Scaling::Off).reduce(Reduction::Sum));
     assert!((v - 4f64.ln()).abs() < 1e-4, "{v}");
 }
+
+// ----------------------------------------------------------------- from log-probabilities
+
+/// `divergence_from_log_probs` on `log_softmax` inputs is `divergence` at `T = 1` without `T²`:
+/// every divergence, per-row values and the student gradient, on every backend (the composed
+/// rows of one against the door of the other), an entry `-inf` in both and a masked row.
+#[test]
+fn from_log_probs_equals_divergence_of_the_logits() {
+    use burn::tensor::activation::log_softmax;
+    use kd_losses::divergence::{divergence, divergence_from_log_probs};
+    let (r, v) = (5usize, 11usize);
+    let mut s = lcg(r * v, 301, 3.0);
+    let mut t = lcg(r * v, 302, 3.0);
+    // An entry both models exclude (a finite value for every divergence).
+    s[7] = f32::NEG_INFINITY;
+    t[7] = f32::NEG_INFINITY;
+    for (name, device) in devices() {
+        let mask = RowMask::new(bools((0..r).map(|i| i != 2).collect(), [r], &device));
+        let mut checks = 0;
+        for d in every_divergence() {
+            let run = |from_log_probs: bool| {
+                let x = floats(s.clone(), [r, v], &device).require_grad();
+                let tt = floats(t.clone(), [r, v], &device);
+                let rows = if from_log_probs {
+                    divergence_from_log_probs(log_softmax(x.clone(), 1), log_softmax(tt, 1), d)
+                } else {
+                    divergence(x.clone(), tt, d, Temperature::ONE, T2Scaling::Off)
+                };
+                let values = to_vec(rows.values());
+                let loss = rows.masked(&mask).reduce(Reduction::RowMean);
+                let g = to_vec(x.grad(&loss.backward()).expect("student gradient"));
+                (values, g)
+            };
+            let ((va, ga), (vb, gb)) = (run(true), run(false));
+            let what = format!("{name} {}", d.name());
+            for (i, (a, b)) in va.iter().zip(&vb).enumerate() {
+                assert!(
+                    (a - b).abs() <= 2e-5 * b.abs().max(1.0) || (a.is_infinite() && a == b),
+                    "{what}: row {i} from log-probs {a} vs divergence {b}"
+                );
+            }
+            let scale = gb.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
+            for (i, (a, b)) in ga.iter().zip(&gb).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * scale,
+                    "{what}: gradient[{i}] {a} vs {b}"
+                );
+            }
+            checks += 1;
+        }
+        report("divergence_from_log_probs", name, checks);
+    }
+}
