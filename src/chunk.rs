@@ -59,14 +59,8 @@ pub(crate) fn eval_chunk<const K: usize>(
     for t in terms.iter_mut().skip(1) {
         *t = t.clone().inner();
     }
-    let first = &terms[0];
-    let grad = if first.is_tracked() {
-        let sum = if first.dims()[0] == 1 {
-            first.clone()
-        } else {
-            first.clone().sum()
-        };
-        leaf.grad(&sum.backward())
+    let grad = if terms[0].is_tracked() {
+        leaf.grad(&terms[0].clone().sum().backward())
     } else {
         None
     }

@@ -88,15 +88,42 @@ pub(super) fn pass_b_block<L: Lanes, const E1: bool>(
     }
 }
 
-/// What pass B reads of one row: the logits (the tail block from the padded copies), the shift,
-/// and whether the `T = 1` exponentials of the hard term are needed (`int_pow`: `1/T` when it
-/// is a whole number, for the integer-power shortcut, else 0).
-pub(super) struct PassBRow<'a, L: Lanes> {
-    pub(super) s: &'a [f32],
-    pub(super) t: &'a [f32],
-    pub(super) s_tail: &'a Block,
-    pub(super) t_tail: &'a Block,
-    pub(super) tail: usize,
+/// One row's logits and their tail block padded with `-inf`, built once per row: every pass
+/// loads its blocks through [`block`](Self::block).
+pub(super) struct RowLogits<'a> {
+    s: &'a [f32],
+    t: &'a [f32],
+    s_tail: Block,
+    t_tail: Block,
+    tail: usize,
+}
+
+impl<'a> RowLogits<'a> {
+    pub(super) fn new(s: &'a [f32], t: &'a [f32]) -> Self {
+        let tail = s.len() - s.len() % LANES;
+        RowLogits {
+            s,
+            t,
+            s_tail: pad(&s[tail..]),
+            t_tail: pad(&t[tail..]),
+            tail,
+        }
+    }
+
+    /// Block `b` of the student's and the teacher's logits.
+    #[inline(always)]
+    pub(super) fn block<L: Lanes>(&self, l: L, b: usize) -> (L::V, L::V) {
+        (
+            l.load(logit_block(self.s, &self.s_tail, b, self.tail)),
+            l.load(logit_block(self.t, &self.t_tail, b, self.tail)),
+        )
+    }
+}
+
+/// What pass B reads of one row besides its logits: the shift, and whether the `T = 1`
+/// exponentials of the hard term are needed (`int_pow`: `1/T` when it is a whole number, for
+/// the integer-power shortcut, else 0).
+pub(super) struct PassBRow<L: Lanes> {
     pub(super) need_e1: bool,
     pub(super) shift: RowShift<L>,
     pub(super) int_pow: u32,
@@ -108,12 +135,12 @@ pub(super) struct PassBRow<'a, L: Lanes> {
 pub(super) fn pass_b_at<L: Lanes>(
     l: L,
     b: usize,
-    row: &PassBRow<'_, L>,
+    logits: &RowLogits<'_>,
+    row: &PassBRow<L>,
     (et, es, e1): (&mut [f32], &mut [f32], &mut [f32]),
     acc: &mut [L::V; 3],
 ) {
-    let sb = l.load(logit_block(row.s, row.s_tail, b, row.tail));
-    let tb = l.load(logit_block(row.t, row.t_tail, b, row.tail));
+    let (sb, tb) = logits.block(l, b);
     let etb = blk_mut(&mut et[b * LANES..b * LANES + LANES]);
     let esb = blk_mut(&mut es[b * LANES..b * LANES + LANES]);
     let (shift, int_pow) = (&row.shift, row.int_pow);

@@ -93,13 +93,8 @@ pub(super) fn row<L: Lanes>(
     );
     let zero = l.splat(0.0);
     let mut acc = [zero; 3];
-    let (s_tail, t_tail) = (pad(&s[tail..]), pad(&t[tail..]));
+    let logits = RowLogits::new(s, t);
     let pass_b = PassBRow::<L> {
-        s,
-        t,
-        s_tail: &s_tail,
-        t_tail: &t_tail,
-        tail,
         need_e1,
         shift: RowShift::new(l, inv_t, mt, ms),
         int_pow,
@@ -115,7 +110,7 @@ pub(super) fn row<L: Lanes>(
             nmt = l.gt_max(nmt, l.load(blk(&nt[b * LANES..b * LANES + LANES])));
         }
         let scratch_rows = (&mut et[..], &mut es[..], &mut e1s[..]);
-        pass_b_at(l, b, &pass_b, scratch_rows, &mut acc);
+        pass_b_at(l, b, &logits, &pass_b, scratch_rows, &mut acc);
     }
     let next_max = next.map_or((0.0, 0.0), |(ns, nt)| {
         finish_maxima(l, nms, nmt, &ns[tail..], &nt[tail..])
@@ -166,8 +161,7 @@ pub(super) fn row<L: Lanes>(
     let mut gtail = [0.0f32; LANES];
     let mut grad = grad;
     for b in 0..nb {
-        let sb = l.load(logit_block(s, &s_tail, b, tail));
-        let tb = l.load(logit_block(t, &t_tail, b, tail));
+        let (sb, tb) = logits.block(l, b);
         let esb = l.load(blk(&es[b * LANES..b * LANES + LANES]));
         match p.kind {
             SoftKind::ForwardKl => {
@@ -224,8 +218,7 @@ pub(super) fn row<L: Lanes>(
     if let (Some(g), SoftKind::ReverseKl) = (grad.as_deref_mut(), p.kind) {
         let neg_div = l.splat(-div);
         for b in 0..nb {
-            let sb = l.load(logit_block(s, &s_tail, b, tail));
-            let tb = l.load(logit_block(t, &t_tail, b, tail));
+            let (sb, tb) = logits.block(l, b);
             let esb = l.load(blk(&es[b * LANES..b * LANES + LANES]));
             let e1b = l.load(blk(&e1[b * LANES..b * LANES + LANES]));
             let gb = grad_block(g, &mut gtail, b, tail);

@@ -13,7 +13,7 @@
 
 use super::super::simd::{Block, LANES, Lanes};
 use super::passes::{
-    PassBRow, RowShift, RowValues, Scratch, blk, blk_mut, grad_block, ln_or_zero, logit_block, pad,
+    PassBRow, RowLogits, RowShift, RowValues, Scratch, blk, blk_mut, grad_block, ln_or_zero,
     pass_b_at, recip_or_one, row_maxima,
 };
 use super::row::REFINE_FACTOR;
@@ -175,11 +175,7 @@ fn value_block<L: Lanes, const D2: bool, const QG: bool>(
 
 /// One row's logits (the tail block padded) and exponentials.
 struct Row<'a> {
-    s: &'a [f32],
-    t: &'a [f32],
-    s_tail: &'a Block,
-    t_tail: &'a Block,
-    tail: usize,
+    logits: &'a RowLogits<'a>,
     et: &'a [f32],
     es: &'a [f32],
 }
@@ -201,8 +197,7 @@ fn value_pass<L: Lanes, const D2: bool, const QG: bool>(
     };
     let mut spare = [0.0f32; LANES];
     for b in 0..row.et.len() / LANES {
-        let sb = l.load(logit_block(row.s, row.s_tail, b, row.tail));
-        let tb = l.load(logit_block(row.t, row.t_tail, b, row.tail));
+        let (sb, tb) = row.logits.block(l, b);
         let etb = l.load(blk(&row.et[b * LANES..b * LANES + LANES]));
         let esb = l.load(blk(&row.es[b * LANES..b * LANES + LANES]));
         let qgb = if QG {
@@ -261,7 +256,7 @@ pub(super) fn general_row<L: Lanes>(
     let tail = v - v % LANES;
     let vp = v.div_ceil(LANES) * LANES;
     let nb = vp / LANES;
-    let (s_tail, t_tail) = (pad(&s[tail..]), pad(&t[tail..]));
+    let logits = RowLogits::new(s, t);
 
     // Exponentials and their sums.
     scratch.et.resize(vp, 0.0);
@@ -278,18 +273,13 @@ pub(super) fn general_row<L: Lanes>(
     let zero = l.splat(0.0);
     let mut acc = [zero; 3];
     let pass_b = PassBRow::<L> {
-        s,
-        t,
-        s_tail: &s_tail,
-        t_tail: &t_tail,
-        tail,
         need_e1,
         shift: RowShift::new(l, inv_t, mt, ms),
         int_pow,
     };
     for b in 0..nb {
         let scratch_rows = (&mut et[..], &mut es[..], &mut e1[..]);
-        pass_b_at(l, b, &pass_b, scratch_rows, &mut acc);
+        pass_b_at(l, b, &logits, &pass_b, scratch_rows, &mut acc);
     }
     let (st, ss) = (l.hsum(acc[0]), l.hsum(acc[1]));
     let s1 = if need_e1 { l.hsum(acc[2]) } else { ss };
@@ -318,11 +308,7 @@ pub(super) fn general_row<L: Lanes>(
 
     // The divergence's sums and q·∂D/∂q per entry.
     let rows = Row {
-        s,
-        t,
-        s_tail: &s_tail,
-        t_tail: &t_tail,
-        tail,
+        logits: &logits,
         et: &et[..],
         es: &es[..],
     };
