@@ -220,9 +220,78 @@ pub(crate) fn kd_terms<const D: usize>(
     if teacher_logits.dtype() != student_logits.dtype() {
         return None;
     }
+    let (inputs, params) = kd_inputs(
+        student_logits.clone(),
+        teacher_logits.clone(),
+        labels,
+        weights,
+        params,
+    );
+    let mut out = None;
+    for_each_probe!(|p| if out.is_none() {
+        out = p.kd(&inputs, params);
+    });
+    counted(out).map(|t: route::Terms| (t.total, t.soft, t.hard))
+}
+
+/// [`kd_terms`] and the gradient of the total w.r.t. the student, for logits outside autodiff
+/// taken by value: on the CPU kernel the gradient is written over the student's buffer when
+/// nothing else holds it (a chunk's logits in the LM head's loop), so the pass needs no second
+/// `[R, V]` tensor. The inputs back where no kernel runs or an input is tracked.
+#[allow(clippy::type_complexity, clippy::result_large_err)]
+pub(crate) fn kd_terms_grad<const D: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    labels: Option<Tensor<1, Int>>,
+    weights: Tensor<1>,
+    params: KdParams,
+) -> Result<([Tensor<1>; 3], Tensor<D>), (Tensor<D>, Tensor<D>)> {
+    let untracked = !student_logits.is_autodiff() && !teacher_logits.is_autodiff();
+    if !untracked
+        || teacher_logits.dtype() != student_logits.dtype()
+        || !serves(&student_logits, params.kind)
+    {
+        return Err((student_logits, teacher_logits));
+    }
+    let dims = student_logits.dims();
+    // Labels and weights built from an autodiff device's labels: constants, beside the logits.
+    let labels = labels.map(Tensor::inner);
+    let weights = weights.inner();
+    let (inputs, params) = kd_inputs(student_logits, teacher_logits, labels, weights, params);
+    let params = KernelParams {
+        grad_soft: params.alpha,
+        grad_hard: params.beta,
+        ..params
+    };
+    let mut out = Err(inputs);
+    for_each_probe!(|p| {
+        out = match out {
+            Err(inputs) => p.kd_grad(inputs, params),
+            done => done,
+        }
+    });
+    match out {
+        Ok((values, grad)) => {
+            counted(Some(()));
+            let term = |k: usize| values.clone().narrow(0, k, 1);
+            Ok(([term(0), term(1), term(2)], grad.reshape(dims)))
+        }
+        Err(inputs) => Err((inputs.student.reshape(dims), inputs.teacher.reshape(dims))),
+    }
+}
+
+/// The kernel's inputs (`[R, V]` rows, the teacher detached, `f32` weights) and parameters
+/// (no gradient asked for).
+fn kd_inputs<const D: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    labels: Option<Tensor<1, Int>>,
+    weights: Tensor<1>,
+    params: KdParams,
+) -> (KdInputs, KernelParams) {
     let device = student_logits.device();
-    let s = as_rows(student_logits.clone());
-    let t = as_rows(teacher_logits.clone().detach());
+    let s = as_rows(student_logits);
+    let t = as_rows(teacher_logits.detach());
     let r = s.dims()[0];
     let has_hard = labels.is_some();
     let labels = labels.unwrap_or_else(|| Tensor::<1, Int>::zeros([r], &device));
@@ -244,11 +313,7 @@ pub(crate) fn kd_terms<const D: usize>(
         // The kernels read f32 weights whatever the device's default float dtype is.
         weights: weights.detach().cast(burn::tensor::DType::F32),
     };
-    let mut out = None;
-    for_each_probe!(|p| if out.is_none() {
-        out = p.kd(&inputs, params);
-    });
-    counted(out).map(|t: route::Terms| (t.total, t.soft, t.hard))
+    (inputs, params)
 }
 
 /// Whether the top-k teacher kernel (forward KL, `Renormalize`, `Full`) runs for `logits`: the

@@ -79,6 +79,16 @@ pub(crate) trait Kernel {
     fn serves(&self, x: &Tensor<2>, dtype: burn::tensor::DType, kind: SoftKind) -> bool;
     /// The fused logit operation on this backend, or `None` if an input lives elsewhere.
     fn kd(&self, inputs: &KdInputs, params: KernelParams) -> Option<Terms>;
+    /// The fused logit operation's values (`[3]`: `α·S + β·H`, `S`, `H`) and the gradient of
+    /// `grad_soft · S + grad_hard · H` w.r.t. the student, for tensors outside autodiff, taken
+    /// by value (the CPU kernel writes the gradient over a student it alone owns); the inputs
+    /// back if one lives elsewhere.
+    #[allow(clippy::result_large_err)]
+    fn kd_grad(
+        &self,
+        inputs: KdInputs,
+        params: KernelParams,
+    ) -> Result<(Tensor<1>, Tensor<2>), KdInputs>;
     /// Whether `x` lives on this backend and the top-k kernel runs on `dtype` logits.
     fn serves_sparse(&self, x: &Tensor<2>, dtype: burn::tensor::DType) -> bool;
     /// The top-k teacher operation (`[1]`), or `None`.
@@ -98,6 +108,15 @@ pub(crate) trait NoKernel {
     /// `None`.
     fn kd(&self, _inputs: &KdInputs, _params: KernelParams) -> Option<Terms> {
         None
+    }
+    /// The inputs back.
+    #[allow(clippy::result_large_err)]
+    fn kd_grad(
+        &self,
+        inputs: KdInputs,
+        _params: KernelParams,
+    ) -> Result<(Tensor<1>, Tensor<2>), KdInputs> {
+        Err(inputs)
     }
     /// `false`.
     fn serves_sparse(&self, _x: &Tensor<2>, _dtype: burn::tensor::DType) -> bool {
@@ -197,6 +216,43 @@ where
             soft: Tensor::<1>::from_primitive::<B>(soft),
             hard: Tensor::<1>::from_primitive::<B>(hard),
         })
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn kd_grad(
+        &self,
+        inputs: KdInputs,
+        params: KernelParams,
+    ) -> Result<(Tensor<1>, Tensor<2>), KdInputs> {
+        // Probe with clones (dropped at once), then consume: the student must reach the kernel
+        // as the only owner of its buffer.
+        let dtype = inputs.student.dtype();
+        let fits = primitive::<B, 2, _>(&inputs.student)
+            .is_some_and(|s| B::computes(dtype, params.kind, &s.device()))
+            && primitive::<B, 2, _>(&inputs.teacher).is_some()
+            && primitive::<B, 1, _>(&inputs.labels).is_some()
+            && primitive::<B, 1, _>(&inputs.weights).is_some();
+        if !fits {
+            return Err(inputs);
+        }
+        let KdInputs {
+            student,
+            teacher,
+            labels,
+            weights,
+        } = inputs;
+        let convert = "checked to convert";
+        let (values, grad) = B::kd_fused_values_grad(
+            student.try_into_primitive::<B>().expect(convert),
+            teacher.try_into_primitive::<B>().expect(convert),
+            labels.try_into_primitive::<B>().expect(convert),
+            weights.try_into_primitive::<B>().expect(convert),
+            params,
+        );
+        Ok((
+            Tensor::<1>::from_primitive::<B>(values),
+            Tensor::<2>::from_primitive::<B>(grad),
+        ))
     }
 
     fn serves_sparse(&self, x: &Tensor<2>, dtype: burn::tensor::DType) -> bool {

@@ -10,7 +10,7 @@ use super::{
     FusedLinearKdLoss, FusedLinearOutput, HeadGradients, LinearHead, LinearTeacher, auto_chunk_rows,
 };
 use crate::chunk::{eval_chunk, link, row_chunks, same_dtype};
-use crate::logits::combined::{Mix, Path, mixed_terms};
+use crate::logits::combined::{Mix, Path, mixed_terms, mixed_terms_and_grad};
 use crate::logits::{CrossEntropyOptions, cross_entropy};
 use crate::reduction::{Normalizer, Reduction, RowMask};
 use crate::sparse::{SparseKdLoss, TopkTeacher};
@@ -175,31 +175,54 @@ pub fn fused_linear_distillation(
         let h_c = hs.clone().narrow(0, first, rows);
         let (z_s, ha_c) = head.logits(h_c.clone());
         let y_c = labels.clone().narrow(0, first, rows);
+        // The teacher's chunk: its logits (outside autodiff, in the student's dtype), or its
+        // stored top-k rows (taken in the closure below).
+        let z_t = match &teacher {
+            LinearTeacher::Head { hidden, head } => {
+                Some(head.logits(hidden.clone().narrow(0, first, rows)).0)
+            }
+            LinearTeacher::Logits(t) => Some(t.clone().narrow(0, first, rows)),
+            LinearTeacher::Topk(_) => None,
+        }
+        .map(|z_t| same_dtype(z_t.to_device(&inner_device), z_s.dtype()));
+        // With a gradient to compute and the kernel serving the chunk: values and gradient in
+        // one pass outside autodiff, the gradient written over the chunk's own logits (one
+        // `[rows, V]` tensor fewer than a backward pass needs). Otherwise `eval_chunk`.
+        let direct = match z_t {
+            Some(z_t) if tracked && z_t.dims()[1] == v => {
+                match mixed_terms_and_grad(z_s, z_t, y_c.clone(), mix(loss), chunk_norm) {
+                    Ok((terms, g)) => Ok((terms, Some(g))),
+                    Err((z_s, z_t)) => Err((z_s, Some(z_t))),
+                }
+            }
+            z_t => Err((z_s, z_t)),
+        };
         // The chunk's logits (and the graph that held them) are gone when `eval_chunk`
         // returns, before the gradient products.
-        let ([total, soft, hard], g) = eval_chunk(z_s, tracked, |leaf| {
-            let autodiff = leaf.is_autodiff();
-            // The teacher in the student's autodiff context (a constant either way).
-            let dense = |z_t: Tensor<2>| {
-                let z_t = same_dtype(z_t.to_device(&inner_device), leaf.dtype());
-                if autodiff { z_t.autodiff() } else { z_t }
-            };
-            let (total, soft, hard) = match &teacher {
-                LinearTeacher::Head { hidden, head } => {
-                    let z_t = head.logits(hidden.clone().narrow(0, first, rows)).0;
-                    chunk_loss(loss, leaf.clone(), dense(z_t), y_c, chunk_norm)
-                }
-                LinearTeacher::Logits(t) => {
-                    let z_t = t.clone().narrow(0, first, rows);
-                    chunk_loss(loss, leaf.clone(), dense(z_t), y_c, chunk_norm)
-                }
-                LinearTeacher::Topk(t) => {
-                    let t_c = t.rows_on(first, rows, &inner_device, autodiff);
-                    let sparse = sparse.as_ref().expect("built for a top-k teacher");
-                    topk_chunk_loss(loss, sparse, leaf.clone(), t_c, y_c, chunk_norm)
-                }
-            };
-            [total, soft, hard]
+        let ([total, soft, hard], g) = direct.unwrap_or_else(|(z_s, z_t)| {
+            eval_chunk(z_s, tracked, |leaf| {
+                let (total, soft, hard) = match z_t {
+                    Some(z_t) => {
+                        // The teacher in the student's autodiff context (a constant either way).
+                        let z_t = same_dtype(z_t, leaf.dtype());
+                        let z_t = if leaf.is_autodiff() {
+                            z_t.autodiff()
+                        } else {
+                            z_t
+                        };
+                        chunk_loss(loss, leaf, z_t, y_c, chunk_norm)
+                    }
+                    None => {
+                        let LinearTeacher::Topk(t) = &teacher else {
+                            unreachable!("dense teachers have logits")
+                        };
+                        let t_c = t.rows_on(first, rows, &inner_device, leaf.is_autodiff());
+                        let sparse = sparse.as_ref().expect("built for a top-k teacher");
+                        topk_chunk_loss(loss, sparse, leaf, t_c, y_c, chunk_norm)
+                    }
+                };
+                [total, soft, hard]
+            })
         });
         values = Some(match values {
             Some((t, s, hh)) => (t.add(total), s.add(soft), hh.add(hard)),
@@ -212,11 +235,14 @@ pub fn fused_linear_distillation(
                 .as_ref()
                 .map(|(bt, _)| g.clone().matmul(bt.clone()));
             if let (Some(wt), Some(gh)) = (&ws_acc_t, grads.h.take()) {
-                let mut part = g.clone().matmul(wt.clone());
-                if let (Some(gb), Some((_, at))) = (&gb, &adapter_acc) {
-                    part = part.add(gb.clone().matmul(at.clone()));
-                }
-                grads.h = Some(gh.slice_assign([first..first + rows, 0..h], part));
+                grads.h = Some(match (&gb, &adapter_acc) {
+                    (Some(gb), Some((_, at))) => {
+                        let part = g.clone().matmul(wt.clone());
+                        let part = part.add(gb.clone().matmul(at.clone()));
+                        gh.slice_assign([first..first + rows, 0..h], part)
+                    }
+                    _ => set_rows_times(gh, first, &g, wt),
+                });
             }
             if computed.bias {
                 let gbias = g.clone().sum_dim(0).reshape([v]);
@@ -306,6 +332,21 @@ pub fn fused_linear_distillation(
     output(total, handed_over)
 }
 
+/// `acc` with rows `first..first + r` set to `g·wt` (`g`: `[r, V]`, `wt`: `[V, H]`): on Flex one
+/// GEMM into `acc`'s rows (no `[r, H]` product per chunk, which the allocator keeps), else the
+/// product assigned into them.
+fn set_rows_times(acc: Tensor<2>, first: usize, g: &Tensor<2>, wt: &Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "cpu-kernel")]
+    let acc =
+        match super::gemm::flex_set_rows_times_transposed(acc, first, g, &wt.clone().transpose()) {
+            Ok(acc) => return acc,
+            Err(acc) => acc,
+        };
+    let [r, _] = g.dims();
+    let [_, h] = acc.dims();
+    acc.slice_assign([first..first + r, 0..h], g.clone().matmul(wt.clone()))
+}
+
 /// One chunk's `(total, soft, hard)`, each reduced with the global normalizer.
 fn chunk_loss(
     loss: &FusedLinearKdLoss,
@@ -314,13 +355,18 @@ fn chunk_loss(
     labels: Tensor<1, Int>,
     reduction: Reduction,
 ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
-    let cfg = &loss.config;
     let (student, teacher) = if student.dims()[1] == teacher.dims()[1] {
         (student, teacher)
     } else {
-        align_vocab(student, teacher, cfg.vocab).unwrap_or_else(|e| panic!("{e}"))
+        align_vocab(student, teacher, loss.config.vocab).unwrap_or_else(|e| panic!("{e}"))
     };
-    let mix = Mix {
+    mixed_terms(student, teacher, labels, mix(loss), reduction, Path::Door)
+}
+
+/// The loss's soft and hard terms as the logit losses' [`Mix`].
+fn mix(loss: &FusedLinearKdLoss) -> Mix {
+    let cfg = &loss.config;
+    Mix {
         divergence: loss.divergence,
         temperature: loss.temperature(),
         scaling: loss.scaling(),
@@ -329,8 +375,7 @@ fn chunk_loss(
         ignore_index: cfg.ignore_index,
         student_transform: cfg.student_logits,
         teacher_transform: cfg.teacher_logits,
-    };
-    mixed_terms(student, teacher, labels, mix, reduction, Path::Door)
+    }
 }
 
 /// One chunk's `(total, soft, hard)` against a top-k teacher: the soft term is `sparse` (the

@@ -36,18 +36,20 @@
 //! and only the tensors that are tracked get a gradient.
 //!
 //! # Memory model
-//! Per chunk: the two `[chunk, V]` logits, the loss kernel's `[chunk, V]` gradient and one
-//! `[chunk, V]` temporary (the logits are dropped before the gradient products); across chunks:
-//! `∂L/∂W_s` (`[H, V]`, as large as `W_s`, and what any backward pass produces), to which each
-//! chunk's `h_cᵀ·g` is added 4 096 columns at a time (no second head-sized product), and
-//! `∂L/∂h_s` (`[N, H]`, written in place chunk by chunk). The backward pass hands the
+//! Per chunk: the two `[chunk, V]` logits. Where the fused kernel serves the chunk (Flex or
+//! CubeCL, no student transform, same vocabularies), its values and gradient come from one pass
+//! outside autodiff, and on Flex the kernel writes the gradient over the chunk's student logits
+//! (the teacher's are freed when the pass is done); elsewhere the chunk runs under autodiff on a
+//! fresh leaf and its gradient is a third `[chunk, V]` tensor. Across chunks: `∂L/∂W_s`
+//! (`[H, V]`, as large as `W_s`, and what any backward pass produces), to which each chunk's
+//! `h_cᵀ·g` is added by one in-place GEMM on Flex (elsewhere 4 096 columns at a time), and
+//! `∂L/∂h_s` (`[N, H]`, each chunk's rows written in place). The backward pass hands the
 //! accumulators over as the gradients (the surrogate's backward, on other backends, writes a
-//! copy of each). With the `cpu-kernel` feature the fused
-//! kernel's buffer cache (`kd_losses::fused::clear_buffer_cache`) is emptied after the chunks, so
-//! that its last chunk-sized buffer does not stay through the backward pass. The materialized
-//! path holds `[N, V]` student and teacher logits, the softmax stash and an `[N, V]` gradient.
-//! With the default chunk (see [`auto_chunk_rows`]) at `N = 8 192, H = 1 024, V = 32 000` in f32
-//! the step peaks at 0.36 GB over its inputs against 3.3 GB (11 %); `compare_peers` measures both
+//! copy of each). The materialized path holds `[N, V]` student and teacher logits, the softmax
+//! stash and an `[N, V]` gradient. With the default chunk (see [`auto_chunk_rows`]) at
+//! `N = 8 192, H = 1 024, V = 32 000` in f32 the step peaks at 0.245 GB over its inputs against
+//! 3.4 GB (7.2 %; up to 0.275 GB where glibc's heap keeps the products' packing blocks;
+//! `with_chunk_rows(Some(128))`: 0.22 GB, 6.6 %, and slower); `compare_peers` measures both
 //! (`fused_linear_8192x1024x32000`).
 //!
 //! # Limits

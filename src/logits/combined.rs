@@ -225,18 +225,9 @@ pub(crate) fn mixed_terms<const D: usize, const DL: usize>(
     let student_logits = mix.student_transform.apply(student_logits);
     let teacher_logits = mix.teacher_transform.apply(teacher_logits);
     if path == Path::Door {
-        let kernel = LogitKernel {
-            alpha: mix.alpha,
-            smoothing: mix.smoothing,
-            ..LogitKernel::soft(mix.divergence.kernel_kind(), mix.temperature, mix.scaling)
-        };
+        let kernel = mix.kernel();
         if crate::fused::serves(&student_logits, kernel.kind) {
-            if let Err(e) = check_labels(&labels, dims[D - 1], Some(mix.ignore_index)) {
-                panic!("labels: {e}");
-            }
-            let flat = crate::rows::flatten_labels(labels.clone());
-            let keep = flat.clone().not_equal_elem(mix.ignore_index);
-            let safe = flat.mask_fill(keep.clone().bool_not(), 0);
+            let (safe, keep) = kernel_labels(&labels, dims[D - 1], mix.ignore_index);
             if let Some(terms) = kernel.terms(
                 &student_logits,
                 &teacher_logits,
@@ -281,6 +272,91 @@ pub(crate) fn mixed_terms<const D: usize, const DL: usize>(
         .mul_scalar(mix.alpha)
         .add(hard.clone().mul_scalar(1.0 - mix.alpha));
     (total, soft, hard)
+}
+
+/// [`mixed_terms`] through the kernel and the gradient of the total w.r.t. the student logits,
+/// for logits outside autodiff taken by value (the CPU kernel writes the gradient over a
+/// student buffer nothing else holds: the LM head's chunks need no second `[rows, V]` tensor);
+/// the logits back, as they came, where no kernel serves them or the student has a transform
+/// (whose derivative the autodiff path applies). Panics as [`mixed_terms`].
+#[allow(clippy::type_complexity, clippy::result_large_err)]
+pub(crate) fn mixed_terms_and_grad<const D: usize, const DL: usize>(
+    student_logits: Tensor<D>,
+    teacher_logits: Tensor<D>,
+    labels: Tensor<DL, Int>,
+    mix: Mix,
+    reduction: Reduction,
+) -> Result<([Tensor<1>; 3], Tensor<D>), (Tensor<D>, Tensor<D>)> {
+    let dims = student_logits.dims();
+    assert_same_shape(&dims, &teacher_logits.dims());
+    assert_label_shape(&labels, &dims);
+    if let Err(e) = mix.divergence.validate() {
+        panic!("{e}");
+    }
+    let kernel = mix.kernel();
+    let untracked = !student_logits.is_autodiff() && !teacher_logits.is_autodiff();
+    if !untracked
+        || !mix.student_transform.is_identity()
+        || teacher_logits.dtype() != student_logits.dtype()
+        || !crate::fused::serves(&student_logits, kernel.kind)
+    {
+        return Err((student_logits, teacher_logits));
+    }
+    let (safe, keep) = kernel_labels(&labels, dims[D - 1], mix.ignore_index);
+    // The teacher as it came, for the (unexpected) way back: only with a transform, which
+    // makes a new tensor.
+    let (teacher, original) = if mix.teacher_transform.is_identity() {
+        (teacher_logits, None)
+    } else {
+        (
+            mix.teacher_transform.apply(teacher_logits.clone()),
+            Some(teacher_logits),
+        )
+    };
+    kernel
+        .terms_and_grad(
+            student_logits,
+            teacher,
+            Some(safe),
+            Some(keep),
+            &dims[..D - 1],
+            reduction,
+        )
+        .map_err(|(s, t)| (s, original.unwrap_or(t)))
+}
+
+/// Checked labels for the kernel: `(safe, keep)`, `[R]`, with ignored rows at class 0 and
+/// `false` in `keep`.
+///
+/// # Panics
+/// If a kept label is outside `[0, v)`.
+fn kernel_labels<const DL: usize>(
+    labels: &Tensor<DL, Int>,
+    v: usize,
+    ignore_index: i64,
+) -> (Tensor<1, Int>, Tensor<1, burn::tensor::Bool>) {
+    if let Err(e) = check_labels(labels, v, Some(ignore_index)) {
+        panic!("labels: {e}");
+    }
+    let flat = crate::rows::flatten_labels(labels.clone());
+    let keep = flat.clone().not_equal_elem(ignore_index);
+    let safe = flat.mask_fill(keep.clone().bool_not(), 0);
+    (safe, keep)
+}
+
+impl Mix {
+    /// The kernel that computes this mix.
+    fn kernel(&self) -> LogitKernel {
+        LogitKernel {
+            alpha: self.alpha,
+            smoothing: self.smoothing,
+            ..LogitKernel::soft(
+                self.divergence.kernel_kind(),
+                self.temperature,
+                self.scaling,
+            )
+        }
+    }
 }
 
 /// [`distillation_loss`] built from Burn tensor operations only: the reference implementation,

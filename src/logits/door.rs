@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::fused::{KdParams, SoftKind, kd_terms, serves};
+use crate::fused::{KdParams, SoftKind, kd_terms, kd_terms_grad, serves};
 use crate::reduction::{Reduction, RowLoss, row_weights};
 use crate::temperature::{T2Scaling, Temperature};
 
@@ -82,7 +82,45 @@ impl LogitKernel {
         }
         let v = student_logits.dims()[D - 1];
         let weights = row_weights(keep, row_dims, v, reduction, &student_logits.device());
-        let params = KdParams {
+        kd_terms(
+            student_logits,
+            teacher_logits,
+            labels,
+            weights,
+            self.params(),
+        )
+    }
+
+    /// [`terms`](Self::terms) and the gradient of the total w.r.t. the student, for logits
+    /// outside autodiff taken by value (the CPU kernel writes the gradient over a student
+    /// buffer nothing else holds); the logits back where no kernel serves them.
+    #[allow(clippy::type_complexity, clippy::result_large_err)]
+    pub fn terms_and_grad<const D: usize>(
+        &self,
+        student_logits: Tensor<D>,
+        teacher_logits: Tensor<D>,
+        labels: Option<Tensor<1, Int>>,
+        keep: Option<Tensor<1, Bool>>,
+        row_dims: &[usize],
+        reduction: Reduction,
+    ) -> Result<([Tensor<1>; 3], Tensor<D>), (Tensor<D>, Tensor<D>)> {
+        if !serves(&student_logits, self.kind) {
+            return Err((student_logits, teacher_logits));
+        }
+        let v = student_logits.dims()[D - 1];
+        let weights = row_weights(keep, row_dims, v, reduction, &student_logits.device());
+        kd_terms_grad(
+            student_logits,
+            teacher_logits,
+            labels,
+            weights,
+            self.params(),
+        )
+    }
+
+    /// The kernel's numbers for this loss.
+    fn params(&self) -> KdParams {
+        KdParams {
             kind: self.kind,
             temperature: self.temperature.get(),
             soft_scale: if self.self_teacher {
@@ -92,8 +130,7 @@ impl LogitKernel {
             },
             alpha: self.alpha,
             smoothing: self.smoothing,
-        };
-        kd_terms(student_logits, teacher_logits, labels, weights, params)
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The fused operations on Flex: the CPU kernels on the tensors' host memory.
 
 use super::*;
-use crate::fused::kernel::run_rows;
+use crate::fused::kernel::{run_rows, run_rows_in_place};
 use burn::backend::{DType, TensorMetadata};
 use burn::tensor::TensorData;
 use burn_flex::Flex;
@@ -63,18 +63,38 @@ fn run(
     let shape = student.shape();
     let dims = shape.dims::<2>();
     let (r, v) = (dims[0], dims[1]);
-    let s = contiguous_f32(&student);
     let t = contiguous_f32(&teacher);
     let w = contiguous_f32(&weights);
     let y = labels_i64(&labels, r, params.has_hard);
+    let values = |out: crate::fused::kernel::RowValues| {
+        let total = f64::from(params.alpha) * out.soft + f64::from(params.beta) * out.hard;
+        FlexFloat::from_data(TensorData::new(
+            vec![total as f32, out.soft as f32, out.hard as f32],
+            [3],
+        ))
+    };
+    // A student handed over by value and owned by no one else (a chunk's logits in the LM
+    // head's loop) takes its own gradient: no second `[R, V]` buffer.
+    let mut student = student;
+    if want_grad && let Some(buf) = own_rows(&mut student, r * v) {
+        let out = run_rows_in_place(buf, &t, &y, &w, v, &params);
+        return (values(out), Some(student));
+    }
+    let s = contiguous_f32(&student);
     let mut grad = want_grad.then(|| crate::fused::pool::take(r * v));
     let out = run_rows(&s, &t, &y, &w, v, &params, grad.as_deref_mut());
-    let total = f64::from(params.alpha) * out.soft + f64::from(params.beta) * out.hard;
-    let values = FlexFloat::from_data(TensorData::new(
-        vec![total as f32, out.soft as f32, out.hard as f32],
-        [3],
-    ));
-    (values, grad.map(|g| grad_tensor(g, r, v)))
+    (values(out), grad.map(|g| grad_tensor(g, r, v)))
+}
+
+/// `x`'s `n` f32 elements as a mutable slice when `x` is contiguous from offset 0, `f32` and the
+/// only owner of its buffer; `None` otherwise.
+fn own_rows(x: &mut FlexFloat, n: usize) -> Option<&mut [f32]> {
+    if x.dtype() != DType::F32 || x.layout().contiguous_offsets() != Some((0, n)) {
+        return None;
+    }
+    x.try_storage_mut::<f32>()
+        .filter(|buf| buf.len() >= n)
+        .map(|buf| &mut buf[..n])
 }
 
 fn run_sq(
@@ -172,5 +192,64 @@ impl KdFusedBackend for Flex {
         _params: KernelParams,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         unreachable!("the top-k kernel is routed to CubeCL backends only")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fused::kernel::SoftKind;
+
+    fn tensor(rows: usize, v: usize, scale: f32) -> FlexFloat {
+        let x: Vec<f32> = (0..rows * v)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) * scale)
+            .collect();
+        FlexFloat::from_data(TensorData::new(x, [rows, v]))
+    }
+
+    #[test]
+    fn a_uniquely_owned_student_takes_its_gradient_and_a_shared_one_does_not() {
+        let (r, v) = (3, 41);
+        let params = KernelParams {
+            kind: SoftKind::ForwardKl,
+            temperature: 2.0,
+            soft_scale: 4.0,
+            has_hard: true,
+            smoothing: 0.0,
+            alpha: 0.5,
+            beta: 0.5,
+            grad_soft: 0.5,
+            grad_hard: 0.5,
+        };
+        let labels = || IntTensor::<Flex>::from_data(TensorData::new(vec![1i64, 0, 40], [r]));
+        let weights = || FlexFloat::from_data(TensorData::new(vec![1.0f32; r], [r]));
+        let student = tensor(r, v, 0.3);
+        let teacher = tensor(r, v, -0.2);
+        let address = student.as_slice::<f32>().expect("contiguous").as_ptr();
+
+        // Shared: the student is still held here, so the gradient gets its own buffer.
+        let kept = student.clone();
+        let (shared_values, shared_grad) =
+            Flex::kd_fused_values_grad(kept, teacher.clone(), labels(), weights(), params);
+        let shared_grad = shared_grad.as_slice::<f32>().expect("contiguous").to_vec();
+        assert_eq!(
+            student.as_slice::<f32>().expect("contiguous")[0],
+            -8.0 * 0.3
+        );
+
+        // Unique: the gradient is written over the student's own buffer.
+        let (values, grad) =
+            Flex::kd_fused_values_grad(student, teacher, labels(), weights(), params);
+        let got = grad.as_slice::<f32>().expect("contiguous");
+        assert_eq!(
+            got.as_ptr(),
+            address,
+            "the gradient is not in the student's buffer"
+        );
+        assert_eq!(got, &shared_grad[..]);
+        assert_eq!(
+            values.as_slice::<f32>().expect("values"),
+            shared_values.as_slice::<f32>().expect("values")
+        );
     }
 }

@@ -15,7 +15,8 @@ mod row;
 mod schedule;
 
 use super::simd::{Lanes, Portable};
-use passes::{RowValues, Scratch, row_maxima};
+pub(crate) use passes::RowValues;
+use passes::{Scratch, row_maxima};
 use row::row;
 pub(crate) use schedule::par_row_blocks;
 
@@ -88,31 +89,71 @@ fn integer_power(t: f32) -> u32 {
     }
 }
 
+/// Where a block's student rows are read and its gradient rows written.
+pub(crate) enum RowsIo<'s, 'g> {
+    /// The student rows from `s`; the gradient, when asked for, into `grad` (`R · V`).
+    Split {
+        s: &'s [f32],
+        grad: Option<&'g mut [f32]>,
+    },
+    /// The student rows are overwritten by their gradient: each row is copied to `copy` (one
+    /// row of scratch) before its passes read it, and its gradient is written over it. The next
+    /// row, read ahead for its maxima, is still the student's.
+    InPlace { buf: &'g mut [f32], copy: Vec<f32> },
+}
+
+impl RowsIo<'_, '_> {
+    /// The first row's student logits (before any row has run).
+    #[inline(always)]
+    fn first(&self, v: usize) -> &[f32] {
+        match self {
+            RowsIo::Split { s, .. } => &s[..v],
+            RowsIo::InPlace { buf, .. } => &buf[..v],
+        }
+    }
+
+    /// Row `i`'s student logits, row `i + 1`'s (if any) and row `i`'s gradient.
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    fn row(&mut self, i: usize, v: usize) -> (&[f32], Option<&[f32]>, Option<&mut [f32]>) {
+        match self {
+            RowsIo::Split { s, grad } => (
+                &s[i * v..(i + 1) * v],
+                s.get((i + 1) * v..(i + 2) * v),
+                grad.as_deref_mut().map(|g| &mut g[i * v..(i + 1) * v]),
+            ),
+            RowsIo::InPlace { buf, copy } => {
+                let (cur, rest) = buf[i * v..].split_at_mut(v);
+                copy.copy_from_slice(cur);
+                (&copy[..], rest.get(..v), Some(cur))
+            }
+        }
+    }
+}
+
 /// Rows `[R, V]` in a block. Returns the summed weighted values.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn rows_block<L: Lanes>(
     l: L,
-    s: &[f32],
+    mut io: RowsIo<'_, '_>,
     t: &[f32],
     labels: &[i64],
     weights: &[f32],
     v: usize,
     p: &KernelParams,
-    grad: Option<&mut [f32]>,
 ) -> RowValues {
     let mut scratch = Scratch::default();
     let int_pow = integer_power(p.temperature);
     let mut acc = RowValues::default();
     let r = weights.len();
-    let mut grad = grad;
     if !p.kind.is_kl() {
         for i in 0..r {
-            let g = grad.as_deref_mut().map(|g| &mut g[i * v..(i + 1) * v]);
+            let (s, _, g) = io.row(i, v);
             let label = if p.has_hard { labels[i] } else { 0 };
             let rv = general::general_row(
                 l,
-                &s[i * v..(i + 1) * v],
+                s,
                 &t[i * v..(i + 1) * v],
                 label,
                 weights[i],
@@ -127,18 +168,19 @@ fn rows_block<L: Lanes>(
         return acc;
     }
     let mut maxima = if r > 0 {
-        row_maxima(l, &s[..v], &t[..v])
+        row_maxima(l, io.first(v), &t[..v])
     } else {
         (0.0, 0.0)
     };
     for i in 0..r {
-        let g = grad.as_deref_mut().map(|g| &mut g[i * v..(i + 1) * v]);
+        let (s, s_next, g) = io.row(i, v);
         let label = if p.has_hard { labels[i] } else { 0 };
-        let next =
-            (i + 1 < r).then(|| (&s[(i + 1) * v..(i + 2) * v], &t[(i + 1) * v..(i + 2) * v]));
+        let next = s_next
+            .filter(|_| i + 1 < r)
+            .map(|s_next| (s_next, &t[(i + 1) * v..(i + 2) * v]));
         let (rv, next_max) = row(
             l,
-            &s[i * v..(i + 1) * v],
+            s,
             &t[i * v..(i + 1) * v],
             maxima,
             next,
@@ -161,34 +203,32 @@ fn rows_block<L: Lanes>(
 #[allow(clippy::too_many_arguments)]
 fn rows_block_avx2(
     l: super::simd::Avx2,
-    s: &[f32],
+    io: RowsIo<'_, '_>,
     t: &[f32],
     labels: &[i64],
     weights: &[f32],
     v: usize,
     p: &KernelParams,
-    grad: Option<&mut [f32]>,
 ) -> RowValues {
-    rows_block(l, s, t, labels, weights, v, p, grad)
+    rows_block(l, io, t, labels, weights, v, p)
 }
 
 #[allow(unsafe_code)]
 fn rows_block_best(
-    s: &[f32],
+    io: RowsIo<'_, '_>,
     t: &[f32],
     labels: &[i64],
     weights: &[f32],
     v: usize,
     p: &KernelParams,
-    grad: Option<&mut [f32]>,
 ) -> RowValues {
     #[cfg(target_arch = "x86_64")]
     if let Some(l) = super::simd::Avx2::detect() {
         // SAFETY: `Avx2::detect` returned `Some`, so the CPU has the features the function was
         // compiled for.
-        return unsafe { rows_block_avx2(l, s, t, labels, weights, v, p, grad) };
+        return unsafe { rows_block_avx2(l, io, t, labels, weights, v, p) };
     }
-    rows_block(Portable, s, t, labels, weights, v, p, grad)
+    rows_block(Portable, io, t, labels, weights, v, p)
 }
 
 /// Runs the kernel over `R = weights.len()` rows of `v` logits, in parallel over row blocks.
@@ -204,31 +244,61 @@ pub(crate) fn run_rows(
     p: &KernelParams,
     grad: Option<&mut [f32]>,
 ) -> RowValues {
+    debug_assert_eq!(s.len(), weights.len() * v);
+    run_blocks(t, labels, weights, v, p, grad, |rows, g| RowsIo::Split {
+        s: &s[rows.start * v..rows.end * v],
+        grad: g,
+    })
+}
+
+/// [`run_rows`] with the gradient written over the student logits `s_grad` (`R · v`): the
+/// values of `run_rows(s, ..)`, and `s_grad` holds the gradient `run_rows` would write, bit for
+/// bit. Each row is copied to one row of scratch before it is read, so no second `[R, V]`
+/// buffer is needed.
+pub(crate) fn run_rows_in_place(
+    s_grad: &mut [f32],
+    t: &[f32],
+    labels: &[i64],
+    weights: &[f32],
+    v: usize,
+    p: &KernelParams,
+) -> RowValues {
+    debug_assert_eq!(s_grad.len(), weights.len() * v);
+    run_blocks(t, labels, weights, v, p, Some(s_grad), |_, g| {
+        RowsIo::InPlace {
+            buf: g.expect("a block of the student's rows"),
+            copy: vec![0.0; v],
+        }
+    })
+}
+
+/// The blocks of [`run_rows`] / [`run_rows_in_place`]: `io(rows, the block's rows of buf)`
+/// says where a block reads its student rows and writes its gradient.
+fn run_blocks<'s, 'b>(
+    t: &[f32],
+    labels: &[i64],
+    weights: &[f32],
+    v: usize,
+    p: &KernelParams,
+    buf: Option<&'b mut [f32]>,
+    io: impl for<'g> Fn(std::ops::Range<usize>, Option<&'g mut [f32]>) -> RowsIo<'s, 'g> + Sync,
+) -> RowValues {
     let r = weights.len();
-    debug_assert_eq!(s.len(), r * v);
     debug_assert_eq!(t.len(), r * v);
     if r == 0 || v == 0 {
-        if let Some(g) = grad {
+        if let Some(g) = buf {
             g.fill(0.0);
         }
         return RowValues::default();
     }
-    let blocks = par_row_blocks(r, v, grad, |rows, g| {
+    let blocks = par_row_blocks(r, v, buf, |rows, g| {
         let labels = if p.has_hard {
             &labels[rows.clone()]
         } else {
             &[]
         };
         let (a, b) = (rows.start, rows.end);
-        rows_block_best(
-            &s[a * v..b * v],
-            &t[a * v..b * v],
-            labels,
-            &weights[a..b],
-            v,
-            p,
-            g,
-        )
+        rows_block_best(io(rows, g), &t[a * v..b * v], labels, &weights[a..b], v, p)
     });
     blocks
         .iter()
@@ -279,6 +349,63 @@ mod tests {
                 (got - want).abs() < 1e-6 * (1.0 + want),
                 "T={temp}: {got} vs {want}"
             );
+        }
+    }
+    #[test]
+    fn gradient_over_the_student_equals_the_separate_gradient() {
+        // Enough rows and entries for several parallel blocks; padded tails (v % LANES ≠ 0),
+        // an ignored row (weight 0), and every kind at an integer and a fractional T.
+        let (r, v) = (13, 2531);
+        let s: Vec<f32> = (0..r * v)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.013)
+            .collect();
+        let t: Vec<f32> = (0..r * v)
+            .map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 0.011)
+            .collect();
+        let labels: Vec<i64> = (0..r as i64).map(|i| (i * 37) % v as i64).collect();
+        let mut weights = vec![0.25f32; r];
+        weights[3] = 0.0;
+        let mixture = SoftKind::Mixture {
+            teacher_share: 0.3,
+            teacher_coef: 0.3,
+            student_coef: 0.7,
+        };
+        let kinds = [
+            SoftKind::ForwardKl,
+            SoftKind::ReverseKl,
+            mixture,
+            SoftKind::TotalVariation,
+            SoftKind::SymmetricKl,
+        ];
+        for kind in kinds {
+            for temperature in [2.0f32, 1.7] {
+                let p = KernelParams {
+                    kind,
+                    temperature,
+                    soft_scale: temperature * temperature,
+                    has_hard: true,
+                    smoothing: 0.1,
+                    alpha: 0.6,
+                    beta: 0.4,
+                    grad_soft: 0.6,
+                    grad_hard: 0.4,
+                };
+                let mut grad = vec![f32::NAN; r * v];
+                let want = run_rows(&s, &t, &labels, &weights, v, &p, Some(&mut grad));
+                let mut over = s.clone();
+                let got = run_rows_in_place(&mut over, &t, &labels, &weights, v, &p);
+                assert_eq!(
+                    (got.soft, got.hard),
+                    (want.soft, want.hard),
+                    "{kind:?} T={temperature}"
+                );
+                let same = grad
+                    .iter()
+                    .zip(&over)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{kind:?} T={temperature}: gradients differ");
+                assert!(grad.iter().any(|&g| g != 0.0));
+            }
         }
     }
 }
