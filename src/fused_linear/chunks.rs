@@ -153,7 +153,11 @@ pub fn fused_linear_distillation(
     // `∂L/∂h_s`, written one chunk of rows at a time in place (no list of parts to concatenate).
     grads.h = (computed.hidden && n > 0)
         .then(|| same_dtype(Tensor::<2>::zeros([n, h], &inner_device), acc));
-    let mut values: Option<(Tensor<1>, Tensor<1>, Tensor<1>)> = None;
+    // Each chunk's `[total, soft, hard]` written into one row of a buffer made once: a running
+    // sum would make three small tensors per chunk that outlive the chunk, and glibc places
+    // them in the hole the chunk's packing buffers leave, so that the heap grows by one packing
+    // buffer per chunk (about 30 MB at `[8192, 1024, 32000]`).
+    let mut values: Option<Tensor<2>> = None;
     // `W_sᵀ` (and `Bᵀ`, `s·Aᵀ`) in the accumulator dtype, for `∂L/∂h_s` and `∂L/∂A` only.
     let ws_acc_t = computed
         .hidden
@@ -171,7 +175,7 @@ pub fn fused_linear_distillation(
             )
         });
 
-    for (first, rows) in row_chunks(n, chunk) {
+    for (index, (first, rows)) in row_chunks(n, chunk).enumerate() {
         let h_c = hs.clone().narrow(0, first, rows);
         let (z_s, ha_c) = head.logits(h_c.clone());
         let y_c = labels.clone().narrow(0, first, rows);
@@ -224,10 +228,13 @@ pub fn fused_linear_distillation(
                 [total, soft, hard]
             })
         });
-        values = Some(match values {
-            Some((t, s, hh)) => (t.add(total), s.add(soft), hh.add(hard)),
-            None => (total, soft, hard),
+        let row = Tensor::cat(vec![total, soft, hard], 0)
+            .cast(DType::F32)
+            .reshape([1, 3]);
+        let all = values.take().unwrap_or_else(|| {
+            Tensor::<2>::zeros([n.div_ceil(chunk), 3], &row.device()).cast(DType::F32)
         });
+        values = Some(all.slice_assign([index..index + 1, 0..3], row));
         if let Some(g) = g {
             let g = same_dtype(g, acc);
             // `g·Bᵀ`, shared by `∂h` and `∂A`.
@@ -274,10 +281,11 @@ pub fn fused_linear_distillation(
     // done; the last one would stay beside the head-sized gradients through the backward pass.
     #[cfg(feature = "cpu-kernel")]
     crate::fused::clear_buffer_cache();
-    let (total, soft, hard) = values.unwrap_or_else(|| {
-        let z = || Tensor::<1>::zeros([1], &inner_device);
-        (z(), z(), z())
-    });
+    let sums = values
+        .map(|v| v.sum_dim(0).reshape([3]))
+        .unwrap_or_else(|| Tensor::<1>::zeros([3], &inner_device));
+    let term = |k: usize| sums.clone().narrow(0, k, 1);
+    let (total, soft, hard) = (term(0), term(1), term(2));
     let output = |total: Tensor<1>, handed_over: bool| FusedLinearOutput {
         total,
         soft: if tracked {

@@ -48,9 +48,8 @@
 //! copy of each). The materialized path holds `[N, V]` student and teacher logits, the softmax
 //! stash and an `[N, V]` gradient. With the default chunk (see [`auto_chunk_rows`]) at
 //! `N = 8 192, H = 1 024, V = 32 000` in f32 the step peaks at 0.245 GB over its inputs against
-//! 3.4 GB (7.2 %; up to 0.275 GB where glibc's heap keeps the products' packing blocks;
-//! `with_chunk_rows(Some(128))`: 0.22 GB, 6.6 %, and slower); `compare_peers` measures both
-//! (`fused_linear_8192x1024x32000`).
+//! 3.4 GB (7.2 %; `with_chunk_rows(Some(128))`: 0.22 GB, 6.6 %, and slower); `compare_peers`
+//! measures both (`fused_linear_8192x1024x32000`).
 //!
 //! # Limits
 //! * Gradients reach the student's hidden states, head weight and bias, not the temperature.
