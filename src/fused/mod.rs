@@ -238,6 +238,7 @@ pub(crate) fn kd_terms<const D: usize>(
 /// taken by value: on the CPU kernel the gradient is written over the student's buffer when
 /// nothing else holds it (a chunk's logits in the LM head's loop), so the pass needs no second
 /// `[R, V]` tensor. The inputs back where no kernel runs or an input is tracked.
+#[cfg(feature = "chunked")]
 #[allow(clippy::type_complexity, clippy::result_large_err)]
 pub(crate) fn kd_terms_grad<const D: usize>(
     student_logits: Tensor<D>,

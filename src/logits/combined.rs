@@ -279,6 +279,7 @@ pub(crate) fn mixed_terms<const D: usize, const DL: usize>(
 /// student buffer nothing else holds: the LM head's chunks need no second `[rows, V]` tensor);
 /// the logits back, as they came, where no kernel serves them or the student has a transform
 /// (whose derivative the autodiff path applies). Panics as [`mixed_terms`].
+#[cfg(feature = "chunked")]
 #[allow(clippy::type_complexity, clippy::result_large_err)]
 pub(crate) fn mixed_terms_and_grad<const D: usize, const DL: usize>(
     student_logits: Tensor<D>,

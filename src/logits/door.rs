@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::fused::{KdParams, SoftKind, kd_terms, kd_terms_grad, serves};
+#[cfg(feature = "chunked")]
+use crate::fused::kd_terms_grad;
+use crate::fused::{KdParams, SoftKind, kd_terms, serves};
 use crate::reduction::{Reduction, RowLoss, row_weights};
 use crate::temperature::{T2Scaling, Temperature};
 
@@ -94,6 +96,7 @@ impl LogitKernel {
     /// [`terms`](Self::terms) and the gradient of the total w.r.t. the student, for logits
     /// outside autodiff taken by value (the CPU kernel writes the gradient over a student
     /// buffer nothing else holds); the logits back where no kernel serves them.
+    #[cfg(feature = "chunked")]
     #[allow(clippy::type_complexity, clippy::result_large_err)]
     pub fn terms_and_grad<const D: usize>(
         &self,
