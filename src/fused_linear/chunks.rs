@@ -175,15 +175,18 @@ pub fn fused_linear_distillation(
             )
         });
 
+    // The previous chunk's `[rows, V]` buffers (its gradient, the teacher's logits), which the
+    // next chunk's logits are written into where nothing else holds them (see `logits_into`).
+    let (mut s_buf, mut t_buf) = (None, None);
     for (index, (first, rows)) in row_chunks(n, chunk).enumerate() {
         let h_c = hs.clone().narrow(0, first, rows);
-        let (z_s, ha_c) = head.logits(h_c.clone());
+        let (z_s, ha_c) = logits_into(&head, h_c.clone(), s_buf.take());
         let y_c = labels.clone().narrow(0, first, rows);
         // The teacher's chunk: its logits (outside autodiff, in the student's dtype), or its
         // stored top-k rows (taken in the closure below).
         let z_t = match &teacher {
             LinearTeacher::Head { hidden, head } => {
-                Some(head.logits(hidden.clone().narrow(0, first, rows)).0)
+                Some(logits_into(head, hidden.clone().narrow(0, first, rows), t_buf.take()).0)
             }
             LinearTeacher::Logits(t) => Some(t.clone().narrow(0, first, rows)),
             LinearTeacher::Topk(_) => None,
@@ -194,8 +197,13 @@ pub fn fused_linear_distillation(
         // `[rows, V]` tensor fewer than a backward pass needs). Otherwise `eval_chunk`.
         let direct = match z_t {
             Some(z_t) if tracked && z_t.dims()[1] == v => {
+                let kept = z_t.clone();
                 match mixed_terms_and_grad(z_s, z_t, y_c.clone(), mix(loss), chunk_norm) {
-                    Ok((terms, g)) => Ok((terms, Some(g))),
+                    Ok((terms, g)) => {
+                        // The kernel has let go of its copy: the buffer is the next chunk's.
+                        t_buf = matches!(teacher, LinearTeacher::Head { .. }).then_some(kept);
+                        Ok((terms, Some(g)))
+                    }
                     Err((z_s, z_t)) => Err((z_s, Some(z_t))),
                 }
             }
@@ -270,13 +278,17 @@ pub fn fused_linear_distillation(
                 });
                 // ∂B += (s·h_c·A)ᵀ·g       [r, V]
                 let ha = same_dtype(ha_c.expect("formed with the adapter"), acc);
-                grads.lb = Some(add_outer(grads.lb.take(), ha, g.clone()));
+                grads.lb = Some(add_outer(grads.lb.take(), ha, &g));
             }
             if computed.weight {
-                grads.w = Some(add_outer(grads.w.take(), same_dtype(h_c, acc), g));
+                grads.w = Some(add_outer(grads.w.take(), same_dtype(h_c, acc), &g));
             }
+            // Its last reader is done: the buffer holds the next chunk's logits (which an
+            // adapted head forms its own way).
+            s_buf = head.adapter.is_none().then_some(g);
         }
     }
+    drop((s_buf, t_buf));
     // The fused CPU kernel hands each chunk's gradient buffer to its cache when the chunk is
     // done; the last one would stay beside the head-sized gradients through the backward pass.
     #[cfg(feature = "cpu-kernel")]
@@ -345,14 +357,34 @@ pub fn fused_linear_distillation(
 /// product assigned into them.
 fn set_rows_times(acc: Tensor<2>, first: usize, g: &Tensor<2>, wt: &Tensor<2>) -> Tensor<2> {
     #[cfg(feature = "cpu-kernel")]
-    let acc =
-        match super::gemm::flex_set_rows_times_transposed(acc, first, g, &wt.clone().transpose()) {
-            Ok(acc) => return acc,
-            Err(acc) => acc,
-        };
+    let acc = match super::gemm::flex_product_into(acc, first, g, wt, super::gemm::Start::Zero) {
+        Ok(acc) => return acc,
+        Err(acc) => acc,
+    };
     let [r, _] = g.dims();
     let [_, h] = acc.dims();
     acc.slice_assign([first..first + r, 0..h], g.clone().matmul(wt.clone()))
+}
+
+/// `head`'s logits of the chunk `h` (and the adapter's `h·A·s`). On Flex, for a head without
+/// adapter in f32, one GEMM writes them (bias first) into `buf` — the previous chunk's buffer,
+/// once nothing else holds it — so that the loop reuses two `[rows, V]` buffers instead of
+/// allocating, page-faulting and zeroing two per chunk, and the allocator has no chunk-sized
+/// holes to keep. Otherwise (`buf` dropped) the head's own products.
+fn logits_into(
+    head: &LinearHead,
+    h: Tensor<2>,
+    buf: Option<Tensor<2>>,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    #[cfg(feature = "cpu-kernel")]
+    if head.adapter.is_none()
+        && let Some(z) = super::gemm::flex_product(buf, &h, &head.weight, head.bias.as_ref())
+    {
+        return (z, None);
+    }
+    #[cfg(not(feature = "cpu-kernel"))]
+    drop(buf);
+    head.logits(h)
 }
 
 /// One chunk's `(total, soft, hard)`, each reduced with the global normalizer.

@@ -23,17 +23,17 @@ const OUTER_BLOCK_COLS: usize = 4096;
 /// at a time and added into `acc`'s block: on a backend whose binary ops and `slice_assign`
 /// reuse a uniquely owned buffer, `acc` is updated in place and the only temporary is one block.
 /// Without `acc`, the product itself.
-pub(super) fn add_outer(acc: Option<Tensor<2>>, h: Tensor<2>, g: Tensor<2>) -> Tensor<2> {
+pub(super) fn add_outer(acc: Option<Tensor<2>>, h: Tensor<2>, g: &Tensor<2>) -> Tensor<2> {
+    let ht = h.transpose();
     let Some(acc) = acc else {
-        return h.transpose().matmul(g);
+        return ht.matmul(g.clone());
     };
     #[cfg(feature = "cpu-kernel")]
-    let acc = match super::gemm::flex_add_outer(acc, &h, &g) {
+    let acc = match super::gemm::flex_product_into(acc, 0, &ht, g, super::gemm::Start::Keep) {
         Ok(sum) => return sum,
         Err(acc) => acc,
     };
     let mut acc = acc;
-    let ht = h.transpose();
     let [rows_h, v] = acc.dims();
     let mut col = 0;
     while col < v {
