@@ -269,6 +269,13 @@ pub(crate) fn flex_product(
     rhs: &Tensor<2>,
     bias: Option<&Tensor<1>>,
 ) -> Option<Tensor<2>> {
+    // Not f32 (a half-precision teacher head): Burn's product, without a buffer made in vain.
+    if lhs.dtype() != DType::F32
+        || rhs.dtype() != DType::F32
+        || bias.is_some_and(|b| b.dtype() != DType::F32)
+    {
+        return None;
+    }
     let probe = &probe();
     let (m, n) = (lhs.dims()[0], rhs.dims()[1]);
     let start = bias.map_or(Start::Zero, Start::Bias);
@@ -404,7 +411,9 @@ mod tests {
             "a free buffer of the right shape is reused"
         );
 
-        // Not Flex: declined.
+        // Not f32, or not Flex: declined.
+        let half = lhs.clone().cast(DType::BF16);
+        assert!(flex_product(None, &half, &rhs, None).is_none());
         #[allow(deprecated)]
         let nd = Tensor::<2>::zeros([4, 3], &Device::ndarray());
         assert!(flex_product(None, &nd, &nd.clone().transpose(), None).is_none());
